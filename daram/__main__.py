@@ -1,0 +1,3 @@
+from daram.cli import main
+
+main()

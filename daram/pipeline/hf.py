@@ -1,0 +1,97 @@
+"""Loading tokenizers and causal LMs from a hub id or a local directory, with one-line errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from daram.errors import DaramError
+from daram.storage import TokenizerInfo
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def load_tokenizer(name_or_path: str):
+    """A fast tokenizer through ``AutoTokenizer``; a missing path or unreachable hub id is a DaramError."""
+    _quiet_transformers()
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise DaramError(f"cannot load tokenizer {name_or_path!r}: {_first_line(exc)}") from None
+    if not tokenizer.is_fast:
+        raise DaramError(f"tokenizer {name_or_path!r} has no fast (Rust) version; daram needs one for speed")
+    return tokenizer
+
+
+def vocab_size_of(tokenizer) -> int:
+    """Ids the model must cover: the base vocabulary plus any added tokens."""
+    return len(tokenizer)
+
+
+def vocab_sha256(tokenizer) -> str:
+    """sha256 of the (token, id) pairs sorted by id: equal iff two tokenizers map text to the same ids."""
+    pairs = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()
+
+
+def tokenizer_info(tokenizer, name_or_path: str) -> TokenizerInfo:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DaramError(f"tokenizer {name_or_path!r} has no EOS token; daram puts EOS between units")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return TokenizerInfo(
+        name_or_path=name_or_path,
+        vocab_size=vocab_size_of(tokenizer),
+        vocab_sha256=vocab_sha256(tokenizer),
+        eos_id=int(eos),
+        pad_id=int(pad),
+    )
+
+
+def resolve_device(device: str):
+    """``auto`` -> cuda when available, else cpu; a cuda request without a GPU is a DaramError."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DaramError(f"device {device!r} requested but no CUDA GPU is available (use --device cpu)")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise DaramError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+def load_causal_lm(name_or_path: str, dtype: str = "float32", device: str = "cpu", revision: str = "main"):
+    """``AutoModelForCausalLM`` in eval mode on ``device``; a model that cannot be loaded is a DaramError."""
+    _quiet_transformers()
+    from transformers import AutoModelForCausalLM
+
+    target = resolve_device(device)
+    kwargs = {"dtype": torch_dtype(dtype)}
+    if not Path(name_or_path).exists():
+        kwargs["revision"] = revision
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DaramError(f"cannot load model {name_or_path!r}: {_first_line(exc)}") from None
+    return model.to(target).eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

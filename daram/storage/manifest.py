@@ -1,0 +1,169 @@
+"""The store's metadata as frozen dataclasses: what ``attrs["daram"]`` and ``attrs["daram_teacher"]`` hold.
+
+Each manifest validates itself on construction and round-trips through plain JSON dicts
+(``to_dict`` / ``from_dict``), so a reader without daram sees the same facts in ``zarr.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from daram.errors import DaramError
+
+FORMAT_NAME = "daram-store"
+FORMAT_VERSION = 1
+TEACHER_KINDS = ("topk", "sampled")
+PACKING = "concat-eos"  # units joined with EOS in curriculum order, cut into rows of seq_len; units may straddle rows
+
+
+def token_dtype_for(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= 65536 else "uint32"
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise DaramError(f"invalid manifest: {message}")
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    name_or_path: str
+    vocab_size: int
+    vocab_sha256: str  # sha256 of the sorted (token, id) vocabulary: two tokenizers agree iff this agrees
+    eos_id: int
+    pad_id: int
+
+    def __post_init__(self) -> None:
+        _require(self.vocab_size > 0, f"tokenizer vocab_size {self.vocab_size}")
+        _require(0 <= self.eos_id < self.vocab_size, f"tokenizer eos_id {self.eos_id} outside the vocabulary")
+        _require(0 <= self.pad_id < self.vocab_size, f"tokenizer pad_id {self.pad_id} outside the vocabulary")
+
+
+@dataclass(frozen=True)
+class SourceStats:
+    name: str
+    path: str
+    format: str
+    unit: str
+    files: int
+    bytes: int
+    units: int
+    tokens: int  # including the EOS after each unit
+    skipped_lines: int  # lines that were not valid UTF-8 (or JSONL lines that were not valid JSON)
+
+
+@dataclass(frozen=True)
+class StoreManifest:
+    tokenizer: TokenizerInfo
+    seq_len: int
+    rows_per_shard: tuple[int, ...]
+    rows_per_chunk: int
+    sources: tuple[SourceStats, ...]
+    shard_fingerprints: tuple[str, ...]  # sha256 of each tokens shard's bytes (little-endian)
+    tokens_fingerprint: str  # sha256 over seq_len and the shard fingerprints
+    dropped_tail_tokens: int = 0  # tokens after the last full row
+    packing: str = PACKING
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+    daram_version: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.format == FORMAT_NAME, f"format {self.format!r} is not {FORMAT_NAME!r}")
+        _require(
+            self.format_version == FORMAT_VERSION,
+            f"format_version {self.format_version}; this daram reads version {FORMAT_VERSION}",
+        )
+        _require(self.seq_len > 1, f"seq_len {self.seq_len}")
+        _require(len(self.rows_per_shard) > 0, "no shards")
+        _require(all(r > 0 for r in self.rows_per_shard), f"empty shard in rows_per_shard {self.rows_per_shard}")
+        _require(self.rows_per_chunk > 0, f"rows_per_chunk {self.rows_per_chunk}")
+        _require(len(self.shard_fingerprints) == len(self.rows_per_shard), "one fingerprint per shard")
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.rows_per_shard)
+
+    @property
+    def token_dtype(self) -> str:
+        return token_dtype_for(self.tokenizer.vocab_size)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.rows_per_shard) * self.seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["num_shards"] = self.num_shards  # for readers without daram; derived, ignored on load
+        data["token_dtype"] = self.token_dtype
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "StoreManifest":
+        try:
+            values = {k: v for k, v in data.items() if k not in ("num_shards", "token_dtype")}
+            return cls(
+                **{
+                    **values,
+                    "tokenizer": TokenizerInfo(**values["tokenizer"]),
+                    "rows_per_shard": tuple(values["rows_per_shard"]),
+                    "sources": tuple(SourceStats(**s) for s in values["sources"]),
+                    "shard_fingerprints": tuple(values["shard_fingerprints"]),
+                }
+            )
+        except (KeyError, TypeError) as exc:
+            raise DaramError(f"invalid manifest: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TeacherManifest:
+    """What a teacher dump holds. One per store; every shard is dumped with the same settings."""
+
+    teacher: str  # hub id or local path
+    revision: str
+    dtype: str
+    temperature: float
+    kind: str  # topk | sampled
+    width: int  # the last axis of the arrays: k for topk, S (max unique ids per position) for sampled
+    vocab_size: int
+    tokens_fingerprint: str  # the store's tokens_fingerprint the dump was computed over
+    rows_per_chunk: int
+    draws: int = 0  # sampled: draws per position
+    seed: int = 0  # sampled: the draws' seed
+    shards: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # "3" -> stats of a completed shard
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        _require(self.kind in TEACHER_KINDS, f"teacher kind {self.kind!r}")
+        _require(self.temperature > 0, f"teacher temperature {self.temperature}")
+        _require(0 < self.width <= self.vocab_size, f"teacher width {self.width} for vocab {self.vocab_size}")
+        _require(self.kind != "sampled" or 0 < self.draws < 256, f"sampled draws {self.draws} (1-255, counts are uint8)")
+
+    @property
+    def array_names(self) -> tuple[str, str]:
+        """(ids array, values array) of a teacher shard of this kind."""
+        return ("topk_ids", "topk_logprobs") if self.kind == "topk" else ("sample_ids", "sample_counts")
+
+    @property
+    def value_dtype(self) -> str:
+        return "float16" if self.kind == "topk" else "uint8"
+
+    def settings(self) -> dict[str, Any]:
+        """The fields a resumed or parallel dump must agree on (everything but per-shard results)."""
+        return {k: v for k, v in self.to_dict().items() if k != "shards"}
+
+    def is_complete(self, shard: int) -> bool:
+        return str(shard) in self.shards
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["shards"] = {k: dict(v) for k, v in self.shards.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TeacherManifest":
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise DaramError(f"invalid teacher manifest: {exc}") from None

@@ -1,0 +1,267 @@
+"""The store: a Zarr v3 group laid out as DESIGN.md's format v1. numpy in, numpy out; no torch.
+
+Integrity has three layers:
+- every chunk is compressed then checksummed with crc32c (zarr's ``Crc32cCodec``), so a damaged
+  chunk fails to read instead of returning wrong numbers;
+- every chunk file is written whole (zarr's local store writes a temporary file and renames it;
+  object stores put whole objects);
+- a teacher chunk counts as done only once its flag in ``chunks_done`` is set, which happens
+  after both of its arrays are written, so a kill at any moment leaves nothing marked done
+  that is not.
+One writer per teacher shard is enforced by a :class:`~daram.storage.lock.StoreLock`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+from daram.errors import DaramError
+from daram.storage.keyvalue import KeyValue
+from daram.storage.lock import StoreLock
+from daram.storage.manifest import StoreManifest, TeacherManifest
+
+STORE_ATTR = "daram"
+TEACHER_ATTR = "daram_teacher"
+CHUNKS_DONE = "chunks_done"
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}"
+
+
+def compressors() -> tuple:
+    # bitshuffle + zstd suits small ints and float16 alike; crc32c last so it covers the stored bytes.
+    return (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"), Crc32cCodec())
+
+
+def fingerprint_rows(rows: np.ndarray) -> str:
+    """sha256 of a tokens array as little-endian bytes (one shard's fingerprint)."""
+    return hashlib.sha256(np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<")).tobytes()).hexdigest()
+
+
+def tokens_fingerprint(seq_len: int, shard_fingerprints: tuple[str, ...] | list[str]) -> str:
+    return hashlib.sha256(f"{seq_len}:{','.join(shard_fingerprints)}".encode()).hexdigest()
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+class Store:
+    """An open daram store. ``Store.open(url)`` to read or resume; ``Store.create(url)`` in prepare."""
+
+    def __init__(self, url: str, root: zarr.Group, manifest: StoreManifest | None) -> None:
+        self.url = url
+        self.root = root
+        self._manifest = manifest
+        self.kv = KeyValue(root.store)
+
+    # --- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, mode: str = "r") -> "Store":
+        """Open a finished store (``mode`` "r" or "r+"); a clear error when it is missing or unfinished."""
+        if is_local(url) and not Path(url.removeprefix("file://"), "zarr.json").is_file():
+            raise DaramError(f"store not found: {url} (run `daram prepare` first)")
+        try:
+            root = zarr.open_group(url, mode=mode, use_consolidated=False)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+            raise DaramError(f"store not found: {url} (run `daram prepare` first)") from None
+        data = root.attrs.get(STORE_ATTR)
+        if data is None:
+            raise DaramError(
+                f"{url} is not a finished daram store (prepare did not complete?); rerun `daram prepare --overwrite`"
+            )
+        return cls(url, root, StoreManifest.from_dict(data))
+
+    @classmethod
+    def create(cls, url: str, overwrite: bool = False) -> "Store":
+        """A new, empty store for prepare to fill; ``write_manifest`` marks it finished."""
+        exists = _group_exists(url)
+        if exists and not overwrite:
+            raise DaramError(f"store already exists: {url}; pass --overwrite to replace it")
+        if is_local(url):
+            path = Path(url.removeprefix("file://"))
+            if path.exists() and not exists and any(path.iterdir()):
+                raise DaramError(f"{url} exists and is not a daram store; refusing to write into it")
+        root = zarr.open_group(url, mode="w", zarr_format=3, use_consolidated=False)
+        root.create_group("locks")  # holds one small group per held lock (see storage/lock.py)
+        return cls(url, root, None)
+
+    @property
+    def manifest(self) -> StoreManifest:
+        if self._manifest is None:
+            raise DaramError(f"{self.url}: store manifest not written yet")
+        return self._manifest
+
+    def write_manifest(self, manifest: StoreManifest) -> None:
+        self.root.attrs[STORE_ATTR] = manifest.to_dict()
+        self._manifest = manifest
+
+    def check_shard(self, shard: int) -> None:
+        n = self.manifest.num_shards
+        if not 0 <= shard < n:
+            raise DaramError(f"shard {shard} is out of range: {self.url} has shards 0-{n - 1}")
+
+    # --- tokens -----------------------------------------------------------------------------
+
+    def create_token_shard(self, shard: int, n_rows: int, seq_len: int, rows_per_chunk: int, dtype: str) -> zarr.Array:
+        return self.root.create_array(
+            f"tokens/{shard_name(shard)}",
+            shape=(n_rows, seq_len),
+            chunks=(rows_per_chunk, seq_len),
+            dtype=dtype,
+            compressors=compressors(),
+            fill_value=0,
+        )
+
+    def token_array(self, shard: int) -> zarr.Array:
+        self.check_shard(shard)
+        try:
+            return self.root[f"tokens/{shard_name(shard)}"]
+        except KeyError:
+            raise DaramError(f"{self.url}: tokens/{shard_name(shard)} is missing (store damaged?)") from None
+
+    def read_tokens(self, shard: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self.token_array(shard)[start:stop]
+
+    def shard_rows(self, shard: int) -> int:
+        self.check_shard(shard)
+        return self.manifest.rows_per_shard[shard]
+
+    def chunk_ranges(self, shard: int) -> list[tuple[int, int]]:
+        """Row ranges [start, stop) of a shard's chunks; the same for tokens and teacher arrays."""
+        rows, step = self.shard_rows(shard), self.manifest.rows_per_chunk
+        return [(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
+
+    # --- teacher ----------------------------------------------------------------------------
+
+    def teacher_manifest(self) -> TeacherManifest | None:
+        """Read fresh from the store (another process may have finished a shard since)."""
+        try:
+            group = zarr.open_group(self.root.store, path="teacher", mode="r", use_consolidated=False)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+            return None
+        data = group.attrs.get(TEACHER_ATTR)
+        return None if data is None else TeacherManifest.from_dict(data)
+
+    def init_teacher(self, wanted: TeacherManifest) -> TeacherManifest:
+        """Create the teacher group, or check that the dump already there has the same settings."""
+        with self.lock("teacher-manifest", "the teacher manifest"):
+            existing = self.teacher_manifest()
+            if existing is None:
+                self.root.create_group("teacher", attributes={TEACHER_ATTR: wanted.to_dict()}, overwrite=True)
+                return wanted
+            have, want = existing.settings(), wanted.settings()
+            for key in want:
+                if have.get(key) != want[key]:
+                    raise DaramError(
+                        f"{self.url} already holds a teacher dump with {key}={have.get(key)!r}; this run asks for "
+                        f"{key}={want[key]!r}. Use the same settings, or dump into another store"
+                    )
+            return existing
+
+    def record_teacher_shard(self, shard: int, stats: dict) -> TeacherManifest:
+        """Mark a shard complete in the teacher manifest with its statistics (read-modify-write under a lock)."""
+        with self.lock("teacher-manifest", "the teacher manifest"):
+            group = zarr.open_group(self.root.store, path="teacher", mode="r+", use_consolidated=False)
+            data = dict(group.attrs[TEACHER_ATTR])
+            data["shards"] = {**data.get("shards", {}), str(shard): stats}
+            manifest = TeacherManifest.from_dict(data)
+            group.attrs[TEACHER_ATTR] = manifest.to_dict()
+            return manifest
+
+    def teacher_arrays(self, shard: int, teacher: TeacherManifest, create: bool = False) -> dict[str, zarr.Array]:
+        """The shard's ids, values and ``chunks_done`` arrays; ``create`` makes them if absent (lock holder only)."""
+        self.check_shard(shard)
+        path = f"teacher/{shard_name(shard)}"
+        rows, seq_len = self.shard_rows(shard), self.manifest.seq_len
+        ids_name, values_name = teacher.array_names
+        try:
+            group = zarr.open_group(self.root.store, path=path, mode="r+" if create else "r", use_consolidated=False)
+            arrays = {name: group[name] for name in (ids_name, values_name, CHUNKS_DONE)}
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+            if not create:
+                raise DaramError(f"{self.url}: teacher shard {shard} has not been dumped") from None
+            return self._create_teacher_shard(path, rows, seq_len, teacher)
+        expected = (rows, seq_len, teacher.width)
+        for name in (ids_name, values_name):
+            if arrays[name].shape != expected:
+                raise DaramError(f"{self.url}: {path}/{name} has shape {arrays[name].shape}, expected {expected}")
+        return arrays
+
+    def _create_teacher_shard(self, path: str, rows: int, seq_len: int, teacher: TeacherManifest) -> dict[str, zarr.Array]:
+        group = self.root.require_group(path)
+        ids_name, values_name = teacher.array_names
+        chunk = (self.manifest.rows_per_chunk, seq_len, teacher.width)
+        n_chunks = -(-rows // self.manifest.rows_per_chunk)
+        common = dict(chunks=chunk, compressors=compressors(), fill_value=0, overwrite=True)
+        return {
+            ids_name: group.create_array(ids_name, shape=(rows, seq_len, teacher.width), dtype=self.manifest.token_dtype, **common),
+            values_name: group.create_array(
+                values_name, shape=(rows, seq_len, teacher.width), dtype=teacher.value_dtype, **common
+            ),
+            CHUNKS_DONE: group.create_array(
+                CHUNKS_DONE, shape=(n_chunks,), chunks=(1,), dtype="uint8", fill_value=0, compressors=(Crc32cCodec(),), overwrite=True
+            ),
+        }
+
+    def teacher_chunks_done(self, shard: int, teacher: TeacherManifest) -> np.ndarray:
+        """Boolean per chunk; all False when the shard has not been started."""
+        try:
+            return self.teacher_arrays(shard, teacher)[CHUNKS_DONE][:].astype(bool)
+        except DaramError:
+            return np.zeros(len(self.chunk_ranges(shard)), dtype=bool)
+
+    def write_teacher_chunk(
+        self, arrays: dict[str, zarr.Array], chunk: int, ids: np.ndarray, values: np.ndarray, teacher: TeacherManifest
+    ) -> None:
+        """Write one chunk's rows, then flag it done. Call with the shard's lock held."""
+        step = self.manifest.rows_per_chunk
+        ids_name, values_name = teacher.array_names
+        lo = chunk * step
+        arrays[ids_name][lo : lo + len(ids)] = ids
+        arrays[values_name][lo : lo + len(values)] = values
+        arrays[CHUNKS_DONE][chunk] = 1
+
+    def read_teacher(self, shard: int, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, values) of rows [start, stop) of a teacher shard: top-k ids + log-probs, or sample ids + counts."""
+        teacher = self.teacher_manifest()
+        if teacher is None:
+            raise DaramError(f"{self.url} has no teacher dump (run `daram teacher-dump` first)")
+        arrays = self.teacher_arrays(shard, teacher)
+        ids_name, values_name = teacher.array_names
+        return arrays[ids_name][start:stop], arrays[values_name][start:stop]
+
+    # --- locks and sizes --------------------------------------------------------------------
+
+    def lock(self, name: str, what: str) -> StoreLock:
+        return StoreLock(self.kv, name, what)
+
+    def shard_lock(self, shard: int) -> StoreLock:
+        return self.lock(f"teacher-{shard_name(shard)}", f"teacher shard {shard} of {self.url}")
+
+    def bytes_on_disk(self, prefix: str) -> int:
+        """Stored bytes under a path in the store, e.g. ``teacher/shard-00003/``."""
+        return self.kv.size_of_prefix(prefix)
+
+    def iter_chunks(self, array: zarr.Array) -> Iterator[tuple[int, slice]]:
+        step = array.chunks[0]
+        for i, lo in enumerate(range(0, array.shape[0], step)):
+            yield i, slice(lo, min(lo + step, array.shape[0]))
+
+
+def _group_exists(url: str) -> bool:
+    if is_local(url):
+        return Path(url.removeprefix("file://"), "zarr.json").is_file()
+    try:
+        zarr.open_group(url, mode="r", use_consolidated=False)
+        return True
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return False
