@@ -83,16 +83,16 @@ class Store:
     @classmethod
     def create(cls, url: str, overwrite: bool = False) -> "Store":
         """A new, empty store for prepare to fill; ``write_manifest`` marks it finished."""
-        exists = _group_exists(url)
-        if exists and not overwrite:
+        if cls.exists(url) and not overwrite:
             raise DaramError(f"store already exists: {url}; pass --overwrite to replace it")
-        if is_local(url):
-            path = Path(url.removeprefix("file://"))
-            if path.exists() and not exists and any(path.iterdir()):
-                raise DaramError(f"{url} exists and is not a daram store; refusing to write into it")
+        check_not_foreign(url)
         root = zarr.open_group(url, mode="w", zarr_format=3, use_consolidated=False)
         root.create_group("locks")  # holds one small group per held lock (see storage/lock.py)
         return cls(url, root, None)
+
+    @staticmethod
+    def exists(url: str) -> bool:
+        return _group_exists(url)
 
     @property
     def manifest(self) -> StoreManifest:
@@ -255,6 +255,15 @@ class Store:
         step = array.chunks[0]
         for i, lo in enumerate(range(0, array.shape[0], step)):
             yield i, slice(lo, min(lo + step, array.shape[0]))
+
+
+def check_not_foreign(url: str) -> None:
+    """Refuse to replace a local path that holds something other than a Zarr group (a typo'd --store)."""
+    if not is_local(url):
+        return
+    path = Path(url.removeprefix("file://"))
+    if path.is_file() or (path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").is_file()):
+        raise DaramError(f"{url} exists and is not a daram store; refusing to write over it")
 
 
 def _group_exists(url: str) -> bool:

@@ -1,0 +1,180 @@
+"""``daram inspect`` (what a store holds) and ``daram verify`` (is it intact and complete)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import numpy as np
+
+from daram.config import Config
+from daram.storage import Store, TeacherManifest, shard_name
+from daram.storage.store import CHUNKS_DONE
+
+PROB_SUM_TOLERANCE = 5e-3  # float16 rounding of k stored log-probs
+
+
+def run_inspect(cfg: Config, sample: bool = True) -> None:
+    store = Store.open(cfg.store.path)
+    m = store.manifest
+    print(f"store        {store.url}  (format {m.format} v{m.format_version}, daram {m.daram_version or '?'})")
+    print(f"tokenizer    {m.tokenizer.name_or_path}  vocab {m.tokenizer.vocab_size:,}  eos {m.tokenizer.eos_id}  "
+          f"pad {m.tokenizer.pad_id}  sha256 {m.tokenizer.vocab_sha256[:12]}")
+    print(f"tokens       {m.total_tokens:,} in {m.num_shards} shards, rows of {m.seq_len} ({m.token_dtype}), "
+          f"{m.rows_per_chunk} rows per chunk, packing {m.packing}, {m.dropped_tail_tokens} tail tokens dropped")
+    print(f"fingerprint  {m.tokens_fingerprint[:16]}")
+    print("sources (curriculum order):")
+    for s in m.sources:
+        print(f"  {s.name}: {s.files} files, {s.bytes / 1e6:.2f} MB, {s.units:,} {s.unit}s, {s.tokens:,} tokens, "
+              f"{s.skipped_lines} skipped lines  [{s.format}]")
+
+    teacher = store.teacher_manifest()
+    if teacher is None:
+        print("teacher      none yet (run `daram teacher-dump`)")
+    else:
+        kind = f"top-{teacher.width}" if teacher.kind == "topk" else f"sampled, {teacher.draws} draws, width {teacher.width}, seed {teacher.seed}"
+        print(f"teacher      {teacher.teacher} @ {teacher.revision}  {teacher.dtype}  T={teacher.temperature:g}  {kind}")
+
+    print("shards:")
+    for shard in range(m.num_shards):
+        rows = m.rows_per_shard[shard]
+        tokens = rows * m.seq_len
+        line = f"  {shard:5d}  {rows:7,} rows  {tokens:11,} tokens  tokens {store.bytes_on_disk(f'tokens/{shard_name(shard)}/') / tokens:5.2f} B/tok"
+        if teacher is not None:
+            done = store.teacher_chunks_done(shard, teacher)
+            status = "complete" if teacher.is_complete(shard) else f"{int(done.sum())}/{len(done)} chunks"
+            line += f"  teacher {status}"
+            if done.any():
+                line += f"  {store.bytes_on_disk(f'teacher/{shard_name(shard)}/') / tokens:6.1f} B/tok"
+            stats = teacher.shards.get(str(shard), {})
+            line += "".join(f"  {k} {_fmt(v)}" for k, v in stats.items() if k in SHOWN_STATS)
+        print(line)
+
+    if sample:
+        from daram.pipeline.hf import load_tokenizer
+
+        tokenizer = load_tokenizer(m.tokenizer.name_or_path)
+        text = tokenizer.decode(store.read_tokens(0, 0, 1)[0].tolist())
+        print(f"sample (shard 0, row 0): {text[:300]!r}")
+
+
+SHOWN_STATS = ("captured_mass_mean", "captured_mass_p5", "entropy_mean", "unique_ids_mean", "truncated_positions", "tokens_per_s")
+
+
+def _fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def run_verify(cfg: Config) -> bool:
+    """Read every chunk and check it. Prints one line per problem and a summary; True when all is intact."""
+    from tqdm import tqdm
+
+    store = Store.open(cfg.store.path)
+    m = store.manifest
+    teacher = store.teacher_manifest()
+    problems: list[str] = []
+    total = sum(len(store.chunk_ranges(s)) for s in range(m.num_shards)) * (2 if teacher else 1)
+    with tqdm(total=total, unit="chunk", desc="verify", dynamic_ncols=True) as bar:
+        for shard in range(m.num_shards):
+            problems += _verify_tokens(store, shard, bar)
+            if teacher is not None:
+                problems += _verify_teacher(store, teacher, shard, bar)
+    for problem in problems:
+        print(f"BAD  {problem}")
+    dumped = "no teacher dump" if teacher is None else f"teacher complete on {len(teacher.shards)}/{m.num_shards} shards"
+    if problems:
+        print(f"verify: {store.url}: {len(problems)} problems ({dumped})")
+    else:
+        print(f"verify: {store.url}: intact: {m.num_shards} token shards, {dumped}")
+    return not problems
+
+
+def _read_chunks(array, ranges, where: str, bar) -> Iterator[tuple[int, np.ndarray | None, str]]:
+    for i, (lo, hi) in enumerate(ranges):
+        try:
+            yield i, array[lo:hi], ""
+        except Exception as exc:  # a checksum mismatch or undecodable chunk surfaces here, whatever its type
+            yield i, None, f"{where} chunk {i} (rows {lo}-{hi}): unreadable ({type(exc).__name__}: {str(exc)[:120]})"
+        bar.update(1)
+
+
+def _verify_tokens(store: Store, shard: int, bar) -> list[str]:
+    m = store.manifest
+    where = f"tokens/{shard_name(shard)}"
+    try:
+        array = store.token_array(shard)
+    except Exception as exc:
+        return [f"{where}: {exc}"]
+    expected = (m.rows_per_shard[shard], m.seq_len)
+    if array.shape != expected or array.dtype != np.dtype(m.token_dtype):
+        return [f"{where}: shape {array.shape} {array.dtype}, expected {expected} {m.token_dtype}"]
+    problems, digest = [], hashlib.sha256()
+    for i, block, error in _read_chunks(array, store.chunk_ranges(shard), where, bar):
+        if block is None:
+            problems.append(error)
+            continue
+        digest.update(block.astype(block.dtype.newbyteorder("<"), copy=False).tobytes())
+        if block.max(initial=0) >= m.tokenizer.vocab_size:
+            problems.append(f"{where} chunk {i}: token id {int(block.max())} >= vocab {m.tokenizer.vocab_size}")
+    if not problems and digest.hexdigest() != m.shard_fingerprints[shard]:
+        problems.append(f"{where}: content differs from the manifest's fingerprint")
+    return problems
+
+
+def _verify_teacher(store: Store, teacher: TeacherManifest, shard: int, bar) -> list[str]:
+    where = f"teacher/{shard_name(shard)}"
+    ranges = store.chunk_ranges(shard)
+    try:
+        arrays = store.teacher_arrays(shard, teacher)
+    except Exception:
+        bar.update(len(ranges))
+        return [f"{where}: marked complete in the teacher manifest but its arrays are missing"] if teacher.is_complete(shard) else []
+    ids_name, values_name = teacher.array_names
+    for name, dtype in ((ids_name, store.manifest.token_dtype), (values_name, teacher.value_dtype)):
+        if arrays[name].dtype != np.dtype(dtype):
+            bar.update(len(ranges))
+            return [f"{where}/{name}: dtype {arrays[name].dtype}, expected {dtype}"]
+    try:
+        done = arrays[CHUNKS_DONE][:].astype(bool)
+    except Exception as exc:
+        bar.update(len(ranges))
+        return [f"{where}/{CHUNKS_DONE}: unreadable ({type(exc).__name__})"]
+    problems = []
+    for (i, ids, error), (_, values, error2) in zip(
+        _read_chunks(arrays[ids_name], ranges, f"{where}/{ids_name}", _NoBar()),
+        _read_chunks(arrays[values_name], ranges, f"{where}/{values_name}", bar),
+    ):
+        if not done[i]:
+            problems.append(f"{where} chunk {i}: not written yet (dump incomplete; rerun teacher-dump --shard {shard})")
+        elif ids is None or values is None:
+            problems.append(error or error2)
+        else:
+            problems += [f"{where} chunk {i}: {p}" for p in check_teacher_block(teacher, ids, values)]
+    if done.all() and not teacher.is_complete(shard):
+        problems.append(f"{where}: every chunk is written but the shard was never recorded complete (rerun teacher-dump)")
+    return problems
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+def check_teacher_block(teacher: TeacherManifest, ids: np.ndarray, values: np.ndarray) -> list[str]:
+    """Content checks of one chunk of teacher arrays; each problem as a short phrase."""
+    problems = []
+    if ids.max(initial=0) >= teacher.vocab_size:
+        problems.append(f"id {int(ids.max())} >= vocab {teacher.vocab_size}")
+    if teacher.kind == "topk":
+        logprobs = values.astype(np.float32)
+        if not np.isfinite(logprobs).all():
+            problems.append("non-finite log-probs")
+            return problems
+        mass = np.exp(logprobs).sum(-1)
+        if mass.max() > 1 + PROB_SUM_TOLERANCE:
+            problems.append(f"probabilities sum to {mass.max():.4f} > 1")
+        if (np.diff(logprobs, axis=-1) > 0).any():
+            problems.append("top-k log-probs not sorted in descending order")
+        if (np.diff(np.sort(ids, axis=-1), axis=-1) == 0).any():
+            problems.append("an id appears twice at one position")
+    return problems
