@@ -57,3 +57,34 @@ def tiny_teacher_dir(tmp_path_factory, kogpt2_tokenizer_dir: Path) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def korean_lines(korean_sentences: Path) -> list[str]:
+    """The first 3,000 real Korean sentences: enough for a few shards of short rows."""
+    with korean_sentences.open(encoding="utf-8") as handle:
+        return [next(handle).strip() for _ in range(3000)]
+
+
+def prepare_store(tmp: Path, tokenizer_dir: Path, lines: list[str], seq_len: int = 64, num_shards: int = 2,
+                  rows_per_chunk: int = 16, name: str = "store.zarr") -> Path:
+    """Run the real `prepare` on ``lines`` (one unit per line) and return the store's path."""
+    from daram.config import load_config
+    from daram.pipeline.prepare import run_prepare
+
+    corpus = tmp / f"{name}.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    store = tmp / name
+    cfg = load_config(overrides={
+        "store.path": str(store), "prepare.tokenizer": str(tokenizer_dir), "prepare.seq_len": seq_len,
+        "prepare.num_shards": num_shards, "prepare.rows_per_chunk": rows_per_chunk,
+        "prepare.sources": [{"path": str(corpus), "unit": "line"}],
+    })
+    run_prepare(cfg)
+    return store
+
+
+@pytest.fixture
+def prepared_store(tmp_path: Path, kogpt2_tokenizer_dir: Path, korean_lines: list[str]) -> Path:
+    """A fresh store per test: 600 real sentences, KoGPT2 tokens, rows of 64, 2 shards, 16-row chunks."""
+    return prepare_store(tmp_path, kogpt2_tokenizer_dir, korean_lines[:600])

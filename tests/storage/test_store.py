@@ -1,0 +1,182 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import numpy as np
+import pytest
+import zarr
+
+from daram.errors import DaramError
+from daram.storage import (
+    LockHeld, Store, StoreManifest, TeacherManifest, TokenizerInfo, fingerprint_rows, token_dtype_for, tokens_fingerprint,
+)
+from daram.storage.store import CHUNKS_DONE
+
+SEQ, ROWS, RPC, K, VOCAB = 8, 10, 4, 3, 100
+
+
+def make_store(url: str) -> Store:
+    store = Store.create(url)
+    shards = [np.random.default_rng(s).integers(0, VOCAB, size=(ROWS, SEQ)).astype(np.uint16) for s in range(2)]
+    for s, rows in enumerate(shards):
+        store.create_token_shard(s, ROWS, SEQ, RPC, "uint16")[:] = rows
+    fps = [fingerprint_rows(r) for r in shards]
+    store.write_manifest(StoreManifest(
+        tokenizer=TokenizerInfo("tok", VOCAB, "abc", 1, 3), seq_len=SEQ, rows_per_shard=(ROWS, ROWS),
+        rows_per_chunk=RPC, sources=(), shard_fingerprints=tuple(fps), tokens_fingerprint=tokens_fingerprint(SEQ, fps),
+    ))
+    return store
+
+
+def teacher_manifest(store: Store, **changes) -> TeacherManifest:
+    values = dict(teacher="t", revision="main", dtype="float32", temperature=2.0, kind="topk", width=K,
+                  vocab_size=VOCAB, tokens_fingerprint=store.manifest.tokens_fingerprint, rows_per_chunk=RPC)
+    return TeacherManifest(**{**values, **changes})
+
+
+@pytest.fixture(params=["local", "memory"])
+def url(request, tmp_path):
+    return str(tmp_path / "s.zarr") if request.param == "local" else f"memory://daram-{uuid.uuid4().hex}"
+
+
+def test_tokens_round_trip_and_plain_zarr_reads_them(url):
+    store = make_store(url)
+    again = Store.open(url)
+    assert again.manifest == store.manifest
+    assert again.chunk_ranges(0) == [(0, 4), (4, 8), (8, 10)]
+    rows = again.read_tokens(1)
+    assert rows.dtype == np.uint16 and rows.shape == (ROWS, SEQ)
+    assert fingerprint_rows(rows) == again.manifest.shard_fingerprints[1]
+    group = zarr.open_group(url, mode="r")
+    np.testing.assert_array_equal(group["tokens/shard-00001"][:], rows)
+    assert group.attrs["daram"]["num_shards"] == 2 and group.attrs["daram"]["token_dtype"] == "uint16"
+
+
+def test_teacher_round_trip(url):
+    store = Store.open(make_store(url).url, mode="r+")
+    teacher = store.init_teacher(teacher_manifest(store))
+    ids = np.arange(RPC * SEQ * K, dtype=np.uint16).reshape(RPC, SEQ, K) % VOCAB
+    logprobs = np.full((RPC, SEQ, K), -2.5, dtype=np.float16)
+    with store.shard_lock(0):
+        arrays = store.teacher_arrays(0, teacher, create=True)
+        store.write_teacher_chunk(arrays, 1, ids, logprobs, teacher)
+    assert store.teacher_chunks_done(0, teacher).tolist() == [False, True, False]
+    got_ids, got_lp = store.read_teacher(0, 4, 8)
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_array_equal(got_lp, logprobs)
+    assert not store.teacher_manifest().is_complete(0)
+    store.record_teacher_shard(0, {"rows": ROWS})
+    assert store.teacher_manifest().is_complete(0) and store.teacher_manifest().shards["0"] == {"rows": ROWS}
+    group = zarr.open_group(url, mode="r")
+    assert group["teacher/shard-00000/topk_logprobs"].dtype == np.float16
+    assert group["teacher"].attrs["daram_teacher"]["kind"] == "topk"
+
+
+def test_a_second_dump_with_other_settings_is_refused(url):
+    store = Store.open(make_store(url).url, mode="r+")
+    store.init_teacher(teacher_manifest(store))
+    assert store.init_teacher(teacher_manifest(store)).temperature == 2.0  # same settings: fine
+    with pytest.raises(DaramError, match="temperature=2.0.*temperature=1.0"):
+        store.init_teacher(teacher_manifest(store, temperature=1.0))
+
+
+def test_sampled_kind_arrays(url):
+    store = Store.open(make_store(url).url, mode="r+")
+    teacher = store.init_teacher(teacher_manifest(store, kind="sampled", width=5, draws=50))
+    arrays = store.teacher_arrays(1, teacher, create=True)
+    assert set(arrays) == {"sample_ids", "sample_counts", CHUNKS_DONE}
+    assert arrays["sample_counts"].dtype == np.uint8 and arrays["sample_ids"].shape == (ROWS, SEQ, 5)
+
+
+def test_opening_errors(tmp_path):
+    with pytest.raises(DaramError, match="store not found"):
+        Store.open(str(tmp_path / "none.zarr"))
+    zarr.open_group(str(tmp_path / "half.zarr"), mode="w")
+    with pytest.raises(DaramError, match="not a finished daram store"):
+        Store.open(str(tmp_path / "half.zarr"))
+    store = make_store(str(tmp_path / "s.zarr"))
+    with pytest.raises(DaramError, match="already exists"):
+        Store.create(store.url)
+    with pytest.raises(DaramError, match="shard 5 is out of range"):
+        store.read_tokens(5)
+    with pytest.raises(DaramError, match="has no teacher dump"):
+        store.read_teacher(0)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(DaramError, match="not a daram store"):
+        Store.create(str(tmp_path / "mine"), overwrite=True)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_manifest_validation_and_round_trip():
+    store_manifest = make_store(f"memory://{uuid.uuid4().hex}").manifest
+    assert StoreManifest.from_dict(json.loads(json.dumps(store_manifest.to_dict()))) == store_manifest
+    with pytest.raises(DaramError, match="format_version 2"):
+        StoreManifest.from_dict({**store_manifest.to_dict(), "format_version": 2})
+    with pytest.raises(DaramError, match="eos_id"):
+        TokenizerInfo("t", 10, "x", 10, 0)
+    with pytest.raises(DaramError, match="width"):
+        TeacherManifest("t", "main", "float16", 2.0, "topk", 200, 100, "fp", 4)
+    assert token_dtype_for(65536) == "uint16" and token_dtype_for(65537) == "uint32"
+
+
+KILL_MID_CHUNK = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    from daram.storage import Store
+    store = Store.open(sys.argv[1], mode="r+")
+    teacher = store.teacher_manifest()
+    lock = store.shard_lock(0).acquire()
+    arrays = store.teacher_arrays(0, teacher, create=True)
+
+    class DieOnWrite:
+        # the values array: the ids of this chunk are already on disk when the process dies here
+        def __setitem__(self, key, value):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    ones = np.ones((4, 8, 3), dtype=np.uint16)
+    store.write_teacher_chunk(arrays, 0, ones, np.full((4, 8, 3), -1, np.float16), teacher)
+    arrays["topk_logprobs"] = DieOnWrite()
+    store.write_teacher_chunk(arrays, 1, ones, np.full((4, 8, 3), -1, np.float16), teacher)
+""")
+
+
+def test_a_write_killed_mid_chunk_leaves_nothing_marked_done(tmp_path):
+    store = Store.open(make_store(str(tmp_path / "s.zarr")).url, mode="r+")
+    teacher = store.init_teacher(teacher_manifest(store))
+    result = subprocess.run([sys.executable, "-c", KILL_MID_CHUNK, store.url])
+    assert result.returncode == -9
+    assert store.teacher_chunks_done(0, teacher).tolist() == [True, False, False]
+    # the dead writer's lock is stale: the next writer takes it over
+    with store.shard_lock(0) as lock:
+        assert lock.record["pid"] == os.getpid()
+
+
+def test_lock_is_exclusive_and_released(url):
+    store = make_store(url)
+    with store.shard_lock(1):
+        with pytest.raises(LockHeld, match=rf"teacher shard 1 .* is being written by pid {os.getpid()}"):
+            store.shard_lock(1).acquire()
+        with store.shard_lock(0):  # other shards are independent
+            pass
+    with store.shard_lock(1):  # released on exit
+        pass
+    assert not zarr.open_group(url, mode="r")["locks"].attrs.asdict()
+    assert [name for name, _ in zarr.open_group(url, mode="r")["locks"].members()] == []
+
+
+def test_stale_lock_of_another_host_is_taken_over_only_after_heartbeat_timeout(url):
+    store = make_store(url)
+    lock = store.shard_lock(0)
+    record = {"host": "other-node", "pid": 1, "started": 0, "heartbeat": 0, "command": "daram teacher-dump"}
+    assert store.kv.set_if_absent(lock.key, lock._encode(record))
+    with store.shard_lock(0) as taken:  # heartbeat from 1970: stale
+        assert taken.record["pid"] == os.getpid()
+    import time
+
+    store.kv.set(lock.key, lock._encode({**record, "heartbeat": time.time()}))
+    with pytest.raises(LockHeld, match="other-node"):
+        store.shard_lock(0).acquire()

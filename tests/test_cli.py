@@ -1,0 +1,48 @@
+import os
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from daram.cli import app
+from daram.config import load_config
+
+runner = CliRunner()
+
+
+def test_help_does_not_import_torch():
+    code = "import sys\nfrom daram.cli import app\nfrom typer.testing import CliRunner\n" \
+           "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0, r.output\n" \
+           "assert 'torch' not in sys.modules and 'transformers' not in sys.modules and 'zarr' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_python_m_daram_works():
+    out = subprocess.run([sys.executable, "-m", "daram", "--help"], capture_output=True, text=True, check=True)
+    assert "teacher-dump" in out.stdout or "prepare" in out.stdout
+
+
+def test_init_writes_a_loadable_config_and_refuses_to_overwrite(tmp_path):
+    target = tmp_path / "daram.toml"
+    result = runner.invoke(app, ["init", str(target)])
+    assert result.exit_code == 0, result.output
+    assert load_config(target).teacher.model == "skt/ko-gpt-trinity-1.2B-v0.5"
+    result = runner.invoke(app, ["init", str(target)])
+    assert result.exit_code == 2 and "already exists" in result.output
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "daram", "inspect", "--store", str(tmp_path / "missing.zarr")],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("error: store not found")
+    assert "Traceback" not in out.stderr
+
+
+def test_config_errors_reach_the_user_as_one_line(tmp_path):
+    (tmp_path / "bad.toml").write_text("[store]\npth = 'x'\n")
+    result = runner.invoke(app, ["verify", "--config", str(tmp_path / "bad.toml")])
+    assert result.exit_code == 2 and "unknown key 'store.pth'" in result.output

@@ -1,0 +1,106 @@
+from pathlib import Path
+
+import pytest
+
+from daram.config import Config, load_config, parse_shards, reference_config_text
+from daram.errors import DaramError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "daram" / "configs").glob("*.toml"))
+
+
+def test_defaults_are_the_reference_shape():
+    cfg = Config()
+    assert (cfg.student.n_embd, cfg.student.n_head, cfg.student.n_layer) == (768, 8, 4)
+    assert cfg.teacher.temperature == 2.0 and cfg.teacher.kind in ("topk", "sampled")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.source_file == str(path)
+
+
+def test_reference_config_has_the_curriculum():
+    cfg = load_config(CONFIGS[[p.name for p in CONFIGS].index("reference.toml")])
+    assert cfg.teacher.model == "skt/ko-gpt-trinity-1.2B-v0.5"
+    assert cfg.prepare.seq_len == 512
+    names = [s.name for s in cfg.prepare.sources]
+    assert names[0].startswith("web corpus") and "Wikipedia" in names[3] and "written" in names[4]
+    assert cfg.eval.learning_rates["boolq"] == 5e-6 and cfg.eval.learning_rates["wic"] == 1e-6
+
+
+def test_unknown_key_names_the_key(tmp_path):
+    path = tmp_path / "d.toml"
+    path.write_text("[teacher]\ntop_kk = 3\n")
+    with pytest.raises(DaramError, match="'teacher.top_kk'"):
+        load_config(path)
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    path = tmp_path / "d.toml"
+    path.write_text('[prepare]\nseq_len = "long"\n')
+    with pytest.raises(DaramError, match="prepare.seq_len must be int"):
+        load_config(path)
+
+
+def test_unknown_section_and_bad_source(tmp_path):
+    path = tmp_path / "d.toml"
+    path.write_text("[trainer]\nlr = 1\n")
+    with pytest.raises(DaramError, match="'trainer'"):
+        load_config(path)
+    path.write_text('[[prepare.sources]]\npath = "x"\nformat = "csv"\n')
+    with pytest.raises(DaramError, match="prepare.sources.format"):
+        load_config(path)
+
+
+def test_invalid_values_are_refused():
+    with pytest.raises(DaramError, match="temperature must be > 0"):
+        load_config(overrides={"teacher.temperature": 0.0})
+    with pytest.raises(DaramError, match="divisible"):
+        load_config(overrides={"student.n_embd": 100, "student.n_head": 8})
+
+
+def test_precedence_file_then_set_then_flags(tmp_path):
+    path = tmp_path / "d.toml"
+    path.write_text("[teacher]\ntop_k = 8\ntemperature = 1.5\n[train]\nlr = 0.1\n")
+    cfg = load_config(path, sets=["teacher.top_k=16", "train.tail=renormalize"], overrides={"teacher.top_k": 32, "train.lr": None})
+    assert cfg.teacher.top_k == 32  # flag beats --set beats file
+    assert cfg.teacher.temperature == 1.5  # file beats default
+    assert cfg.train.tail == "renormalize" and cfg.train.lr == 0.1  # a flag left unset does not override
+
+
+def test_set_parses_toml_values_and_rejects_garbage():
+    cfg = load_config(sets=["train.shuffle=false", "eval.tasks=[\"copa\",\"wic\"]", "store.path=s3://b/x.zarr"])
+    assert cfg.train.shuffle is False and cfg.eval.tasks == ("copa", "wic") and cfg.store.path == "s3://b/x.zarr"
+    with pytest.raises(DaramError, match="section.key=value"):
+        load_config(sets=["shuffle"])
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(DaramError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_replace_type_checks():
+    cfg = Config().replace("teacher", top_k=8)
+    assert cfg.teacher.top_k == 8
+    with pytest.raises(DaramError, match="teacher.top_k"):
+        Config().replace("teacher", top_k="8")
+
+
+@pytest.mark.parametrize(
+    "spec,expected", [("3", [3]), ("0-3", [0, 1, 2, 3]), ("5,0,2", [5, 0, 2]), ("1-2,7", [1, 2, 7]), ("all", list(range(8)))]
+)
+def test_parse_shards(spec, expected):
+    assert parse_shards(spec, 8) == expected
+
+
+@pytest.mark.parametrize("spec,message", [("8", "out of range"), ("3-1", "cannot read"), ("a", "cannot read"), ("1,1", "twice")])
+def test_parse_shards_errors(spec, message):
+    with pytest.raises(DaramError, match=message):
+        parse_shards(spec, 8)
+
+
+def test_reference_text_is_commented():
+    text = reference_config_text()
+    assert text.count("#") > 20 and "[teacher]" in text
