@@ -47,8 +47,11 @@ def run_prepare(cfg: Config, overwrite: bool = False) -> StoreManifest:
     tokenizer = load_tokenizer(settings.tokenizer)
     info = tokenizer_info(tokenizer, settings.tokenizer)
     dtype = np.dtype(token_dtype_for(info.vocab_size))
-    split_sentences = sentence_splitter(settings.workers) if any(s.unit == "sentence" for s in settings.sources) else None
+    split_sentences = sentence_splitter(settings.sentence_splitter, settings.workers) if any(s.unit == "sentence" for s in settings.sources) else None
     total_bytes = sum(p.stat().st_size for paths in files.values() for p in paths)
+    # The Rust tokenizer directly: half the time of the transformers wrapper, and no offsets computed.
+    backend = tokenizer.backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
 
     from tqdm import tqdm
 
@@ -64,8 +67,8 @@ def run_prepare(cfg: Config, overwrite: bool = False) -> StoreManifest:
                 bytes_before = bar.n
                 for texts in _batches(iter_documents(source, files[source.path], counter), BATCH_UNITS):
                     units = [s for sents in split_sentences(texts) for s in sents] if source.unit == "sentence" else texts
-                    ids = tokenizer(units, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-                    flat = np.fromiter(_with_eos(ids, info.eos_id), dtype=dtype)
+                    encodings = encode(units, add_special_tokens=False)
+                    flat = np.fromiter(_with_eos((e.ids for e in encodings), info.eos_id), dtype=dtype)
                     flat.tofile(stream)
                     counter.units += len(units)
                     counter.tokens += flat.size
@@ -130,7 +133,7 @@ def _write_store(url, overwrite, rows, rows_per_shard, rows_per_chunk, info, sta
     return manifest
 
 
-def _with_eos(batch: list[list[int]], eos: int) -> Iterator[int]:
+def _with_eos(batch: Iterator[list[int]], eos: int) -> Iterator[int]:
     for ids in batch:
         yield from ids
         yield eos

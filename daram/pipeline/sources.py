@@ -76,7 +76,7 @@ def _paragraphs(lines: Iterator[str]) -> Iterator[str]:
 
 def _text_documents(path: Path, counter: SourceCounter, unit: str) -> Iterator[str]:
     lines = _decoded_lines(path, counter)
-    if unit == "line":
+    if unit in ("line", "sentence"):  # sentences are split line by line: bounded work per splitter call
         return (line.strip() for line in lines if line.strip())
     return _paragraphs(lines)
 
@@ -123,11 +123,16 @@ def regex_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
 
-def sentence_splitter(workers: int) -> Callable[[list[str]], list[list[str]]]:
-    """Korean sentence splitting with kiwipiepy when installed, else :func:`regex_sentences`."""
+def sentence_splitter(kind: str, workers: int) -> Callable[[list[str]], list[list[str]]]:
+    """Korean sentence splitting: kiwipiepy's morphological splitter (``kind="kiwi"``, falling back to
+    :func:`regex_sentences` with a warning when kiwipiepy is absent) or the regex splitter."""
     try:
+        if kind != "kiwi":
+            raise ImportError
         from kiwipiepy import Kiwi
     except ImportError:
+        if kind == "kiwi":
+            print("prepare: kiwipiepy is not installed; splitting sentences at punctuation (pip install kiwipiepy)")
         return lambda texts: [regex_sentences(t) for t in texts]
     kiwi = Kiwi(num_workers=workers)
 
