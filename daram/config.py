@@ -52,8 +52,10 @@ class PrepareConfig:
     rows_per_chunk: int = 64  # rows per Zarr chunk; the unit of atomic writes and of resume
     sources: tuple[SourceConfig, ...] = ()
     workers: int = 2  # tokenizer threads
+    sentence_splitter: str = "kiwi"  # kiwi (morphological, accurate, slow) | regex (punctuation, fast)
 
     def __post_init__(self) -> None:
+        _check_choice("prepare.sentence_splitter", self.sentence_splitter, ("kiwi", "regex"))
         _check_positive("prepare.seq_len", self.seq_len)
         _check_positive("prepare.num_shards", self.num_shards)
         _check_positive("prepare.rows_per_chunk", self.rows_per_chunk)
@@ -69,9 +71,10 @@ class TeacherConfig:
     temperature: float = 2.0
     kind: str = "topk"  # topk | sampled
     top_k: int = 64
-    draws: int = 50  # sampled dumps: draws per position
+    draws: int = 50  # sampled dumps: draws per position (1-255; counts are uint8)
+    sample_width: int = 0  # sampled dumps: unique ids kept per position (S); 0 = draws, so none are ever dropped
     batch_size: int = 0  # rows per forward; 0 = automatic (backs off on CUDA out-of-memory)
-    seed: int = 0  # sampled dumps: the draws are a pure function of (seed, shard, row)
+    seed: int = 0  # sampled dumps: the draws are a pure function of (seed, shard, chunk)
 
     def __post_init__(self) -> None:
         _check_choice("teacher.dtype", self.dtype, ("float16", "bfloat16", "float32"))
@@ -80,6 +83,8 @@ class TeacherConfig:
             raise DaramError(f"teacher.temperature must be > 0, got {self.temperature}")
         _check_positive("teacher.top_k", self.top_k)
         _check_positive("teacher.draws", self.draws)
+        if self.sample_width < 0:
+            raise DaramError(f"teacher.sample_width must be >= 0 (0 = draws), got {self.sample_width}")
         if self.batch_size < 0:
             raise DaramError(f"teacher.batch_size must be >= 0 (0 = automatic), got {self.batch_size}")
 
@@ -90,10 +95,13 @@ class StudentConfig:
     n_head: int = 8
     n_layer: int = 4
     init_from: str = ""  # optional HF id or directory to start from instead of random weights
+    dropout: float = 0.0  # residual, embedding and attention dropout of a new student
 
     def __post_init__(self) -> None:
         for name in ("n_embd", "n_head", "n_layer"):
             _check_positive(f"student.{name}", getattr(self, name))
+        if not 0 <= self.dropout < 1:
+            raise DaramError(f"student.dropout must be in [0, 1), got {self.dropout}")
         if self.n_embd % self.n_head:
             raise DaramError(f"student.n_embd ({self.n_embd}) must be divisible by student.n_head ({self.n_head})")
 
@@ -122,33 +130,109 @@ class TrainConfig:
     loss_slice: int = 128  # sequence positions per loss slice (bounds float32 logits memory)
     shuffle: bool = True  # seeded shuffle of rows within a shard
     seed: int = 0
-    checkpoint_every: int = 500
-    eval_every: int = 500
+    checkpoint_every: int = 500  # steps between checkpoints (and one at the end); 0 = only at the end
+    eval_every: int = 500  # steps between held-out evaluations (and one at the end); 0 = only at the end
     eval_rows: int = 64
     log_every: int = 10
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each rank's local GPU)
+    prefetch: int = 4  # micro-batches read ahead by the background reader
 
     def __post_init__(self) -> None:
         _check_choice("train.schedule", self.schedule, ("cosine", "linear"))
         _check_choice("train.precision", self.precision, ("auto", "fp32", "fp16", "bf16"))
         _check_choice("train.tail", self.tail, ("bucket", "renormalize"))
-        for name in ("epochs", "batch_size", "grad_accum", "loss_slice"):
+        for name in ("epochs", "batch_size", "grad_accum", "loss_slice", "eval_rows", "log_every", "prefetch"):
             _check_positive(f"train.{name}", getattr(self, name))
+        for name in ("warmup_steps", "max_steps", "checkpoint_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise DaramError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
+            raise DaramError(f"train.lr must be > 0 and train.min_lr in [0, lr]; got lr={self.lr}, min_lr={self.min_lr}")
+        if self.temperature < 0:
+            raise DaramError(f"train.temperature must be >= 0 (0 = the teacher manifest's), got {self.temperature}")
         if self.alpha_kd < 0 or self.alpha_ce < 0 or self.alpha_kd + self.alpha_ce == 0:
             raise DaramError("train.alpha_kd and train.alpha_ce must be >= 0 and not both 0")
 
 
+# Fine-tuning learning rate per task; configs/reference.toml gives the source of each.
+DEFAULT_EVAL_LEARNING_RATES = {
+    "boolq": 5e-6,
+    "copa": 5e-6,
+    "wic": 1e-6,
+    "hellaswag": 5e-6,
+    "sentineg": 5e-6,
+    "nsmc": 5e-6,
+}
+
+
 @dataclass(frozen=True)
 class EvalConfig:
+    models: tuple[str, ...] = ()  # causal LMs to compare (hub ids or directories); the first is the baseline
+    names: tuple[str, ...] = ()  # their names in the report; empty = the ids / directories as given
     tasks: tuple[str, ...] = ("boolq", "copa", "wic", "hellaswag", "sentineg", "nsmc")
     data: str = ""  # a directory laid out like shared/data; empty = Hugging Face datasets (online)
     out: str = "work/eval"
     epochs: int = 20
-    batch_size: int = 64
-    max_length: int = 512
+    batch_size: int = 64  # examples per optimizer step
+    micro_batch_size: int = 0  # examples per forward/backward (gradient accumulation); 0 = batch_size
+    max_length: int = 512  # tokens per sequence; longer inputs lose the end of their longest segment
     max_train: int = 0  # 0 = the whole train split
     max_test: int = 0
     seed: int = 42
-    learning_rates: dict[str, float] = field(default_factory=dict)  # per task; see configs/reference.toml
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # per task; keys given in daram.toml replace these defaults one by one
+    learning_rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVAL_LEARNING_RATES))
+    heldout: bool = False  # held-out fidelity on store shards instead of the downstream tasks
+    heldout_shards: str = ""  # "63", "60-63"; empty = train.heldout_shard
+    heldout_rows: int = 0  # rows per shard; 0 = all
+    heldout_batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "learning_rates", {**DEFAULT_EVAL_LEARNING_RATES, **self.learning_rates})
+        for name in ("epochs", "batch_size", "heldout_batch_size"):
+            _check_positive(f"eval.{name}", getattr(self, name))
+        for name in ("micro_batch_size", "max_train", "max_test", "heldout_rows"):
+            if getattr(self, name) < 0:
+                raise DaramError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_length < 8:
+            raise DaramError(f"eval.max_length must be >= 8, got {self.max_length}")
+        for task, lr in self.learning_rates.items():
+            if not lr > 0:
+                raise DaramError(f"eval.learning_rates.{task} must be > 0, got {lr}")
+        if self.names and len(self.names) != len(self.models):
+            raise DaramError(f"eval.names has {len(self.names)} names for {len(self.models)} models")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """``daram demo``: the whole pipeline on a corpus and teacher it makes itself (configs/demo.toml)."""
+
+    workdir: str = "work/demo"  # everything the demo writes goes here
+    corpus: str = ""  # a text file, one unit per line; empty = the package's own generated Korean corpus
+    tokenizer: str = ""  # a tokenizer directory or hub id; empty = train a byte-level BPE on the corpus
+    sentences: int = 6000  # sentences generated, or lines sampled from `corpus`
+    seed: int = 0
+    vocab_size: int = 2048  # of the trained tokenizer
+    teacher_n_embd: int = 128  # the teacher GPT-2 trained for the demo
+    teacher_n_layer: int = 4
+    teacher_n_head: int = 4
+    teacher_steps: int = 300
+    teacher_batch_size: int = 16  # rows per step
+    teacher_lr: float = 3e-3
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        for name in ("sentences", "vocab_size", "teacher_n_embd", "teacher_n_layer", "teacher_n_head",
+                     "teacher_steps", "teacher_batch_size"):
+            _check_positive(f"demo.{name}", getattr(self, name))
+        if self.teacher_n_embd % self.teacher_n_head:
+            raise DaramError(
+                f"demo.teacher_n_embd ({self.teacher_n_embd}) must be divisible by demo.teacher_n_head ({self.teacher_n_head})"
+            )
+        if not self.teacher_lr > 0:
+            raise DaramError(f"demo.teacher_lr must be > 0, got {self.teacher_lr}")
+        if self.threads < 0:
+            raise DaramError(f"demo.threads must be >= 0 (0 = torch's default), got {self.threads}")
 
 
 @dataclass(frozen=True)
@@ -159,6 +243,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
     source_file: str = ""  # where it was read from; empty = defaults only
 
     def replace(self, section: str, **values: Any) -> "Config":
