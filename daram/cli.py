@@ -51,7 +51,7 @@ def command(fn: Callable) -> Callable:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted: finished chunks are kept; rerun the same command to continue", err=True)
+            typer.echo("interrupted (teacher-dump resumes where it stopped when rerun; student-train with --resume)", err=True)
             raise typer.Exit(130) from None
 
     return app.command()(wrapper)
@@ -122,6 +122,63 @@ def prepare(
 
 
 @command
+def teacher_dump(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    store: StoreOpt = None,
+    shard: Annotated[Optional[int], typer.Option(help="Dump one shard (e.g. $SLURM_ARRAY_TASK_ID).")] = None,
+    shards: Annotated[Optional[str], typer.Option(help="Dump several: 0-7, 0,2,5 or all.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Dump every shard; complete ones are skipped.")] = False,
+    teacher: Annotated[Optional[str], typer.Option(help="Teacher: hub id or local directory [teacher.model].")] = None,
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision of the teacher [teacher.revision].")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="topk | sampled [teacher.kind].")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Ids kept per position of a topk dump [teacher.top_k].")] = None,
+    draws: Annotated[Optional[int], typer.Option(help="Draws per position of a sampled dump [teacher.draws].")] = None,
+    sample_width: Annotated[
+        Optional[int], typer.Option(help="Unique ids kept per position of a sampled dump; 0 = draws [teacher.sample_width].")
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the sampled draws [teacher.seed].")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature T [teacher.temperature].")] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option(help="Rows per forward; 0 = automatic, halved on CUDA OOM [teacher.batch_size].")
+    ] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N [teacher.device].")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="float16 | bfloat16 | float32 [teacher.dtype].")] = None,
+) -> None:
+    """Phase one: run the teacher over token shards and store tempered top-k log-probs (or sampled ids).
+
+    Resumable (kill it, rerun the same command), one process per shard (a lock in the store), and
+    shardable: under torchrun, rank r of w takes shards r, r+w, ... of the selection. A SLURM job
+    array runs one shard per task:
+
+    \b
+      #SBATCH --array=0-63%16 --gres=gpu:1 --requeue
+      daram teacher-dump --config daram.toml --shard "$SLURM_ARRAY_TASK_ID"
+    """
+    cfg = _config(
+        config,
+        set_,
+        **{
+            "store.path": store,
+            "teacher.model": teacher,
+            "teacher.revision": revision,
+            "teacher.kind": kind,
+            "teacher.top_k": top_k,
+            "teacher.draws": draws,
+            "teacher.sample_width": sample_width,
+            "teacher.seed": seed,
+            "teacher.temperature": temperature,
+            "teacher.batch_size": batch_size,
+            "teacher.device": device,
+            "teacher.dtype": dtype,
+        },
+    )
+    from daram.pipeline.teacher_dump import run_teacher_dump
+
+    run_teacher_dump(cfg, shard=shard, shards=shards, all_shards=all_)
+
+
+@command
 def inspect(
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -143,6 +200,184 @@ def verify(config: ConfigOpt = None, set_: SetOpt = None, store: StoreOpt = None
 
     if not run_verify(cfg):
         raise typer.Exit(1)
+
+
+@command
+def eval(  # noqa: A001 - the command's name
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    model: Annotated[
+        Optional[list[str]],
+        typer.Option("--model", help="Causal LM to evaluate: hub id or directory (repeatable; the first is the baseline) [eval.models]."),
+    ] = None,
+    name: Annotated[
+        Optional[list[str]], typer.Option("--name", help="Report name of each --model, in order [eval.names].")
+    ] = None,
+    tasks: Annotated[
+        Optional[str], typer.Option(help="Comma-separated: boolq,copa,wic,hellaswag,sentineg,nsmc [eval.tasks].")
+    ] = None,
+    data: Annotated[
+        Optional[str], typer.Option(help="Directory laid out like shared/data; omit to use HF datasets [eval.data].")
+    ] = None,
+    out: Annotated[Optional[str], typer.Option(help="Report directory [eval.out].")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Fine-tuning epochs per task [eval.epochs].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Examples per optimizer step [eval.batch_size].")] = None,
+    micro_batch_size: Annotated[
+        Optional[int], typer.Option(help="Examples per forward/backward; 0 = the batch [eval.micro_batch_size].")
+    ] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Tokens per sequence [eval.max_length].")] = None,
+    max_train: Annotated[Optional[int], typer.Option(help="Train examples per task; 0 = all [eval.max_train].")] = None,
+    max_test: Annotated[Optional[int], typer.Option(help="Test examples per task; 0 = all [eval.max_test].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the heads, dropout and example order [eval.seed].")] = None,
+    lr: Annotated[
+        Optional[list[str]], typer.Option("--lr", help="Learning rate of one task: --lr boolq=5e-6 (repeatable) [eval.learning_rates].")
+    ] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N [eval.device].")] = None,
+    heldout: Annotated[
+        bool, typer.Option("--heldout", help="Held-out fidelity on store shards (perplexity, KL, top-1, ECE) instead of the tasks.")
+    ] = False,
+    store: StoreOpt = None,
+    shards: Annotated[
+        Optional[str], typer.Option(help="--heldout: shards to score, e.g. 63 or 60-63 [eval.heldout_shards].")
+    ] = None,
+    heldout_rows: Annotated[Optional[int], typer.Option(help="--heldout: rows per shard; 0 = all [eval.heldout_rows].")] = None,
+) -> None:
+    """Fine-tune models on KoBEST and NSMC (or score held-out shards) and write a comparison report."""
+    overrides = {
+        "store.path": store,
+        "eval.models": model,
+        # new --model values without --name: the report names them by their ids / directories
+        "eval.names": name if name else ([] if model else None),
+        "eval.tasks": tasks,
+        "eval.data": data,
+        "eval.out": out,
+        "eval.epochs": epochs,
+        "eval.batch_size": batch_size,
+        "eval.micro_batch_size": micro_batch_size,
+        "eval.max_length": max_length,
+        "eval.max_train": max_train,
+        "eval.max_test": max_test,
+        "eval.seed": seed,
+        "eval.device": device,
+        "eval.heldout": True if heldout else None,
+        "eval.heldout_shards": shards,
+        "eval.heldout_rows": heldout_rows,
+    }
+    cfg = _config(config, set_, **overrides)
+    if lr:
+        rates = dict(cfg.eval.learning_rates)
+        for item in lr:
+            task, sep, value = item.partition("=")
+            try:
+                rates[task.strip()] = float(value)
+            except ValueError:
+                sep = ""
+            if not sep:
+                raise DaramError(f"--lr expects task=rate, e.g. boolq=5e-6; got {item!r}")
+        cfg = cfg.replace("eval", learning_rates=rates)
+    from daram.pipeline.evaluate import run_eval
+
+    run_eval(cfg)
+
+
+@command
+def student_train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    store: StoreOpt = None,
+    out: Annotated[Optional[str], typer.Option(help="Output directory: HF model, metrics, checkpoints [train.out].")] = None,
+    shards: Annotated[
+        Optional[str], typer.Option(help="Shards in curriculum order: 3, 0-7, 0,2,5 or all [train.shards].")
+    ] = None,
+    heldout_shard: Annotated[
+        Optional[int], typer.Option(help="Shard for periodic held-out evaluation; -1 = none [train.heldout_shard].")
+    ] = None,
+    n_embd: Annotated[Optional[int], typer.Option(help="Student width [student.n_embd].")] = None,
+    n_head: Annotated[Optional[int], typer.Option(help="Student attention heads [student.n_head].")] = None,
+    n_layer: Annotated[Optional[int], typer.Option(help="Student layers [student.n_layer].")] = None,
+    init_from: Annotated[
+        Optional[str], typer.Option(help="Start from this causal LM (hub id or directory) [student.init_from].")
+    ] = None,
+    alpha_kd: Annotated[
+        Optional[float], typer.Option(help="Weight of T^2 * KL; 0 = CE-only baseline [train.alpha_kd].")
+    ] = None,
+    alpha_ce: Annotated[Optional[float], typer.Option(help="Weight of the next-token CE [train.alpha_ce].")] = None,
+    tail: Annotated[
+        Optional[str], typer.Option(help="Top-k stores: bucket | renormalize [train.tail].")
+    ] = None,
+    temperature: Annotated[
+        Optional[float], typer.Option(help="KD temperature; 0 = the store's (another value needs "
+                                           "train.allow_temperature_mismatch) [train.temperature].")
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the shards [train.epochs].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Rows per micro-batch (per rank) [train.batch_size].")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Micro-batches per optimizer step [train.grad_accum].")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate [train.lr].")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps; 0 = the epochs [train.max_steps].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the weights, shuffle and dropout [train.seed].")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | fp16 | bf16 [train.precision].")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N [train.device].")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue exactly from the last checkpoint in --out.")] = False,
+) -> None:
+    """Phase two: train the student from the stored teacher distributions (torchrun for several GPUs)."""
+    cfg = _config(config, set_, **{
+        "store.path": store, "train.out": out, "train.shards": shards, "train.heldout_shard": heldout_shard,
+        "student.n_embd": n_embd, "student.n_head": n_head, "student.n_layer": n_layer, "student.init_from": init_from,
+        "train.alpha_kd": alpha_kd, "train.alpha_ce": alpha_ce, "train.tail": tail, "train.temperature": temperature,
+        "train.epochs": epochs, "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.lr": lr,
+        "train.max_steps": max_steps, "train.seed": seed, "train.precision": precision, "train.device": device,
+    })
+    from daram.pipeline.student_train import run_student_train
+
+    try:
+        run_student_train(cfg, resume=resume)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun with --resume to continue from the last checkpoint", err=True)
+        raise typer.Exit(130) from None
+
+
+@command
+def demo(
+    config: Annotated[
+        Optional[Path], typer.Option("--config", "-c", help="Config file (default: the package's configs/demo.toml).")
+    ] = None,
+    set_: SetOpt = None,
+    workdir: Annotated[Optional[str], typer.Option(help="Where everything is written [demo.workdir].")] = None,
+    corpus: Annotated[
+        Optional[str],
+        typer.Option(help="Use this text file (one unit per line) instead of the generated corpus [demo.corpus]."),
+    ] = None,
+    tokenizer: Annotated[
+        Optional[str], typer.Option(help="Use this tokenizer (directory or hub id) instead of training one [demo.tokenizer].")
+    ] = None,
+    sentences: Annotated[
+        Optional[int], typer.Option(help="Sentences generated, or lines sampled from --corpus [demo.sentences].")
+    ] = None,
+    teacher_steps: Annotated[Optional[int], typer.Option(help="Training steps of the demo teacher [demo.teacher_steps].")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps of each student [train.max_steps].")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads; 0 = the idle cores [demo.threads].")] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A smaller run (about a minute on 2 cores): fewer sentences, smaller models, fewer steps.")
+    ] = False,
+) -> None:
+    """The whole pipeline offline on a CPU in minutes: corpus -> tokenizer -> teacher -> prepare ->
+    teacher-dump -> student-train (KD and CE-only) -> held-out evaluation -> report.md with plots.
+
+    Needs no network and no files: the package generates its own Korean corpus. --corpus FILE
+    --tokenizer DIR run it on real text instead.
+    """
+    from daram.pipeline.demo import demo_config, run_demo
+
+    cfg = demo_config(config, set_ or (), quick, {
+        "demo.workdir": workdir,
+        "demo.corpus": corpus,
+        "demo.tokenizer": tokenizer,
+        "demo.sentences": sentences,
+        "demo.teacher_steps": teacher_steps,
+        "train.max_steps": max_steps,
+        "demo.threads": threads,
+    })
+    run_demo(cfg)
 
 
 def main() -> None:

@@ -211,15 +211,15 @@ class DemoConfig:
     corpus: str = ""  # a text file, one unit per line; empty = the package's own generated Korean corpus
     tokenizer: str = ""  # a tokenizer directory or hub id; empty = train a byte-level BPE on the corpus
     sentences: int = 6000  # sentences generated, or lines sampled from `corpus`
-    seed: int = 0
+    seed: int = 0  # of the generated corpus (or the sample of `corpus`) and of the teacher's training
     vocab_size: int = 2048  # of the trained tokenizer
-    teacher_n_embd: int = 128  # the teacher GPT-2 trained for the demo
-    teacher_n_layer: int = 4
-    teacher_n_head: int = 4
-    teacher_steps: int = 300
+    teacher_n_embd: int = 128  # width of the teacher GPT-2 trained for the demo
+    teacher_n_layer: int = 4  # its layers
+    teacher_n_head: int = 4  # its attention heads
+    teacher_steps: int = 300  # its training steps (on the training shards only)
     teacher_batch_size: int = 16  # rows per step
-    teacher_lr: float = 3e-3
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    teacher_lr: float = 3e-3  # peak learning rate (warm-up over a tenth of the steps, cosine decay to a tenth)
+    threads: int = 0  # torch CPU threads; 0 = the cores not busy with other work when the demo starts
 
     def __post_init__(self) -> None:
         for name in ("sentences", "vocab_size", "teacher_n_embd", "teacher_n_layer", "teacher_n_head",

@@ -1,0 +1,143 @@
+"""Held-out metrics of a causal LM on one store shard, against the real next tokens and the teacher.
+
+Shared by ``student-train`` (periodic evaluation) and ``daram eval --heldout``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from daram.errors import DaramError
+from daram.pipeline.batches import check_teacher_shards
+from daram.pipeline.losses import (
+    IGNORE,
+    DenseTarget,
+    SampledTarget,
+    TopkTarget,
+    final_hidden,
+    head_weight,
+    next_token_labels,
+)
+from daram.storage import Store
+
+ECE_BINS = 15
+EVAL_SLICE = 128  # positions per slice: bounds the float32 logits held at once
+
+
+@torch.no_grad()
+def heldout_metrics(
+    model,
+    store: Store,
+    shard: int,
+    temperature: float | None = None,
+    max_rows: int | None = None,
+    batch_size: int = 8,
+    device="cpu",
+    teacher_model=None,
+) -> dict:
+    """Metrics of ``model`` (already on ``device``) on rows ``[0, max_rows)`` of ``shard``.
+
+    Positions: a row of L tokens has L teacher positions (position t holds the distribution of
+    token t+1) and L-1 next-token positions (the last token has no label in the row).
+
+    - ``ce``: mean cross-entropy (nats) of the student at T = 1 against the real next token, over
+      the next-token positions; ``perplexity`` = exp(ce); ``tokens`` = their count.
+    - ``kl``: mean over teacher positions of KL(teacher || student) at temperature T (the store's
+      T unless ``temperature`` is given). Top-k stores: the ``bucket`` form (the k stored ids plus
+      one bucket for the rest; a lower bound of the full KL, exact when k = V). Sampled stores:
+      ``KL(t || q)`` with ``t = counts / draws`` (unbiased in its cross-entropy part; its entropy
+      part makes it read a little high). With ``teacher_model``: the exact full-vocabulary KL
+      from that model's logits, and the store's teacher arrays are not read.
+      ``kl_tokens`` = the number of teacher positions.
+    - ``top1_agreement``: share of teacher positions where the student's most probable id equals
+      the teacher's (top-k: the first stored id; sampled: the id drawn most often, the first on
+      ties; teacher model: its argmax).
+    - ``ece``: expected calibration error of the student's next-token prediction at T = 1:
+      confidence = max softmax probability, correct = argmax == the real next token; positions
+      are put into 15 equal-width confidence bins and ``ece = sum_b n_b / N * |acc_b - conf_b|``.
+    """
+    manifest = store.manifest
+    store.check_shard(shard)
+    teacher = store.teacher_manifest()
+    if teacher_model is None:
+        check_teacher_shards(store, teacher, [shard], f"held-out shard {shard}")
+    if temperature is None:
+        if teacher is None:
+            raise DaramError("heldout_metrics: no temperature given and the store has no teacher dump to take it from")
+        temperature = teacher.temperature
+    rows = manifest.rows_per_shard[shard] if max_rows is None else min(max_rows, manifest.rows_per_shard[shard])
+    if rows < 1:
+        raise DaramError(f"heldout_metrics: max_rows must be >= 1, got {max_rows}")
+
+    was_training = model.training
+    model.eval()
+    sums = dict(ce=0.0, kl=0.0, top1=0.0, tokens=0, kl_tokens=0)
+    bin_count, bin_conf, bin_correct = (np.zeros(ECE_BINS) for _ in range(3))
+    weight = head_weight(model)
+    for lo in range(0, rows, batch_size):
+        hi = min(lo + batch_size, rows)
+        tokens = torch.from_numpy(store.read_tokens(shard, lo, hi).astype(np.int64)).to(device)
+        labels = next_token_labels(tokens)
+        hidden = final_hidden(model, tokens)
+        target, teacher_top1 = _teacher_side(store, teacher, teacher_model, shard, lo, hi, tokens, temperature, device)
+        for start in range(0, tokens.shape[1], EVAL_SLICE):
+            stop = min(start + EVAL_SLICE, tokens.shape[1])
+            logits = (hidden[:, start:stop] @ weight.to(hidden.dtype).T).float()
+            log_p1 = torch.log_softmax(logits, -1)
+            label = labels[:, start:stop]
+            has_label = label != IGNORE
+            ce = -log_p1.gather(-1, label.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+            sums["ce"] += float(ce[has_label].sum())
+            sums["tokens"] += int(has_label.sum())
+
+            conf, pred = log_p1.max(-1)
+            conf, correct = conf.exp()[has_label], (pred == label)[has_label]
+            bins = (conf * ECE_BINS).long().clamp_max(ECE_BINS - 1).cpu().numpy()
+            bin_count += np.bincount(bins, minlength=ECE_BINS)
+            bin_conf += np.bincount(bins, weights=conf.double().cpu().numpy(), minlength=ECE_BINS)
+            bin_correct += np.bincount(bins, weights=correct.double().cpu().numpy(), minlength=ECE_BINS)
+
+            kl = target.kl(torch.log_softmax(logits / temperature, -1), start, stop)
+            sums["kl"] += float(kl.double().sum())
+            sums["top1"] += float((pred == teacher_top1[:, start:stop]).sum())
+            sums["kl_tokens"] += kl.numel()
+    model.train(was_training)
+
+    ece = float(np.abs(bin_correct - bin_conf).sum() / bin_count.sum())
+    ce = sums["ce"] / sums["tokens"]
+    return {
+        "ce": ce,
+        "perplexity": math.exp(ce),
+        "kl": sums["kl"] / sums["kl_tokens"],
+        "top1_agreement": sums["top1"] / sums["kl_tokens"],
+        "ece": ece,
+        "tokens": sums["tokens"],
+        "kl_tokens": sums["kl_tokens"],
+        "rows": rows,
+        "temperature": temperature,
+        "teacher": "model" if teacher_model is not None else teacher.kind,
+    }
+
+
+def _teacher_side(store, teacher, teacher_model, shard, lo, hi, tokens, temperature, device):
+    """(a KL target for rows lo:hi, the teacher's top-1 id per position)."""
+    if teacher_model is not None:
+        teacher_hidden = final_hidden(teacher_model, tokens)
+        teacher_weight = head_weight(teacher_model)
+
+        def teacher_logits(start: int, stop: int) -> torch.Tensor:
+            return (teacher_hidden[:, start:stop] @ teacher_weight.to(teacher_hidden.dtype).T).float()
+
+        top1 = torch.cat([teacher_logits(a, min(a + EVAL_SLICE, tokens.shape[1])).argmax(-1)
+                          for a in range(0, tokens.shape[1], EVAL_SLICE)], dim=1)
+        return DenseTarget(teacher_logits, temperature), top1
+    ids, values = store.read_teacher(shard, lo, hi)
+    ids = torch.from_numpy(ids.astype(np.int64)).to(device)
+    values = torch.from_numpy(values.astype(np.float32)).to(device)
+    if teacher.kind == "topk":
+        return TopkTarget(ids, values, tail="bucket"), ids[..., 0]
+    top = values.argmax(-1, keepdim=True)  # argmax returns the first maximum
+    return SampledTarget(ids, values, teacher.draws), ids.gather(-1, top).squeeze(-1)
