@@ -342,7 +342,10 @@ def demo(
         Optional[Path], typer.Option("--config", "-c", help="Config file (default: the package's configs/demo.toml).")
     ] = None,
     set_: SetOpt = None,
-    workdir: Annotated[Optional[str], typer.Option(help="Where everything is written [demo.workdir].")] = None,
+    workdir: Annotated[
+        Optional[str],
+        typer.Option(help="Where everything is written: a new or empty directory, or an earlier demo's [demo.workdir]."),
+    ] = None,
     corpus: Annotated[
         Optional[str],
         typer.Option(help="Use this text file (one unit per line) instead of the generated corpus [demo.corpus]."),
