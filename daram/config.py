@@ -47,7 +47,7 @@ class SourceConfig:
 @dataclass(frozen=True)
 class PrepareConfig:
     tokenizer: str = REFERENCE_TEACHER  # the teacher's tokenizer: a hub id or a local directory
-    seq_len: int = 512
+    seq_len: int = 512  # tokens per row (the context both models see)
     num_shards: int = 16
     rows_per_chunk: int = 64  # rows per Zarr chunk; the unit of atomic writes and of resume
     sources: tuple[SourceConfig, ...] = ()
@@ -65,12 +65,12 @@ class PrepareConfig:
 @dataclass(frozen=True)
 class TeacherConfig:
     model: str = REFERENCE_TEACHER  # a hub id or a local directory
-    revision: str = "main"
+    revision: str = "main"  # hub revision (branch, tag or commit) of the teacher
     dtype: str = "float16"  # float16 | bfloat16 | float32
     device: str = "auto"  # auto | cuda | cpu | cuda:N
     temperature: float = 2.0
     kind: str = "topk"  # topk | sampled
-    top_k: int = 64
+    top_k: int = 64  # top-k dumps: ids kept per position
     draws: int = 50  # sampled dumps: draws per position (1-255; counts are uint8)
     sample_width: int = 0  # sampled dumps: unique ids kept per position (S); 0 = draws, so none are ever dropped
     batch_size: int = 0  # rows per forward; 0 = automatic (backs off on CUDA out-of-memory)
@@ -91,9 +91,9 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class StudentConfig:
-    n_embd: int = 768
-    n_head: int = 8
-    n_layer: int = 4
+    n_embd: int = 768  # student width
+    n_head: int = 8  # student attention heads
+    n_layer: int = 4  # student layers
     init_from: str = ""  # optional HF id or directory to start from instead of random weights
     dropout: float = 0.0  # residual, embedding and attention dropout of a new student
 
@@ -108,32 +108,32 @@ class StudentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    out: str = "work/student"
+    out: str = "work/student"  # where the student's save_pretrained directory, checkpoints and metrics go
     shards: str = "all"  # curriculum order: "3", "0-7", "0,2,5" or "all"
     heldout_shard: int = -1  # a shard kept out of training for periodic evaluation; -1 = none
     epochs: int = 1
     batch_size: int = 8  # rows per micro-batch
     grad_accum: int = 4  # micro-batches per optimizer step
-    lr: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_steps: int = 200
+    lr: float = 6e-4  # peak learning rate (AdamW)
+    min_lr: float = 6e-5  # learning rate at the end of the decay
+    warmup_steps: int = 200  # linear warm-up steps
     schedule: str = "cosine"  # cosine | linear
     max_steps: int = 0  # 0 = run the epochs to the end
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    weight_decay: float = 0.1  # AdamW weight decay (not on biases and LayerNorm)
+    grad_clip: float = 1.0  # max gradient norm (a large value effectively turns clipping off)
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     alpha_kd: float = 1.0  # 0 gives a CE-only baseline from the same command
-    alpha_ce: float = 0.1
+    alpha_ce: float = 0.1  # weight of the cross-entropy on the real next token
     tail: str = "bucket"  # bucket | renormalize (top-k stores)
     temperature: float = 0.0  # 0 = the teacher manifest's T
-    allow_temperature_mismatch: bool = False
+    allow_temperature_mismatch: bool = False  # let train.temperature differ from the dump's T
     loss_slice: int = 128  # sequence positions per loss slice (bounds float32 logits memory)
     shuffle: bool = True  # seeded shuffle of rows within a shard
-    seed: int = 0
+    seed: int = 0  # seeds weights, shuffle and dropout
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end); 0 = only at the end
     eval_every: int = 500  # steps between held-out evaluations (and one at the end); 0 = only at the end
     eval_rows: int = 64
-    log_every: int = 10
+    log_every: int = 10  # optimizer steps between metrics.jsonl lines
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each rank's local GPU)
     prefetch: int = 4  # micro-batches read ahead by the background reader
 
@@ -148,6 +148,8 @@ class TrainConfig:
                 raise DaramError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
             raise DaramError(f"train.lr must be > 0 and train.min_lr in [0, lr]; got lr={self.lr}, min_lr={self.min_lr}")
+        if not self.grad_clip > 0:
+            raise DaramError(f"train.grad_clip must be > 0, got {self.grad_clip}")
         if self.temperature < 0:
             raise DaramError(f"train.temperature must be >= 0 (0 = the teacher manifest's), got {self.temperature}")
         if self.alpha_kd < 0 or self.alpha_ce < 0 or self.alpha_kd + self.alpha_ce == 0:
@@ -169,23 +171,23 @@ DEFAULT_EVAL_LEARNING_RATES = {
 class EvalConfig:
     models: tuple[str, ...] = ()  # causal LMs to compare (hub ids or directories); the first is the baseline
     names: tuple[str, ...] = ()  # their names in the report; empty = the ids / directories as given
-    tasks: tuple[str, ...] = ("boolq", "copa", "wic", "hellaswag", "sentineg", "nsmc")
+    tasks: tuple[str, ...] = ("boolq", "copa", "wic", "hellaswag", "sentineg", "nsmc")  # tasks to fine-tune and score, in report order
     data: str = ""  # a directory laid out like shared/data; empty = Hugging Face datasets (online)
-    out: str = "work/eval"
+    out: str = "work/eval"  # where report.md, report.json and report.png go
     epochs: int = 20
     batch_size: int = 64  # examples per optimizer step
     micro_batch_size: int = 0  # examples per forward/backward (gradient accumulation); 0 = batch_size
     max_length: int = 512  # tokens per sequence; longer inputs lose the end of their longest segment
     max_train: int = 0  # 0 = the whole train split
-    max_test: int = 0
-    seed: int = 42
+    max_test: int = 0  # test examples per task (0 = all)
+    seed: int = 42  # seed of the head, dropout and example order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # per task; keys given in daram.toml replace these defaults one by one
-    learning_rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVAL_LEARNING_RATES))
+    learning_rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVAL_LEARNING_RATES))  # per-task fine-tuning learning rate
     heldout: bool = False  # held-out fidelity on store shards instead of the downstream tasks
     heldout_shards: str = ""  # "63", "60-63"; empty = train.heldout_shard
     heldout_rows: int = 0  # rows per shard; 0 = all
-    heldout_batch_size: int = 8
+    heldout_batch_size: int = 8  # rows per held-out forward
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "learning_rates", {**DEFAULT_EVAL_LEARNING_RATES, **self.learning_rates})
