@@ -88,3 +88,73 @@ def prepare_store(tmp: Path, tokenizer_dir: Path, lines: list[str], seq_len: int
 def prepared_store(tmp_path: Path, kogpt2_tokenizer_dir: Path, korean_lines: list[str]) -> Path:
     """A fresh store per test: 600 real sentences, KoGPT2 tokens, rows of 64, 2 shards, 16-row chunks."""
     return prepare_store(tmp_path, kogpt2_tokenizer_dir, korean_lines[:600])
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_teacher_dir(tmp_path_factory, kogpt2_tokenizer_dir: Path, korean_lines: list[str]) -> Path:
+    """The tiny teacher's shape (2 layers, 32 wide, KoGPT2 vocab) trained 40 steps on real Korean sentences
+    (the last 1,000 of ``korean_lines``, which stores built from the first ones do not contain), so its
+    distributions are real ones: something for distillation to transfer. About 20 s on 2 idle CPU cores."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(kogpt2_tokenizer_dir)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = GPT2LMHeadModel(config)
+    ids = [i for line in korean_lines[-1000:] for i in tokenizer(line)["input_ids"] + [tokenizer.eos_token_id]]
+    rows = torch.tensor(ids[: len(ids) // 64 * 64]).view(-1, 64)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-2)
+    for _ in range(40):
+        batch = rows[torch.randint(0, len(rows), (8,))]
+        model(batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out = tmp_path_factory.mktemp("trained_tiny_teacher")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def write_teacher_dump(store_path: Path, teacher_dir: Path, kind: str = "topk", width: int = 16,
+                       temperature: float = 2.0, draws: int = 50, seed: int = 0, shards: list[int] | None = None) -> None:
+    """Fill a store's teacher arrays from ``teacher_dir``'s logits through the Store API alone (independent of
+    `daram teacher-dump`): top-k ids + log_softmax(logits / T), or ``draws`` samples as unique ids + counts."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from daram.storage import Store, TeacherManifest
+
+    store = Store.open(str(store_path), mode="r+")
+    manifest = store.manifest
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    teacher = store.init_teacher(TeacherManifest(
+        teacher=str(teacher_dir), revision="main", dtype="float32", temperature=temperature, kind=kind, width=width,
+        vocab_size=manifest.tokenizer.vocab_size, tokens_fingerprint=manifest.tokens_fingerprint,
+        rows_per_chunk=manifest.rows_per_chunk, draws=draws if kind == "sampled" else 0, seed=seed,
+    ))
+    generator = torch.Generator().manual_seed(seed)
+    for shard in range(manifest.num_shards) if shards is None else shards:
+        with store.shard_lock(shard):
+            arrays = store.teacher_arrays(shard, teacher, create=True)
+            for chunk, (lo, hi) in enumerate(store.chunk_ranges(shard)):
+                tokens = torch.from_numpy(store.read_tokens(shard, lo, hi).astype(np.int64))
+                with torch.no_grad():
+                    logp = torch.log_softmax(model(tokens).logits / temperature, -1)
+                if kind == "topk":
+                    values, ids = logp.topk(width, -1)
+                    values = values.half()
+                else:
+                    drawn = torch.multinomial(logp.exp().flatten(0, 1), draws, replacement=True, generator=generator)
+                    dense = torch.zeros(drawn.shape[0], logp.shape[-1]).scatter_add_(1, drawn, torch.ones(drawn.shape))
+                    counts, ids = dense.sort(dim=-1, descending=True, stable=True)
+                    ids = torch.where(counts > 0, ids, 0)  # padding: count 0, id 0, after the drawn ids
+                    values = counts[:, :width].to(torch.uint8).view(*logp.shape[:2], width)
+                    ids = ids[:, :width].view(*logp.shape[:2], width)
+                store.write_teacher_chunk(arrays, chunk, ids.numpy().astype(np.uint16), values.numpy(), teacher)
+            store.record_teacher_shard(shard, {"rows": store.shard_rows(shard)})

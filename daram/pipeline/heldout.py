@@ -20,6 +20,7 @@ from daram.pipeline.losses import (
     final_hidden,
     head_weight,
     next_token_labels,
+    student_logq_at,
 )
 from daram.storage import Store
 
@@ -48,9 +49,11 @@ def heldout_metrics(
     - ``kl``: mean over teacher positions of KL(teacher || student) at temperature T (the store's
       T unless ``temperature`` is given). Top-k stores: the ``bucket`` form (the k stored ids plus
       one bucket for the rest; a lower bound of the full KL, exact when k = V). Sampled stores:
-      ``KL(t || q)`` with ``t = counts / draws`` (unbiased in its cross-entropy part; its entropy
-      part makes it read a little high). With ``teacher_model``: the exact full-vocabulary KL
-      from that model's logits, and the store's teacher arrays are not read.
+      ``KL(t || q)`` with ``t = counts / draws``: its cross-entropy part ``-sum t log q`` is
+      unbiased, but ``sum t log t`` overestimates ``sum p log p`` (by up to ``log V - log draws``
+      for a flat teacher), so it ranks students fairly on one store while its level sits above
+      the true KL. With ``teacher_model``: the exact full-vocabulary KL from that model's logits,
+      and the store's teacher arrays are not read.
       ``kl_tokens`` = the number of teacher positions.
     - ``top1_agreement``: share of teacher positions where the student's most probable id equals
       the teacher's (top-k: the first stored id; sampled: the id drawn most often, the first on
@@ -100,7 +103,7 @@ def heldout_metrics(
             bin_conf += np.bincount(bins, weights=conf.double().cpu().numpy(), minlength=ECE_BINS)
             bin_correct += np.bincount(bins, weights=correct.double().cpu().numpy(), minlength=ECE_BINS)
 
-            kl = target.kl(torch.log_softmax(logits / temperature, -1), start, stop)
+            kl = target.kl(student_logq_at(target, torch.log_softmax(logits / temperature, -1), start, stop), start, stop)
             sums["kl"] += float(kl.double().sum())
             sums["top1"] += float((pred == teacher_top1[:, start:stop]).sum())
             sums["kl_tokens"] += kl.numel()

@@ -177,4 +177,19 @@ def check_teacher_block(teacher: TeacherManifest, ids: np.ndarray, values: np.nd
             problems.append("top-k log-probs not sorted in descending order")
         if (np.diff(np.sort(ids, axis=-1), axis=-1) == 0).any():
             problems.append("an id appears twice at one position")
+    else:  # sampled: unique ids with their draw counts, most drawn first, padded with id 0 / count 0
+        counts = values.astype(np.int64)
+        drawn = counts > 0
+        total = counts.sum(-1)
+        if (np.diff(counts, axis=-1) > 0).any():
+            problems.append("counts not in descending order (or padding before a drawn id)")
+        if (ids[~drawn] != 0).any():
+            problems.append("a padding slot (count 0) holds an id other than 0")
+        # fewer than `draws` only when every slot is used: the rarest ids were dropped (truncation)
+        if (total > teacher.draws).any() or ((total < teacher.draws) & ~drawn.all(-1)).any():
+            bad = total[(total > teacher.draws) | ((total < teacher.draws) & ~drawn.all(-1))]
+            problems.append(f"counts sum to {int(bad.flat[0])}, not draws={teacher.draws}")
+        marked = np.where(drawn, ids.astype(np.int64), -1 - np.arange(ids.shape[-1]))  # padding never repeats
+        if (np.diff(np.sort(marked, axis=-1), axis=-1) == 0).any():
+            problems.append("an id appears twice at one position")
     return problems

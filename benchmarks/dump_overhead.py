@@ -1,0 +1,136 @@
+"""Cost of `teacher-dump` over a bare teacher forward, with a KoGPT2-shaped teacher on the same rows.
+
+The bare forward is what any user of the teacher pays: ``model(input_ids).logits`` over the same
+rows in batches of the same size. The dump adds the tempered full-vocabulary softmax statistics,
+top-k (or draws), the float16 conversion, compression and the chunk writes (on a background
+thread). Rounds alternate which of the two runs first; each round dumps a fresh shard. Both wall
+time and process CPU time (all threads) are reported: on a shared machine the CPU-time ratio is
+the steadier of the two, the wall ratio what a user waits.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/dump_overhead.py                 # 12 x 768, k = 64
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/dump_overhead.py --kind sampled --draws 50
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/dump_overhead.py --layers 2 --width 64 --heads 2   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from daram.config import load_config
+from daram.pipeline.prepare import run_prepare
+from daram.pipeline.teacher_dump import TeacherRunner, dump_shard
+from daram.storage import Store, TeacherManifest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def build_store(path: Path, rows: int, seq_len: int, shards: int, rows_per_chunk: int, data: Path = SHARED) -> Store:
+    """A real store of `shards` shards with at least `rows` rows each, from the shared Korean sentences."""
+    lines = (data / "korean_corpus" / "sentences.txt").read_text(encoding="utf-8").splitlines()
+    # about 12 tokens per sentence; take enough for every shard to reach `rows` rows
+    needed = rows * seq_len * shards // 8
+    corpus = path.with_suffix(".txt")
+    corpus.write_text("\n".join(lines[:needed]) + "\n", encoding="utf-8")
+    cfg = load_config(overrides={
+        "store.path": str(path), "prepare.tokenizer": str(data / "tokenizers" / "kogpt2-base-v2"),
+        "prepare.seq_len": seq_len, "prepare.num_shards": shards, "prepare.rows_per_chunk": rows_per_chunk,
+        "prepare.sources": [{"path": str(corpus), "unit": "line"}],
+    })
+    manifest = run_prepare(cfg)
+    if min(manifest.rows_per_shard) < rows:
+        raise SystemExit(f"corpus too small for {shards} shards of {rows} rows")
+    return Store.open(str(path), mode="r+")
+
+
+def random_teacher(layers: int, width: int, heads: int, vocab: int = 51200, context: int = 1024, dtype=torch.float32):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=vocab, n_embd=width, n_layer=layers, n_head=heads, n_positions=context)
+    return GPT2LMHeadModel(config).to(dtype).eval()
+
+
+def teacher_manifest(
+    store: Store, kind: str, width: int, draws: int, dtype: str = "float32", temperature: float = 2.0
+) -> TeacherManifest:
+    m = store.manifest
+    return TeacherManifest(
+        teacher="random", revision="-", dtype=dtype, temperature=temperature, kind=kind, width=width,
+        vocab_size=m.tokenizer.vocab_size, tokens_fingerprint=m.tokens_fingerprint, rows_per_chunk=m.rows_per_chunk,
+        draws=draws if kind == "sampled" else 0,
+    )
+
+
+def bare_forward(model, tokens: torch.Tensor, batch: int, device) -> None:
+    for lo in range(0, len(tokens), batch):
+        model(input_ids=tokens[lo : lo + batch].to(device), use_cache=False).logits.sum().item()
+
+
+def timed(fn, *args) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds over all threads) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rows-per-chunk", type=int, default=8)
+    parser.add_argument("--kind", default="topk", choices=("topk", "sampled"))
+    parser.add_argument("--k", type=int, default=64)
+    parser.add_argument("--draws", type=int, default=50)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=6)
+    args = parser.parse_args()
+
+    device = torch.device("cpu")
+    model = random_teacher(args.layers, args.width, args.heads)
+    params = sum(p.numel() for p in model.parameters())
+    with tempfile.TemporaryDirectory() as tmp:
+        store = build_store(Path(tmp, "bench.zarr"), args.rows, args.seq_len, args.rounds, args.rows_per_chunk)
+        width = args.k if args.kind == "topk" else args.draws
+        teacher = store.init_teacher(teacher_manifest(store, args.kind, width, args.draws))
+        runner = TeacherRunner(model, args.kind, width, 2.0, device, args.batch, store.manifest)
+        wall_ratios, cpu_ratios = [], []
+        with torch.inference_mode():
+            bare_forward(model, torch.from_numpy(store.read_tokens(0, 0, args.batch).astype("int64")), args.batch, device)
+            for shard in range(args.rounds):
+                rows = store.shard_rows(shard)
+                tokens = torch.from_numpy(store.read_tokens(shard).astype("int64"))
+                timings = {}
+                for name in (("bare", "dump") if shard % 2 == 0 else ("dump", "bare")):
+                    if name == "bare":
+                        timings[name] = timed(bare_forward, model, tokens, args.batch, device)
+                    else:
+                        timings[name] = timed(dump_shard, store, shard, teacher, runner)
+                (bare_wall, bare_cpu), (dump_wall, dump_cpu) = timings["bare"], timings["dump"]
+                wall_ratios.append(dump_wall / bare_wall)
+                cpu_ratios.append(dump_cpu / bare_cpu)
+                print(
+                    f"round {shard}: {rows} rows x {args.seq_len} tokens, batch {args.batch}: bare forward "
+                    f"{bare_wall:.2f}s wall / {bare_cpu:.2f}s CPU, dump {dump_wall:.2f}s / {dump_cpu:.2f}s, "
+                    f"ratio {wall_ratios[-1]:.3f} wall / {cpu_ratios[-1]:.3f} CPU  (load average {os.getloadavg()[0]:.1f})"
+                )
+    what = f"top-{args.k}" if args.kind == "topk" else f"sampled, {args.draws} draws"
+    print(
+        f"teacher {args.layers} layers x {args.width} wide, vocab 51200 ({params / 1e6:.0f}M params), float32, "
+        f"{torch.get_num_threads()} threads, {what}: dump / bare forward = {statistics.median(wall_ratios):.3f} wall "
+        f"(median of {len(wall_ratios)}; min {min(wall_ratios):.3f}, max {max(wall_ratios):.3f}), "
+        f"{statistics.median(cpu_ratios):.3f} CPU time (min {min(cpu_ratios):.3f}, max {max(cpu_ratios):.3f})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Step time of `student-train` with stored top-64 logits / the same run CE-only (target <= 1.15).
+
+Both runs are the same `run_student_train` call on the same store, rows, seed and student (the
+reference shape 768/8/4, vocabulary 51,200); the CE-only run sets alpha_kd = 0, so it never opens
+the teacher arrays. The store is built by the real `prepare` from the shared Korean sentences and
+dumped by the real `teacher-dump` (a small random GPT-2 teacher over the KoGPT2 vocabulary; its
+quality does not change the student's step time). Rounds alternate which run goes first so both
+see the same machine load; the ratio is of the medians of per-step times (each run's first step,
+which pays for allocations and the first reads, is left out).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/kd_step.py                  # batch 2 x 256, 6 steps, 3 rounds
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/kd_step.py --n-embd 64 --n-layer 2 --n-head 2 --steps 4   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def build_store(work: Path, seq_len: int, rows: int, top_k: int) -> Path:
+    """A store of one shard with at least ``rows`` rows, and a top-k dump of a small random teacher."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from daram.config import load_config
+    from daram.pipeline.prepare import run_prepare
+    from daram.pipeline.teacher_dump import run_teacher_dump
+
+    tokenizer_dir = SHARED / "tokenizers" / "kogpt2-base-v2"
+    lines = (SHARED / "korean_corpus" / "sentences.txt").read_text(encoding="utf-8").splitlines()
+    corpus = work / "corpus.txt"
+    corpus.write_text("\n".join(lines[: rows * seq_len // 6]) + "\n", encoding="utf-8")  # ~8 tokens a sentence
+    teacher_dir = work / "teacher"
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=2)).save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    store = work / "store.zarr"
+    cfg = load_config(overrides={
+        "store.path": str(store), "prepare.tokenizer": str(tokenizer_dir), "prepare.seq_len": seq_len,
+        "prepare.num_shards": 1, "prepare.rows_per_chunk": 16, "prepare.sources": [{"path": str(corpus), "unit": "line"}],
+        "teacher.model": str(teacher_dir), "teacher.top_k": top_k, "teacher.kind": "topk", "teacher.device": "cpu",
+        "teacher.dtype": "float32",
+    })
+    manifest = run_prepare(cfg)
+    if manifest.rows_per_shard[0] < rows:
+        raise SystemExit(f"corpus gave {manifest.rows_per_shard[0]} rows, fewer than {rows}")
+    run_teacher_dump(cfg, all_shards=True)
+    return store
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-embd", type=int, default=768)
+    parser.add_argument("--n-head", type=int, default=8)
+    parser.add_argument("--n-layer", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--top-k", type=int, default=64)
+    parser.add_argument("--loss-slice", type=int, default=128)
+    args = parser.parse_args()
+
+    from daram.config import load_config
+    from daram.pipeline.student_train import run_student_train
+
+    with tempfile.TemporaryDirectory(prefix="kd_step-") as tmp:
+        work = Path(tmp)
+        store = build_store(work, args.seq_len, args.batch_size * args.steps, args.top_k)
+        times: dict[str, list[float]] = {"kd": [], "ce": []}
+        cpu_times: dict[str, list[float]] = {"kd": [], "ce": []}
+        for round_ in range(args.rounds):
+            for name in ("kd", "ce") if round_ % 2 == 0 else ("ce", "kd"):
+                out = work / f"{name}-{round_}"
+                cfg = load_config(overrides={
+                    "store.path": str(store), "train.out": str(out), "train.shards": "0", "train.heldout_shard": -1,
+                    "student.n_embd": args.n_embd, "student.n_head": args.n_head, "student.n_layer": args.n_layer,
+                    "train.batch_size": args.batch_size, "train.grad_accum": 1, "train.max_steps": args.steps,
+                    "train.log_every": 1, "train.checkpoint_every": 0, "train.eval_every": 0, "train.device": "cpu",
+                    "train.loss_slice": args.loss_slice, "train.alpha_kd": 1.0 if name == "kd" else 0.0,
+                    "train.alpha_ce": 0.1 if name == "kd" else 1.0, "train.shuffle": False,
+                })
+                started = time.perf_counter()
+                summary = run_student_train(cfg)
+                steps, cpu = summary["step_seconds"][1:], summary["step_cpu_seconds"][1:]
+                times[name] += steps
+                cpu_times[name] += cpu
+                print(
+                    f"round {round_} {name}: {summary['steps']} steps in {time.perf_counter() - started:.1f} s, "
+                    f"per step (first left out) {', '.join(f'{s:.2f}' for s in steps)} s wall, "
+                    f"{', '.join(f'{s:.2f}' for s in cpu)} s CPU  (load average {os.getloadavg()[0]:.1f})", flush=True,
+                )
+    kd, ce = statistics.median(times["kd"]), statistics.median(times["ce"])
+    kd_cpu, ce_cpu = statistics.median(cpu_times["kd"]), statistics.median(cpu_times["ce"])
+    import torch
+
+    print(
+        f"student {args.n_embd}/{args.n_head}/{args.n_layer}, vocab 51200, batch {args.batch_size} x {args.seq_len}, "
+        f"top-{args.top_k} bucket, fp32 on CPU ({torch.get_num_threads()} threads): step with stored logits / CE-only = "
+        f"{kd:.3f} / {ce:.3f} s = {kd / ce:.3f} wall, {kd_cpu:.3f} / {ce_cpu:.3f} s = {kd_cpu / ce_cpu:.3f} CPU time "
+        f"(medians of {len(times['kd'])} steps each; target <= 1.15)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Streaming rows of tokens (and the teacher's arrays) from the store into micro-batches.
+
+The order is a pure function of (shards, epochs, seed, shuffle, batch size, rank, world size):
+
+- shards are visited in the given curriculum order, every epoch;
+- within a shard, the chunk order is a seeded permutation (when shuffling), and chunk ``i`` of
+  that order goes to rank ``i % world``, so DDP ranks read disjoint rows and never the same chunk;
+- a rank's rows are shuffled within windows of :data:`WINDOW_CHUNKS` consecutive chunks, so only
+  one window is held in memory (a shuffle buffer, not a whole-shard shuffle);
+- each rank takes the same number of full micro-batches from a shard (the fewest any rank can
+  fill), so DDP ranks step together; the few rows left over are skipped.
+
+A position in this order is just the number of micro-batches consumed, which is what a
+checkpoint records; :meth:`BatchPlan.describe` turns it back into (epoch, shard, row offset).
+
+Reading runs in a background thread (:class:`Prefetcher`) a few micro-batches ahead.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from daram.errors import DaramError
+from daram.storage import Store, TeacherManifest
+
+WINDOW_CHUNKS = 8  # chunks per shuffle window
+
+
+@dataclass(frozen=True)
+class ShardPass:
+    """One shard in one epoch, as one rank sees it."""
+
+    epoch: int
+    shard: int
+    chunks: tuple[tuple[int, int], ...]  # this rank's chunk row ranges, in reading order
+    batches: int  # full micro-batches this rank (and every other rank) takes from it
+    seed: tuple[int, ...]  # seeds the row shuffle within windows; () = no shuffle
+
+    def row_order(self) -> np.ndarray:
+        """This rank's row indices in the order they are used (all of them; only the first
+        ``batches * batch_size`` are)."""
+        rng = np.random.default_rng(self.seed) if self.seed else None
+        windows = [np.zeros(0, dtype=np.int64)]  # a rank may get no chunk of a small shard
+        for w in range(0, len(self.chunks), WINDOW_CHUNKS):
+            rows = np.concatenate([np.arange(lo, hi) for lo, hi in self.chunks[w : w + WINDOW_CHUNKS]])
+            windows.append(rng.permutation(rows) if rng else rows)
+        return np.concatenate(windows)
+
+
+class BatchPlan:
+    def __init__(
+        self,
+        chunk_ranges: dict[int, list[tuple[int, int]]],
+        shards: list[int],
+        epochs: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.batch_size = batch_size
+        self.passes: list[ShardPass] = []
+        for epoch in range(epochs):
+            for shard in shards:
+                ranges = chunk_ranges[shard]
+                rng = np.random.default_rng([seed, epoch, shard])
+                order = rng.permutation(len(ranges)) if shuffle else np.arange(len(ranges))
+                per_rank = [[ranges[i] for i in order[r::world]] for r in range(world)]
+                batches = min(sum(hi - lo for lo, hi in chunks) for chunks in per_rank) // batch_size
+                row_seed = (seed, epoch, shard, rank) if shuffle else ()
+                self.passes.append(ShardPass(epoch, shard, tuple(per_rank[rank]), batches, row_seed))
+        self.total_batches = sum(p.batches for p in self.passes)
+
+    def locate(self, micro: int) -> tuple[int, int]:
+        """(index into ``passes``, micro-batch within that pass) of the ``micro``-th micro-batch."""
+        for i, shard_pass in enumerate(self.passes):
+            if micro < shard_pass.batches:
+                return i, micro
+            micro -= shard_pass.batches
+        return len(self.passes), 0
+
+    def describe(self, micro: int) -> dict[str, int]:
+        """The data position after ``micro`` micro-batches, for checkpoints and logs."""
+        index, batch = self.locate(micro)
+        if index == len(self.passes):
+            return {"micro_batches": micro, "epoch": self.passes[-1].epoch + 1, "shard": -1, "row_offset": 0}
+        shard_pass = self.passes[index]
+        return {
+            "micro_batches": micro,
+            "epoch": shard_pass.epoch,
+            "shard": shard_pass.shard,
+            "row_offset": batch * self.batch_size,
+        }
+
+
+@dataclass
+class Batch:
+    tokens: np.ndarray  # (B, L) int64
+    teacher_ids: np.ndarray | None  # (B, L, width) int64
+    teacher_values: np.ndarray | None  # (B, L, width) float32: log-probs (topk) or counts (sampled)
+    shard: int
+
+
+def iter_batches(store: Store, plan: BatchPlan, start: int = 0, with_teacher: bool = True) -> Iterator[Batch]:
+    """Micro-batches from the ``start``-th on. ``with_teacher=False`` never opens the teacher arrays."""
+    first, skip = plan.locate(start)
+    for shard_pass in plan.passes[first:]:
+        if shard_pass.batches == 0:
+            continue
+        rows = shard_pass.row_order()[skip * plan.batch_size : shard_pass.batches * plan.batch_size]
+        skip = 0
+        window = _WindowReader(store, shard_pass, with_teacher)
+        for b in range(0, len(rows), plan.batch_size):
+            yield window.take(rows[b : b + plan.batch_size])
+
+
+class _WindowReader:
+    """Reads a rank's chunks of one shard a window at a time and serves rows from the windows read.
+
+    Rows are used window by window, so a window is dropped once a batch needs only later ones.
+    """
+
+    def __init__(self, store: Store, shard_pass: ShardPass, with_teacher: bool) -> None:
+        self.store, self.shard_pass, self.with_teacher = store, shard_pass, with_teacher
+        self.where: dict[int, tuple[int, int]] = {}  # row -> (window, index within the window's arrays)
+        for w in range(0, len(shard_pass.chunks), WINDOW_CHUNKS):
+            rows = np.concatenate([np.arange(lo, hi) for lo, hi in shard_pass.chunks[w : w + WINDOW_CHUNKS]])
+            self.where.update((int(r), (w, i)) for i, r in enumerate(rows))
+        self.windows: dict[int, tuple[np.ndarray, ...]] = {}
+
+    def take(self, rows: np.ndarray) -> Batch:
+        located = [self.where[int(r)] for r in rows]
+        needed = sorted({w for w, _ in located})
+        self.windows = {w: arrays for w, arrays in self.windows.items() if w >= needed[0]}
+        for w in needed:
+            if w not in self.windows:
+                parts = [self._read(lo, hi) for lo, hi in self.shard_pass.chunks[w : w + WINDOW_CHUNKS]]
+                self.windows[w] = tuple(np.concatenate(column) for column in zip(*parts))
+        columns = [np.stack([self.windows[w][c][i] for w, i in located]) for c in range(len(self.windows[needed[0]]))]
+        if not self.with_teacher:
+            return Batch(columns[0], None, None, self.shard_pass.shard)
+        return Batch(columns[0], columns[1], columns[2], self.shard_pass.shard)
+
+    def _read(self, lo: int, hi: int) -> tuple[np.ndarray, ...]:
+        shard = self.shard_pass.shard
+        try:
+            tokens = self.store.read_tokens(shard, lo, hi).astype(np.int64)
+            if not self.with_teacher:
+                return (tokens,)
+            ids, values = self.store.read_teacher(shard, lo, hi)
+        except DaramError:
+            raise
+        except Exception as exc:  # a checksum or decompression failure: the chunk is damaged
+            raise DaramError(
+                f"{self.store.url}: cannot read rows {lo}-{hi} of shard {shard} ({type(exc).__name__}: {exc}); "
+                "run `daram verify`"
+            ) from None
+        return tokens, ids.astype(np.int64), values.astype(np.float32)
+
+
+def check_teacher_shards(store: Store, teacher: TeacherManifest | None, shards: list[int], setting: str) -> None:
+    """Refuse shards whose teacher dump is missing, incomplete or was computed over other tokens."""
+    if teacher is None:
+        raise DaramError(f"{store.url} has no teacher dump (run `daram teacher-dump`), needed by {setting}")
+    if teacher.tokens_fingerprint != store.manifest.tokens_fingerprint:
+        raise DaramError(
+            f"{store.url}: the teacher dump was computed over other tokens (tokens_fingerprint differs); "
+            "dump it again after `daram prepare`"
+        )
+    if teacher.vocab_size != store.manifest.tokenizer.vocab_size:
+        raise DaramError(
+            f"{store.url}: teacher vocab_size {teacher.vocab_size} != the store tokenizer's "
+            f"{store.manifest.tokenizer.vocab_size}"
+        )
+    for shard in shards:
+        done = store.teacher_chunks_done(shard, teacher)
+        if not teacher.is_complete(shard) or not done.all():
+            raise DaramError(
+                f"{setting}: the teacher dump of shard {shard} is incomplete ({int(done.sum())}/{len(done)} chunks); "
+                f"run `daram teacher-dump --shard {shard}` to finish it"
+            )
+        store.teacher_arrays(shard, teacher)  # checks the arrays' shapes
+
+
+class Prefetcher:
+    """Runs an iterator in a background thread, ``depth`` items ahead; re-raises its errors here."""
+
+    _END = object()
+
+    def __init__(self, items: Iterator, depth: int) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._fill, args=(items,), daemon=True, name="daram-prefetch")
+        self.thread.start()
+
+    def _fill(self, items: Iterator) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(exc)
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self.queue.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)

@@ -1,0 +1,311 @@
+"""`daram teacher-dump` (top-k kind) end to end on a tiny GPT-2 over the real KoGPT2 vocabulary."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import prepare_store
+from daram.cli import app
+from daram.config import load_config
+from daram.pipeline.inspect import run_inspect, run_verify
+from daram.pipeline.teacher_dump import CHUNK_STATS_ATTR, run_teacher_dump, select_shards
+from daram.storage import Store, shard_name
+from daram.storage.store import CHUNKS_DONE
+
+T, K = 2.0, 8
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def store_path(tmp_path, kogpt2_tokenizer_dir, korean_lines) -> Path:
+    """200 real sentences -> 2 shards of ~25 rows x 32 tokens, 4-row chunks (7 per shard, the last partial)."""
+    return prepare_store(tmp_path, kogpt2_tokenizer_dir, korean_lines[:200], seq_len=32, num_shards=2, rows_per_chunk=4)
+
+
+@pytest.fixture(scope="module")
+def dumped(tmp_path_factory, kogpt2_tokenizer_dir, korean_lines, tiny_teacher_dir) -> Path:
+    """One complete top-k dump of both shards, shared by the read-only tests below."""
+    tmp = tmp_path_factory.mktemp("dumped")
+    path = prepare_store(tmp, kogpt2_tokenizer_dir, korean_lines[:200], seq_len=32, num_shards=2, rows_per_chunk=4)
+    result = dump(path, tiny_teacher_dir, "--all")
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def dump_args(store: Path, teacher: Path, *extra: str) -> list[str]:
+    return ["teacher-dump", "--store", str(store), "--teacher", str(teacher), "--dtype", "float32", "--device", "cpu",
+            "--temperature", str(T), "--top-k", str(K), "--batch-size", "3", *extra]
+
+
+def dump(store: Path, teacher: Path, *extra: str):
+    return CliRunner().invoke(app, dump_args(store, teacher, *extra))
+
+
+def reference_logprobs(teacher: Path, tokens: np.ndarray) -> torch.Tensor:
+    """An independent recomputation: transformers' own forward, /T, full-vocabulary log_softmax (float64)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(tokens.astype(np.int64))).logits
+    return torch.log_softmax(logits.double() / T, dim=-1)
+
+
+def shard_files(store: Path, shard: int) -> dict[str, bytes]:
+    root = store / "teacher" / shard_name(shard)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and "c" in p.parts}
+
+
+def test_stored_topk_equals_transformers_recomputation(dumped, tiny_teacher_dir):
+    store = Store.open(str(dumped))
+    ids, logprobs = store.read_teacher(1)
+    tokens = store.read_tokens(1)
+    assert ids.shape == logprobs.shape == (*tokens.shape, K)
+    assert ids.dtype == np.uint16 and logprobs.dtype == np.float16
+
+    reference = reference_logprobs(tiny_teacher_dir, tokens)  # [rows, seq_len, vocab]: position t = logits[:, t]
+    ref_values, ref_ids = reference.topk(K)
+    stored = torch.from_numpy(logprobs.astype(np.float32)).double()
+    # values: the reference rounded to float16, up to one float16 step where rounding straddles
+    assert (stored - ref_values).abs().max() <= float(torch.finfo(torch.float16).eps) * ref_values.abs().max()
+    # ids: identical, except where the reference itself ties (a float32 rounding apart)
+    exact = (torch.from_numpy(ids.astype(np.int64)) == ref_ids).all(-1)
+    assert exact.float().mean() > 0.99
+    gathered = reference.gather(-1, torch.from_numpy(ids.astype(np.int64)))
+    assert torch.allclose(gathered, ref_values, atol=1e-5, rtol=0)
+    assert (np.diff(logprobs.astype(np.float32), axis=-1) <= 0).all()
+
+    # log-probs are normalised over the full vocabulary: the kept mass is <= 1 and 1 - kept is the exact tail
+    kept = np.exp(logprobs.astype(np.float64)).sum(-1)
+    assert (kept <= 1 + 1e-3).all()
+    np.testing.assert_allclose(1 - kept, 1 - reference.exp().topk(K).values.sum(-1).numpy(), atol=1e-4)
+
+
+def test_manifest_and_stats(dumped, tiny_teacher_dir):
+    store = Store.open(str(dumped))
+    teacher = store.teacher_manifest()
+    assert (teacher.kind, teacher.width, teacher.temperature, teacher.dtype) == ("topk", K, T, "float32")
+    assert teacher.teacher == str(tiny_teacher_dir) and teacher.tokens_fingerprint == store.manifest.tokens_fingerprint
+    assert teacher.is_complete(0) and teacher.is_complete(1)
+    stats = teacher.shards["0"]
+    assert stats["rows"] == store.shard_rows(0) and stats["tokens"] == store.shard_rows(0) * store.manifest.seq_len
+    assert stats["shard_fingerprint"] == store.manifest.shard_fingerprints[0]
+    assert stats["tokens_per_s"] > 0 and stats["device"] == "cpu" and stats["batch_size"] == 3
+
+    _, logprobs = store.read_teacher(0)
+    mass = np.exp(logprobs.astype(np.float32)).sum(-1)
+    assert stats["captured_mass_mean"] == pytest.approx(float(mass.mean()), rel=1e-5)
+    assert stats["captured_mass_p5"] == pytest.approx(float(np.percentile(mass, 5)), abs=2e-4)
+    reference = reference_logprobs(tiny_teacher_dir, store.read_tokens(0))
+    entropy = -(reference.exp() * reference).sum(-1)
+    assert stats["entropy_mean"] == pytest.approx(float(entropy.mean()), rel=1e-5)
+
+
+def test_inspect_and_verify_show_the_dump(dumped, capsys):
+    cfg = load_config(overrides={"store.path": str(dumped)})
+    run_inspect(cfg, sample=False)
+    out = capsys.readouterr().out
+    assert f"top-{K}" in out and "teacher complete" in out and "captured_mass_p5" in out and "entropy_mean" in out
+    assert run_verify(cfg)
+
+
+def test_skips_complete_shards_and_refuses_other_settings(dumped, tiny_teacher_dir):
+    before = shard_files(dumped, 0)
+    result = dump(dumped, tiny_teacher_dir, "--all")
+    assert result.exit_code == 0, result.output
+    assert "shard 0: already complete, skipped" in result.stderr
+    assert "0 shards dumped, 2 already complete" in result.stdout
+    result = CliRunner().invoke(app, dump_args(dumped, tiny_teacher_dir, "--shard", "1") + ["--temperature", "1.0"])
+    assert result.exit_code == 2 and "already holds a teacher dump with temperature=2.0" in result.stderr
+    assert shard_files(dumped, 0) == before
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--shard", "2"], "shard 2 is out of range"),
+        (["--shards", "0-5"], "shard 2 is out of range"),
+        ([], "say which shards to dump"),
+        (["--shard", "0", "--temperature", "0"], "teacher.temperature must be > 0"),
+        (["--shard", "0", "--temperature", "-1"], "teacher.temperature must be > 0"),
+        (["--shard", "0", "--top-k", "60000"], "exceeds the vocabulary"),
+        (["--shard", "0", "--teacher", "/nonexistent/teacher"], "cannot load teacher '/nonexistent/teacher'"),
+        (["--shard", "0", "--store", "/nonexistent/store.zarr"], "store not found: /nonexistent/store.zarr"),
+    ],
+)
+def test_bad_input_is_one_line(store_path, tiny_teacher_dir, extra, message):
+    result = CliRunner().invoke(app, dump_args(store_path, tiny_teacher_dir) + extra)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and message in result.stderr and result.stderr.count("\n") == 1
+    assert not (store_path / "teacher").exists()  # nothing written
+
+
+def test_missing_tokens_shard(store_path, tiny_teacher_dir):
+    import shutil
+
+    shutil.rmtree(store_path / "tokens" / "shard-00001")
+    result = dump(store_path, tiny_teacher_dir, "--all")
+    assert result.exit_code == 2 and "tokens/shard-00001 is missing" in result.stderr
+    assert not (store_path / "teacher").exists()
+
+
+def test_teacher_with_another_tokenizer_is_refused(tmp_path, store_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.train_from_iterator(["안녕하세요 반갑습니다", "오늘 날씨가 좋네요"] * 10, trainers.BpeTrainer(vocab_size=80, special_tokens=["<unk>", "</s>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>")
+    other = tmp_path / "other-teacher"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=8, n_layer=1, n_head=2)).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    result = dump(store_path, other, "--shard", "0")
+    assert result.exit_code == 2
+    assert "has another tokenizer" in result.stderr and f"{len(tokenizer)} ids" in result.stderr
+    assert "kogpt2-base-v2: 51,200 ids" in result.stderr
+
+
+def test_teacher_without_tokenizer_or_weights(tmp_path, store_path, tiny_teacher_dir):
+    import shutil
+
+    weights_only = tmp_path / "weights-only"
+    shutil.copytree(tiny_teacher_dir, weights_only)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (weights_only / name).unlink(missing_ok=True)
+    result = dump(store_path, weights_only, "--shard", "0")
+    assert result.exit_code == 2 and "has no tokenizer" in result.stderr
+
+    tokenizer_only = tmp_path / "tokenizer-only"
+    shutil.copytree(tiny_teacher_dir, tokenizer_only)
+    (tokenizer_only / "model.safetensors").unlink()
+    result = dump(store_path, tokenizer_only, "--shard", "0")
+    assert result.exit_code == 2 and "cannot load model" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_held_lock_stops_a_second_writer(store_path, tiny_teacher_dir):
+    store = Store.open(str(store_path), mode="r+")
+    with store.shard_lock(1):
+        result = dump(store_path, tiny_teacher_dir, "--shard", "1")
+    assert result.exit_code == 2
+    assert f"error: teacher shard 1 of {store_path} is being written by pid {os.getpid()}" in result.stderr
+    # with several shards selected, the free ones are done and the run still fails, naming the held one
+    with store.shard_lock(1):
+        result = dump(store_path, tiny_teacher_dir, "--all")
+    assert result.exit_code == 2 and "other processes are writing shards 1" in result.stderr
+    assert store.teacher_manifest().is_complete(0) and not store.teacher_manifest().is_complete(1)
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(store_path, tiny_teacher_dir):
+    store = Store.open(str(store_path), mode="r+")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = store.shard_lock(0)
+    record = {**lock._new_record(), "pid": dead.pid}
+    store.kv.set(lock.key, lock._encode(record))
+    result = dump(store_path, tiny_teacher_dir, "--shard", "0")
+    assert result.exit_code == 0, result.output
+    assert store.teacher_manifest().is_complete(0) and lock.holder() is None
+
+
+def test_torchrun_ranks_split_the_selection(store_path, monkeypatch):
+    store = Store.open(str(store_path))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert select_shards(store, None, None, True) == [1]
+    assert select_shards(store, None, "0", False) == []
+    monkeypatch.setenv("RANK", "0")
+    assert select_shards(store, None, "1,0", False) == [1]
+
+
+def test_memory_url_store(kogpt2_tokenizer_dir, korean_lines, tiny_teacher_dir, tmp_path):
+    from daram.pipeline.prepare import run_prepare
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(korean_lines[:60]) + "\n", encoding="utf-8")
+    url = f"memory://daram-{uuid.uuid4().hex}"
+    cfg = load_config(overrides={
+        "store.path": url, "prepare.tokenizer": str(kogpt2_tokenizer_dir), "prepare.seq_len": 32,
+        "prepare.num_shards": 1, "prepare.rows_per_chunk": 4, "prepare.sources": [{"path": str(corpus), "unit": "line"}],
+        "teacher.model": str(tiny_teacher_dir), "teacher.dtype": "float32", "teacher.device": "cpu", "teacher.top_k": 4,
+    })
+    run_prepare(cfg)
+    (stats,) = run_teacher_dump(cfg, shard=0)
+    ids, logprobs = Store.open(url).read_teacher(0)
+    assert ids.shape[-1] == 4 and stats["tokens"] == ids.shape[0] * ids.shape[1]
+
+
+# --- kill -9 and resume -------------------------------------------------------------------------
+
+TORN_WRITE = """
+import os, signal, sys
+from daram.storage.store import Store
+write = Store.write_teacher_chunk
+def torn(self, arrays, chunk, ids, values, teacher):
+    if chunk == {chunk}:  # half a chunk on disk (ids, no log-probs, no flag), then the power goes
+        arrays[teacher.array_names[0]][chunk * self.manifest.rows_per_chunk:][:len(ids)] = ids
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(self, arrays, chunk, ids, values, teacher)
+Store.write_teacher_chunk = torn
+from daram.cli import main
+sys.argv = ["daram"] + {args!r}
+main()
+"""
+
+
+def run_daram(code: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_mid_chunk_then_resume_is_bit_identical(store_path, dumped, tiny_teacher_dir):
+    """`dumped` holds the same tokens, dumped without interruption."""
+    args = dump_args(store_path, tiny_teacher_dir, "--shard", "0")
+    process = run_daram(textwrap.dedent(TORN_WRITE).format(chunk=3, args=args))
+    process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGKILL
+    store = Store.open(str(store_path))
+    done = store.teacher_arrays(0, store.teacher_manifest())[CHUNKS_DONE][:]
+    assert done.tolist()[:4] == [1, 1, 1, 0] and not store.teacher_manifest().is_complete(0)
+
+    resumed = dump(store_path, tiny_teacher_dir, "--shard", "0")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming: 3/7 chunks already written" in resumed.stderr
+    assert shard_files(store_path, 0) == shard_files(dumped, 0)  # every chunk file, byte for byte
+    stats_resumed = Store.open(str(store_path)).teacher_manifest().shards["0"]
+    stats_clean = Store.open(str(dumped)).teacher_manifest().shards["0"]
+    for key in ("captured_mass_mean", "captured_mass_p5", "entropy_mean", "tokens"):
+        assert stats_resumed[key] == stats_clean[key]
+
+
+@pytest.mark.slow
+def test_kill_at_an_arbitrary_moment_then_resume(store_path, dumped, tiny_teacher_dir):
+    args = dump_args(store_path, tiny_teacher_dir, "--all")
+    process = run_daram(f"import sys\nfrom daram.cli import main\nsys.argv = ['daram'] + {args!r}\nmain()\n")
+    flags = store_path / "teacher" / shard_name(0) / CHUNKS_DONE / "c"
+    deadline = time.time() + 240
+    while not (flags.is_dir() and any(flags.iterdir())):  # the first chunk flag: the dump is under way
+        assert process.poll() is None and time.time() < deadline, "dump ended before it could be killed"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    store = Store.open(str(store_path))
+    assert not (store.teacher_manifest().is_complete(0) and store.teacher_manifest().is_complete(1))
+
+    assert dump(store_path, tiny_teacher_dir, "--all").exit_code == 0
+    for shard in (0, 1):
+        assert shard_files(store_path, shard) == shard_files(dumped, shard)
+    group_attrs = Store.open(str(store_path)).root[f"teacher/{shard_name(0)}"].attrs
+    assert len(group_attrs[CHUNK_STATS_ATTR]) == 7
