@@ -49,7 +49,7 @@ def measure(variant: str, batch: int, seq_len: int, hidden_size: int, vocab: int
     if variant == "dense":
         logits = hidden @ weight.T  # (B, L, V) float32: the whole micro-batch at once
         log_q = torch.log_softmax(logits / temperature, -1)
-        kd = topk_bucket_kl(log_q, ids, logprobs).mean()
+        kd = topk_bucket_kl(log_q.gather(-1, ids), logprobs).mean()
         ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), objective.labels.flatten(), ignore_index=-100)
         loss = temperature**2 * kd + 0.1 * ce
     else:

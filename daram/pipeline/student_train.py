@@ -246,8 +246,8 @@ def _train(cfg: Config, train: TrainConfig, dist: Distributed, resume: bool, onl
     )
     bar = tqdm(total=total_steps, initial=step, unit="step", desc="student-train", disable=not dist.main,
                dynamic_ncols=True, file=sys.stderr)
-    started = last_log = time.perf_counter()
-    tokens_since_log, step_times, step_cpu_times, last = 0, [], [], {}
+    started, start_micro = time.perf_counter(), micro
+    tokens_since_log, seconds_since_log, step_times, step_cpu_times, last = 0, 0.0, [], [], {}
     heldout = None
     model.train()
     try:
@@ -281,18 +281,18 @@ def _train(cfg: Config, train: TrainConfig, dist: Distributed, resume: bool, onl
             micro += len(group)
             tokens_since_log += len(group) * tokens_per_micro
             step_times.append(time.perf_counter() - step_started)
+            seconds_since_log += step_times[-1]  # training time only: evaluations and checkpoints are left out
             step_cpu_times.append(time.process_time() - step_cpu_started)
             bar.update(1)
 
             if step % train.log_every == 0 or step == total_steps:
                 loss_v, kd_v, ce_v = dist.mean(losses.tolist())
-                now = time.perf_counter()
                 last = {
                     "step": step, "loss": loss_v, "kd": kd_v if logs_kd else None, "ce": ce_v,
-                    "lr": lr, "tokens_per_s": tokens_since_log / (now - last_log), "grad_norm": float(grad_norm),
+                    "lr": lr, "tokens_per_s": tokens_since_log / seconds_since_log, "grad_norm": float(grad_norm),
                     **{k: v for k, v in plan.describe(micro).items() if k != "micro_batches"},
                 }
-                tokens_since_log, last_log = 0, now
+                tokens_since_log, seconds_since_log = 0, 0.0
                 if dist.main:
                     _log(out, last)
                     bar.set_postfix(loss=f"{loss_v:.4f}", tok_s=f"{last['tokens_per_s']:,.0f}")
@@ -315,6 +315,7 @@ def _train(cfg: Config, train: TrainConfig, dist: Distributed, resume: bool, onl
     summary = {
         "steps": step,
         "tokens": micro * tokens_per_micro,
+        "tokens_this_run": (micro - start_micro) * tokens_per_micro,  # less than tokens after a --resume
         "seconds": elapsed,
         "step_seconds": step_times,  # wall time of each step of this process (the first pays for warm-up)
         "step_cpu_seconds": step_cpu_times,  # CPU time of this process (all threads) per step: steadier under load
@@ -597,8 +598,8 @@ def _export(model, tokenizer, out: Path) -> None:
 def _summary_line(summary: dict, kind: str) -> str:
     last = summary["last"] or {}
     parts = [
-        f"student-train ({kind}): {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['seconds']:.0f} s "
-        f"({summary['tokens'] / max(summary['seconds'], 1e-9):,.0f} tokens/s)",
+        f"student-train ({kind}): {summary['steps']} steps, {summary['tokens']:,} tokens; this run "
+        f"{summary['tokens_this_run']:,} in {summary['seconds']:.0f} s ({summary['tokens_this_run'] / max(summary['seconds'], 1e-9):,.0f} tokens/s)",
     ]
     if last:
         kd = f", KL {last['kd']:.4f}" if last.get("kd") is not None else ""

@@ -439,7 +439,7 @@ def stored_stats(store: Store, shard: int, teacher: TeacherManifest, arrays: dic
 
 def _summary_line(shard: int, stats: dict, wall: float) -> str:
     if "captured_mass_mean" in stats:
-        kept = f"top-k mass mean {stats['captured_mass_mean']:.3f} (p5 {stats['captured_mass_p5']:.3f})"
+        kept = f"top-k mass mean {stats['captured_mass_mean']:.3g} (p5 {stats['captured_mass_p5']:.3g})"
     else:
         kept = f"{stats['unique_ids_mean']:.1f} unique ids per position, {stats['truncated_positions']} truncated"
     return (

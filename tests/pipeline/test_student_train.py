@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import shutil
 from pathlib import Path
 
@@ -59,6 +59,11 @@ def test_precision_on_cpu():
     assert precision_for("bf16", torch.device("cpu")) == (torch.bfloat16, False)
     with pytest.raises(DaramError, match="fp16 needs a CUDA GPU"):
         precision_for("fp16", torch.device("cpu"))
+
+
+def test_bf16_autocast_trains_on_cpu(kd_store, tmp_path):
+    summary = run_student_train(train_config(kd_store, tmp_path / "bf16", train__precision="bf16", train__max_steps=2))
+    assert math.isfinite(summary["last"]["loss"]) and math.isfinite(summary["heldout"]["kl"])
 
 
 # --- one short run, checked from every side -----------------------------------------------------------
