@@ -14,8 +14,13 @@
    ``teacher_model``), so the formats are judged by one yardstick, not by their own estimates.
 
 Columns: bytes per token of the teacher arrays on disk; held-out KL at T; held-out CE; top-1 agreement;
-ECE; median step time / CE-only's (wall and CPU time); the share of online KD's KL gain over CE-only
-kept, ``(KL_ce - KL) / (KL_ce - KL_online)``.
+ECE; step time / CE-only's; the share of online KD's KL gain over CE-only kept,
+``(KL_ce - KL) / (KL_ce - KL_online)``. Step times come from a separate timing phase: short runs of
+every student in round-robin, the order rotated each round, so that all see the same machine load
+(the medians of their per-step times, each run's first step left out).
+
+With ``--workdir``, stores, teacher and trained students found there are reused (a rerun only
+evaluates and times them).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/fidelity.py --json /tmp/fidelity.json     # ~15 min on 2 cores
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/fidelity.py --teacher-steps 20 --steps 10 --heldout-rows 16  # smoke
@@ -94,6 +99,8 @@ def main() -> None:
     parser.add_argument("--top-k", default="8,16,64")
     parser.add_argument("--draws", default="16,50")
     parser.add_argument("--heldout-rows", type=int, default=128)
+    parser.add_argument("--timing-rounds", type=int, default=3)
+    parser.add_argument("--timing-steps", type=int, default=4)
     parser.add_argument("--workdir", help="keep the stores, teacher and students here (default: a temporary directory)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
@@ -132,7 +139,7 @@ def main() -> None:
     formats |= {f"sampled-{d}": {"teacher.kind": "sampled", "teacher.draws": int(d)} for d in args.draws.split(",")}
     stores, format_info = {}, {}
     for name, settings in formats.items():
-        path = work / f"store-{name}.zarr"
+        path = work / f"store-{name}-T{args.temperature:g}.zarr"
         if not path.exists():
             shutil.copytree(base, path)
             run_teacher_dump(load_config(overrides={
@@ -158,38 +165,52 @@ def main() -> None:
                      (f"{name} renormalize", stores[name], {"train.tail": "renormalize"}, None)]
         else:
             runs.append((name, stores[name], {}, None))
-    results = {}
-    for label, store_path, settings, online in runs:
-        out = work / "students" / label.replace(" ", "_").replace("(", "").replace(")", "")
-        shutil.rmtree(out, ignore_errors=True)
-        cfg = load_config(overrides={
+    def student_config(store_path: Path, out: Path, steps: int, settings: dict):
+        return load_config(overrides={
             "store.path": str(store_path), "train.out": str(out), "train.shards": TRAIN_SHARDS, "train.heldout_shard": -1,
             "student.n_embd": args.n_embd, "student.n_head": args.n_head, "student.n_layer": args.n_layer,
-            "train.batch_size": args.batch_size, "train.grad_accum": 1, "train.max_steps": args.steps,
+            "train.batch_size": args.batch_size, "train.grad_accum": 1, "train.max_steps": steps,
             "train.lr": args.lr, "train.min_lr": args.lr / 10, "train.warmup_steps": max(1, args.steps // 10),
             "train.log_every": 10, "train.checkpoint_every": 0, "train.eval_every": 0, "train.device": "cpu",
             "train.loss_slice": args.seq_len, "train.alpha_kd": 1.0, "train.alpha_ce": 0.1, "train.seed": 0, **settings,
         })
-        summary = run_student_train(cfg, online_teacher=online)
+
+    results = {}
+    for label, store_path, settings, online in runs:
+        out = work / f"students-T{args.temperature:g}" / label.replace(" ", "_").replace("(", "").replace(")", "")
+        if not (out / "model.safetensors").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            run_student_train(student_config(store_path, out, args.steps, settings), online_teacher=online)
         student = load_causal_lm(str(out), "float32", "cpu")
         metrics = heldout_metrics(student, store, HELDOUT, args.temperature, args.heldout_rows, 16, "cpu", teacher_model=teacher)
         fmt = format_info.get(label.split(" ")[0], {})
         results[label] = {
             **{k: metrics[k] for k in ("kl", "ce", "perplexity", "top1_agreement", "ece", "kl_tokens")},
             "bytes_per_token": fmt.get("bytes_per_token", 0.0),
-            "step_s": statistics.median(summary["step_seconds"][1:]),
-            "step_cpu_s": statistics.median(summary["step_cpu_seconds"][1:]),
             "format": fmt,
         }
         print(f"{label}: KL {metrics['kl']:.4f}, CE {metrics['ce']:.3f}, top-1 {metrics['top1_agreement']:.3f}, "
-              f"ECE {metrics['ece']:.4f}, step {results[label]['step_s']:.3f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+              f"ECE {metrics['ece']:.4f}", flush=True)
     reference = heldout_metrics(teacher, store, HELDOUT, args.temperature, args.heldout_rows, 16, "cpu", teacher_model=teacher)
+
+    # --- step times: short runs in round-robin, so that every student sees the same machine load ----------
+    step_times: dict[str, list[float]] = {label: [] for label, *_ in runs}
+    for round_ in range(args.timing_rounds):
+        order = runs[round_ % len(runs):] + runs[: round_ % len(runs)]
+        for label, store_path, settings, online in order:
+            out = work / "timing"
+            shutil.rmtree(out, ignore_errors=True)
+            summary = run_student_train(student_config(store_path, out, args.timing_steps + 1, settings), online_teacher=online)
+            step_times[label] += summary["step_seconds"][1:]
+        print(f"timing round {round_ + 1}/{args.timing_rounds} done (load average {os.getloadavg()[0]:.1f})", flush=True)
+    for label in results:
+        results[label]["step_s"] = statistics.median(step_times[label])
 
     # --- the table -------------------------------------------------------------------------------------------
     ce_only, online = results["CE-only"], results["online KD (full logits)"]
     gain = ce_only["kl"] - online["kl"]
     lines = [
-        "| student | bytes / token | held-out KL at T | held-out CE | top-1 agreement | ECE | step / CE-only (wall, CPU) | KL gain of online KD kept |",
+        "| student | bytes / token | held-out KL at T | held-out CE | top-1 agreement | ECE | step / CE-only | KL gain of online KD kept |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, r in results.items():
@@ -197,14 +218,15 @@ def main() -> None:
         r["gain_kept"] = kept
         lines.append(
             f"| {label} | {r['bytes_per_token']:.1f} | {r['kl']:.4f} | {r['ce']:.3f} | {r['top1_agreement']:.3f} | "
-            f"{r['ece']:.4f} | {r['step_s'] / ce_only['step_s']:.2f}, {r['step_cpu_s'] / ce_only['step_cpu_s']:.2f} | "
+            f"{r['ece']:.4f} | {r['step_s'] / ce_only['step_s']:.2f} | "
             f"{kept:.0%} |"
         )
     print()
     print(
         f"teacher {args.teacher_layers}x{args.teacher_width} ({args.teacher_steps} steps): held-out CE {reference['ce']:.3f}, "
         f"ECE {reference['ece']:.4f}; T = {args.temperature}; students {args.n_layer}x{args.n_embd}, {args.steps} steps of "
-        f"{args.batch_size} x {args.seq_len} tokens; held-out {reference['kl_tokens']} positions of shard {HELDOUT}"
+        f"{args.batch_size} x {args.seq_len} tokens; held-out {reference['kl_tokens']} positions of shard {HELDOUT}; "
+        f"CE-only step {ce_only['step_s']:.3f} s (median of {len(step_times['CE-only'])})"
     )
     for name, info in format_info.items():
         extra = ", ".join(f"{k} {v:.3f}" for k, v in info.items() if k != "bytes_per_token")

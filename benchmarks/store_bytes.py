@@ -13,7 +13,10 @@ the real `teacher-dump` path (`dump_shard`) over the same real rows:
 - ``random``: the same shape, randomly initialised: nearly uniform over 51,200 ids, so the ids look
   random, the worst case for compression.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/store_bytes.py [--steps 300 --temperatures 2,1]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/store_bytes.py [--steps 300 --temperatures 2,1] [--teacher-dir DIR]
+
+``--teacher-dir`` keeps the trained teacher (training takes about 15 minutes on a busy 2-core CPU)
+and reuses it when the directory already holds one.
 """
 
 from __future__ import annotations
@@ -68,12 +71,22 @@ def main() -> None:
     parser.add_argument("--rows-per-chunk", type=int, default=32)
     parser.add_argument("--temperatures", default="2,1", help="comma-separated T of the stored distributions")
     parser.add_argument("--steps", type=int, default=300, help="training steps of the `trained` teacher")
+    parser.add_argument("--teacher-dir", default="", help="save the trained teacher here, or load it if present")
     args = parser.parse_args()
 
     teachers = {"random": random_teacher(2, 128, 2)}
-    print(f"training the small teacher for {args.steps} steps (batch 8 x 128 tokens)")
-    teachers["trained"], loss = train_teacher(args.steps)
-    print(f"  final train loss {loss:.2f} nats (uniform: {np.log(51200):.2f})")
+    saved = Path(args.teacher_dir) if args.teacher_dir else None
+    if saved is not None and (saved / "config.json").is_file():
+        from transformers import AutoModelForCausalLM
+
+        teachers["trained"] = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
+        print(f"trained teacher loaded from {saved}")
+    else:
+        print(f"training the small teacher for {args.steps} steps (batch 8 x 128 tokens)")
+        teachers["trained"], loss = train_teacher(args.steps)
+        print(f"  final train loss {loss:.2f} nats (uniform: {np.log(51200):.2f})")
+        if saved is not None:
+            teachers["trained"].save_pretrained(saved)
     with tempfile.TemporaryDirectory() as tmp:
         base = build_store(Path(tmp, "base.zarr"), args.rows, args.seq_len, 1, args.rows_per_chunk)
         positions = base.shard_rows(0) * args.seq_len

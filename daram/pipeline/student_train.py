@@ -39,6 +39,7 @@ from daram.pipeline.losses import (
     DistillObjective,
     SampledTarget,
     TopkTarget,
+    Workspace,
     final_hidden,
     head_weight,
     next_token_labels,
@@ -120,10 +121,13 @@ class StudentWithLoss(torch.nn.Module):
     def __init__(self, model, loss_slice: int, compute_dtype: torch.dtype) -> None:
         super().__init__()
         self.model, self.loss_slice, self.compute_dtype = model, loss_slice, compute_dtype
+        self.workspace = Workspace()  # the loss's buffers, reused from step to step
 
     def forward(self, tokens: torch.Tensor, objective: DistillObjective):
         hidden = final_hidden(self.model, tokens)
-        return sliced_distill_loss(hidden, head_weight(self.model), objective, self.loss_slice, self.compute_dtype)
+        return sliced_distill_loss(
+            hidden, head_weight(self.model), objective, self.loss_slice, self.compute_dtype, self.workspace
+        )
 
 
 # --- the command --------------------------------------------------------------------------------

@@ -255,7 +255,8 @@ from daram.storage.store import Store
 write = Store.write_teacher_chunk
 def torn(self, arrays, chunk, ids, values, teacher):
     if chunk == {chunk}:  # half a chunk on disk (ids, no log-probs, no flag), then the power goes
-        arrays[teacher.array_names[0]][chunk * self.manifest.rows_per_chunk:][:len(ids)] = ids
+        lo = chunk * self.manifest.rows_per_chunk
+        arrays[teacher.array_names[0]][lo : lo + len(ids)] = ids
         os.kill(os.getpid(), signal.SIGKILL)
     write(self, arrays, chunk, ids, values, teacher)
 Store.write_teacher_chunk = torn
@@ -270,6 +271,44 @@ def run_daram(code: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
 
 
+class PowerCut(BaseException):
+    """Stops a dump in the middle of a chunk write, with no chance to tidy up the chunk."""
+
+
+def test_torn_chunk_then_resume_is_bit_identical(store_path, dumped, tiny_teacher_dir, monkeypatch):
+    """In-process twin of the kill -9 test below: chunk 3 is half written (ids only) when the run dies."""
+    write = Store.write_teacher_chunk
+
+    def torn(self, arrays, chunk, ids, values, teacher):
+        if chunk == 3:
+            lo = chunk * self.manifest.rows_per_chunk
+            arrays[teacher.array_names[0]][lo : lo + len(ids)] = ids
+            raise PowerCut
+        write(self, arrays, chunk, ids, values, teacher)
+
+    monkeypatch.setattr(Store, "write_teacher_chunk", torn)
+    cfg = load_config(overrides={
+        "store.path": str(store_path), "teacher.model": str(tiny_teacher_dir), "teacher.dtype": "float32",
+        "teacher.device": "cpu", "teacher.temperature": T, "teacher.top_k": K, "teacher.batch_size": 3,
+    })
+    with pytest.raises(PowerCut):
+        run_teacher_dump(cfg, shard=0)
+    monkeypatch.setattr(Store, "write_teacher_chunk", write)
+    store = Store.open(str(store_path))
+    assert store.teacher_arrays(0, store.teacher_manifest())[CHUNKS_DONE][:].tolist() == [1, 1, 1, 0, 0, 0, 0]
+    assert store.read_teacher(0, 12, 16)[0].any()  # the torn chunk's ids are on disk
+
+    resumed = dump(store_path, tiny_teacher_dir, "--shard", "0")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming: 3/7 chunks already written" in resumed.stderr
+    assert shard_files(store_path, 0) == shard_files(dumped, 0)  # every chunk file, byte for byte
+    stats_resumed = Store.open(str(store_path)).teacher_manifest().shards["0"]
+    stats_clean = Store.open(str(dumped)).teacher_manifest().shards["0"]
+    for key in ("captured_mass_mean", "captured_mass_p5", "entropy_mean", "tokens"):
+        assert stats_resumed[key] == stats_clean[key]
+
+
+@pytest.mark.slow
 def test_kill_mid_chunk_then_resume_is_bit_identical(store_path, dumped, tiny_teacher_dir):
     """`dumped` holds the same tokens, dumped without interruption."""
     args = dump_args(store_path, tiny_teacher_dir, "--shard", "0")
@@ -279,6 +318,7 @@ def test_kill_mid_chunk_then_resume_is_bit_identical(store_path, dumped, tiny_te
     store = Store.open(str(store_path))
     done = store.teacher_arrays(0, store.teacher_manifest())[CHUNKS_DONE][:]
     assert done.tolist()[:4] == [1, 1, 1, 0] and not store.teacher_manifest().is_complete(0)
+    assert store.read_teacher(0, 12, 16)[0].any()  # the torn chunk's ids are on disk
 
     resumed = dump(store_path, tiny_teacher_dir, "--shard", "0")
     assert resumed.exit_code == 0, resumed.output
