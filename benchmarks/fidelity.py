@@ -16,8 +16,9 @@
 Columns: bytes per token of the teacher arrays on disk; held-out KL at T; held-out CE; top-1 agreement;
 ECE; step time / CE-only's; the share of online KD's KL gain over CE-only kept,
 ``(KL_ce - KL) / (KL_ce - KL_online)``. Step times come from a separate timing phase: short runs of
-every student in round-robin, the order rotated each round, so that all see the same machine load
-(the medians of their per-step times, each run's first step left out).
+every student in round-robin, the order rotated each round, on one thread, timed in process CPU time
+(the medians of their per-step times, each run's first step left out). On a shared machine, wall time
+swings with the other jobs' load; one thread's CPU time measures the work and barely does.
 
 With ``--workdir``, stores, teacher and trained students found there are reused (a rerun only
 evaluates and times them).
@@ -194,6 +195,10 @@ def main() -> None:
     reference = heldout_metrics(teacher, store, HELDOUT, args.temperature, args.heldout_rows, 16, "cpu", teacher_model=teacher)
 
     # --- step times: short runs in round-robin, so that every student sees the same machine load ----------
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     step_times: dict[str, list[float]] = {label: [] for label, *_ in runs}
     for round_ in range(args.timing_rounds):
         order = runs[round_ % len(runs):] + runs[: round_ % len(runs)]
@@ -201,8 +206,9 @@ def main() -> None:
             out = work / "timing"
             shutil.rmtree(out, ignore_errors=True)
             summary = run_student_train(student_config(store_path, out, args.timing_steps + 1, settings), online_teacher=online)
-            step_times[label] += summary["step_seconds"][1:]
+            step_times[label] += summary["step_cpu_seconds"][1:]
         print(f"timing round {round_ + 1}/{args.timing_rounds} done (load average {os.getloadavg()[0]:.1f})", flush=True)
+    torch.set_num_threads(threads)
     for label in results:
         results[label]["step_s"] = statistics.median(step_times[label])
 
@@ -226,7 +232,7 @@ def main() -> None:
         f"teacher {args.teacher_layers}x{args.teacher_width} ({args.teacher_steps} steps): held-out CE {reference['ce']:.3f}, "
         f"ECE {reference['ece']:.4f}; T = {args.temperature}; students {args.n_layer}x{args.n_embd}, {args.steps} steps of "
         f"{args.batch_size} x {args.seq_len} tokens; held-out {reference['kl_tokens']} positions of shard {HELDOUT}; "
-        f"CE-only step {ce_only['step_s']:.3f} s (median of {len(step_times['CE-only'])})"
+        f"CE-only step {ce_only['step_s']:.3f} s of CPU time on one thread (median of {len(step_times['CE-only'])})"
     )
     for name, info in format_info.items():
         extra = ", ".join(f"{k} {v:.3f}" for k, v in info.items() if k != "bytes_per_token")
