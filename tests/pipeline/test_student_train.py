@@ -280,6 +280,6 @@ def test_kd_lowers_heldout_kl_well_below_ce_only(kind, tmp_path, kogpt2_tokenize
         else:  # a sampled store's KL estimate carries an entropy bias: use the exact KL to the teacher model
             student = AutoModelForCausalLM.from_pretrained(tmp_path / name)
             kl[name] = heldout_metrics(student, Store.open(str(store)), 2, max_rows=16, teacher_model=teacher)["kl"]
-    # Measured: top-k KL 0.007 with KD vs 0.040 CE-only after 15 steps (the full-vocabulary KL of this flat teacher
-    # moves much less with top-16: see benchmarks/fidelity.py); sampled, exact KL: see the figures in the assertion.
+    # Measured (top-k, stored KL): 0.007 with KD vs 0.040 CE-only after 15 steps. The full-vocabulary KL of this
+    # flat teacher moves much less with top-16 (0.73 vs 0.77), as benchmarks/fidelity.py shows at scale.
     assert kl["kd"] < 0.5 * kl["ce"], kl
