@@ -9,7 +9,7 @@ import numpy as np
 
 from daram.config import Config
 from daram.storage import Store, TeacherManifest, shard_name
-from daram.storage.store import CHUNKS_DONE
+from daram.storage.store import CHUNKS_DONE, fingerprint_bytes
 
 PROB_SUM_TOLERANCE = 5e-3  # float16 rounding of k stored log-probs
 
@@ -113,7 +113,7 @@ def _verify_tokens(store: Store, shard: int, bar) -> list[str]:
         if block is None:
             problems.append(error)
             continue
-        digest.update(block.astype(block.dtype.newbyteorder("<"), copy=False).tobytes())
+        digest.update(fingerprint_bytes(block))
         if block.max(initial=0) >= m.tokenizer.vocab_size:
             problems.append(f"{where} chunk {i}: token id {int(block.max())} >= vocab {m.tokenizer.vocab_size}")
     if not problems and digest.hexdigest() != m.shard_fingerprints[shard]:

@@ -25,7 +25,7 @@ from daram.config import Config, SourceConfig
 from daram.errors import DaramError
 from daram.pipeline.sources import SourceCounter, iter_documents, resolve_files, sentence_splitter
 from daram.storage import SourceStats, Store, StoreManifest, token_dtype_for, tokens_fingerprint
-from daram.storage.store import check_not_foreign, is_local
+from daram.storage.store import check_not_foreign, fingerprint_bytes, is_local
 
 BATCH_UNITS = 2048  # units per tokenizer call: large enough for the Rust tokenizer to use every core
 
@@ -112,7 +112,7 @@ def _write_store(url, overwrite, rows, rows_per_shard, rows_per_chunk, info, sta
             for lo in range(0, count, rows_per_chunk):
                 block = np.ascontiguousarray(rows[start + lo : start + min(lo + rows_per_chunk, count)])
                 array[lo : lo + len(block)] = block
-                digest.update(block.astype(block.dtype.newbyteorder("<"), copy=False).tobytes())
+                digest.update(fingerprint_bytes(block))
                 bar.update(len(block))
             fingerprints.append(digest.hexdigest())
             start += count

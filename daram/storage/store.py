@@ -40,9 +40,14 @@ def compressors() -> tuple:
     return (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"), Crc32cCodec())
 
 
+def fingerprint_bytes(rows: np.ndarray) -> bytes:
+    """The bytes a fingerprint hashes: little-endian, C order; feed consecutive row blocks to one sha256."""
+    return np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<")).tobytes()
+
+
 def fingerprint_rows(rows: np.ndarray) -> str:
     """sha256 of a tokens array as little-endian bytes (one shard's fingerprint)."""
-    return hashlib.sha256(np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<")).tobytes()).hexdigest()
+    return hashlib.sha256(fingerprint_bytes(rows)).hexdigest()
 
 
 def tokens_fingerprint(seq_len: int, shard_fingerprints: tuple[str, ...] | list[str]) -> str:

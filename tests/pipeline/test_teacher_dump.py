@@ -271,6 +271,18 @@ def run_daram(code: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
 
 
+def assert_resume_matches_clean_dump(store_path, dumped, tiny_teacher_dir):
+    """Rerun shard 0 after a torn chunk 3: it resumes there and ends byte-identical to `dumped`."""
+    resumed = dump(store_path, tiny_teacher_dir, "--shard", "0")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming: 3/7 chunks already written" in resumed.stderr
+    assert shard_files(store_path, 0) == shard_files(dumped, 0)  # every chunk file, byte for byte
+    stats_resumed = Store.open(str(store_path)).teacher_manifest().shards["0"]
+    stats_clean = Store.open(str(dumped)).teacher_manifest().shards["0"]
+    for key in ("captured_mass_mean", "captured_mass_p5", "entropy_mean", "tokens"):
+        assert stats_resumed[key] == stats_clean[key]
+
+
 class PowerCut(BaseException):
     """Stops a dump in the middle of a chunk write, with no chance to tidy up the chunk."""
 
@@ -298,14 +310,7 @@ def test_torn_chunk_then_resume_is_bit_identical(store_path, dumped, tiny_teache
     assert store.teacher_arrays(0, store.teacher_manifest())[CHUNKS_DONE][:].tolist() == [1, 1, 1, 0, 0, 0, 0]
     assert store.read_teacher(0, 12, 16)[0].any()  # the torn chunk's ids are on disk
 
-    resumed = dump(store_path, tiny_teacher_dir, "--shard", "0")
-    assert resumed.exit_code == 0, resumed.output
-    assert "resuming: 3/7 chunks already written" in resumed.stderr
-    assert shard_files(store_path, 0) == shard_files(dumped, 0)  # every chunk file, byte for byte
-    stats_resumed = Store.open(str(store_path)).teacher_manifest().shards["0"]
-    stats_clean = Store.open(str(dumped)).teacher_manifest().shards["0"]
-    for key in ("captured_mass_mean", "captured_mass_p5", "entropy_mean", "tokens"):
-        assert stats_resumed[key] == stats_clean[key]
+    assert_resume_matches_clean_dump(store_path, dumped, tiny_teacher_dir)
 
 
 @pytest.mark.slow
@@ -320,14 +325,7 @@ def test_kill_mid_chunk_then_resume_is_bit_identical(store_path, dumped, tiny_te
     assert done.tolist()[:4] == [1, 1, 1, 0] and not store.teacher_manifest().is_complete(0)
     assert store.read_teacher(0, 12, 16)[0].any()  # the torn chunk's ids are on disk
 
-    resumed = dump(store_path, tiny_teacher_dir, "--shard", "0")
-    assert resumed.exit_code == 0, resumed.output
-    assert "resuming: 3/7 chunks already written" in resumed.stderr
-    assert shard_files(store_path, 0) == shard_files(dumped, 0)  # every chunk file, byte for byte
-    stats_resumed = Store.open(str(store_path)).teacher_manifest().shards["0"]
-    stats_clean = Store.open(str(dumped)).teacher_manifest().shards["0"]
-    for key in ("captured_mass_mean", "captured_mass_p5", "entropy_mean", "tokens"):
-        assert stats_resumed[key] == stats_clean[key]
+    assert_resume_matches_clean_dump(store_path, dumped, tiny_teacher_dir)
 
 
 @pytest.mark.slow
