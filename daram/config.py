@@ -23,6 +23,25 @@ else:  # pragma: no cover
 from daram.errors import DaramError
 
 DEFAULT_CONFIG_NAME = "daram.toml"
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
+    """A config field whose ``help`` is its only description: the CLI flag's help, its line in
+    docs/cli.md and its comment in the template ``daram init`` writes all come from here."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def setting_help(key: str) -> str:
+    """The help of ``section.key`` followed by ``[section.key]``: what a CLI flag shows."""
+    section, _, name = key.partition(".")
+    cls = typing.get_type_hints(Config)[section]
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            text = f.metadata.get("help", "")
+            return f"{text} [{key}]" if text else f"[{key}]"
+    raise KeyError(key)
 REFERENCE_TEACHER = "skt/ko-gpt-trinity-1.2B-v0.5"
 
 
