@@ -15,7 +15,8 @@ import os
 import time
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+
+from daram.pipeline.models import gpt2
 
 
 def steps_per_s(model, optimizer, batch, steps: int) -> float:
@@ -36,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=2048, n_positions=64, n_embd=128, n_layer=4, n_head=4, bos_token_id=1, eos_token_id=1))
+    model = gpt2(2048, n_embd=128, n_head=4, n_layer=4, n_positions=64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = torch.randint(0, 2048, (16, 64))
     rates = {1: [], cores: []}

@@ -50,11 +50,10 @@ def build_store(path: Path, rows: int, seq_len: int, shards: int, rows_per_chunk
 
 
 def random_teacher(layers: int, width: int, heads: int, vocab: int = 51200, context: int = 1024, dtype=torch.float32):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from daram.pipeline.models import gpt2
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=vocab, n_embd=width, n_layer=layers, n_head=heads, n_positions=context)
-    return GPT2LMHeadModel(config).to(dtype).eval()
+    return gpt2(vocab, width, heads, layers, n_positions=context).to(dtype).eval()
 
 
 def teacher_manifest(

@@ -16,12 +16,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoTokenizer
 
 from daram.config import load_config
 from daram.pipeline.downstream import TASKS, load_split, subsample
 from daram.pipeline.evaluate import finetune_task
 from daram.pipeline.hf import resolve_device
+from daram.pipeline.models import gpt2
 
 SHAPES = {"student 768/8/4": (768, 8, 4), "KoGPT2 768/12/12": (768, 12, 12)}
 
@@ -50,11 +51,7 @@ def main() -> None:
         paths, params = {}, {}
         for name, (n_embd, n_head, n_layer) in SHAPES.items():
             torch.manual_seed(0)
-            model = GPT2LMHeadModel(GPT2Config(
-                vocab_size=len(tokenizer), n_embd=n_embd, n_head=n_head, n_layer=n_layer, n_positions=1024,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            ))
+            model = gpt2(len(tokenizer), n_embd, n_head, n_layer, tokenizer=tokenizer)
             params[name] = sum(p.numel() for p in model.parameters())
             paths[name] = Path(tmp, name.split()[0])
             model.save_pretrained(paths[name])

@@ -47,38 +47,18 @@ def train_teacher(store, out: Path, layers: int, width: int, heads: int, steps: 
     """A GPT-2 over the store's vocabulary, trained on random rows of the teacher shards; returns its last loss."""
     import numpy as np
     import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from daram.pipeline.losses import DistillObjective, final_hidden, head_weight, next_token_labels, sliced_distill_loss
-    from daram.pipeline.student_train import lr_factor
+    from daram.pipeline.hf import load_tokenizer
+    from daram.pipeline.models import gpt2, train_small_teacher
 
-    info = store.manifest.tokenizer
-    tokenizer = AutoTokenizer.from_pretrained(info.name_or_path)
+    tokenizer = load_tokenizer(store.manifest.tokenizer.name_or_path)
     torch.manual_seed(1234)
-    model = GPT2LMHeadModel(GPT2Config(
-        vocab_size=info.vocab_size, n_embd=width, n_layer=layers, n_head=heads, n_positions=1024,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=info.eos_id, pad_token_id=info.pad_id,
-    ))
-    rows = torch.from_numpy(np.concatenate([store.read_tokens(s) for s in TEACHER_SHARDS]).astype(np.int64))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(1234)
-    started = time.perf_counter()
-    for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr * lr_factor(step, max(1, steps // 20), steps, 0.1, "cosine")
-        batch_rows = rows[torch.randint(0, len(rows), (batch,), generator=generator)]
-        objective = DistillObjective(next_token_labels(batch_rows), None, 1.0, 0.0, 1.0)  # CE only
-        loss, _, _ = sliced_distill_loss(final_hidden(model, batch_rows), head_weight(model), objective, 64)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 50 == 0 or step == steps - 1:
-            print(f"teacher step {step + 1}/{steps}: loss {loss.item():.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
+    model = gpt2(store.manifest.tokenizer.vocab_size, width, heads, layers, tokenizer=tokenizer)
+    rows = np.concatenate([store.read_tokens(s) for s in TEACHER_SHARDS])
+    curve = train_small_teacher(model, rows, steps, batch, lr, seed=1234, desc="fidelity: train teacher")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return loss.item()
+    return curve[-1]["loss"]
 
 
 def main() -> None:

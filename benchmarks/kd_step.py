@@ -27,9 +27,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 def build_store(work: Path, seq_len: int, rows: int, top_k: int) -> Path:
     """A store of one shard with at least ``rows`` rows, and a top-k dump of a small random teacher."""
     import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer
 
     from daram.config import load_config
+    from daram.pipeline.models import gpt2
     from daram.pipeline.prepare import run_prepare
     from daram.pipeline.teacher_dump import run_teacher_dump
 
@@ -40,7 +41,7 @@ def build_store(work: Path, seq_len: int, rows: int, top_k: int) -> Path:
     teacher_dir = work / "teacher"
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=2)).save_pretrained(teacher_dir)
+    gpt2(len(tokenizer), n_embd=64, n_head=2, n_layer=2).save_pretrained(teacher_dir)
     tokenizer.save_pretrained(teacher_dir)
     store = work / "store.zarr"
     cfg = load_config(overrides={

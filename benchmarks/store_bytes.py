@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,27 +40,16 @@ CONFIGS = [("topk", 16, 0), ("topk", 32, 0), ("topk", 64, 0), ("topk", 128, 0),
 
 
 def train_teacher(steps: int, seq_len: int = 128, batch: int = 8, seed: int = 0):
-    """A 2-layer GPT-2 trained on the sentences after the first STORE_LINES (AdamW, warm-up then constant)."""
+    """The random teacher's shape trained on the sentences after the first STORE_LINES (`train_small_teacher`)."""
+    from daram.pipeline.models import train_small_teacher
+
     tokenizer = load_tokenizer(str(SHARED / "tokenizers" / "kogpt2-base-v2"))
     lines = (SHARED / "korean_corpus" / "sentences.txt").read_text(encoding="utf-8").splitlines()[STORE_LINES:]
     stream = [i for ids in tokenizer(lines, add_special_tokens=False)["input_ids"] for i in (*ids, tokenizer.eos_token_id)]
-    rows = torch.tensor(stream[: len(stream) // seq_len * seq_len]).view(-1, seq_len)
-    model = random_teacher(2, 128, 2).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 30))
-    generator = torch.Generator().manual_seed(seed)
-    started, losses = time.perf_counter(), []
-    for step in range(steps):
-        x = rows[torch.randint(len(rows), (batch,), generator=generator)]
-        loss = model(input_ids=x, labels=x).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if (step + 1) % 100 == 0:
-            print(f"  teacher step {step + 1}: loss {np.mean(losses[-100:]):.2f} ({time.perf_counter() - started:.0f}s)")
-    return model.eval(), float(np.mean(losses[-50:]))
+    rows = np.array(stream[: len(stream) // seq_len * seq_len]).reshape(-1, seq_len)
+    model = random_teacher(2, 128, 2)
+    curve = train_small_teacher(model, rows, steps, batch, lr=3e-3, seed=seed, desc="store_bytes: train teacher")
+    return model, float(np.mean([point["loss"] for point in curve[-50:]]))
 
 
 def main() -> None:

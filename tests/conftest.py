@@ -44,15 +44,13 @@ def korean_sentences(shared_data: Path) -> Path:
 def tiny_teacher_dir(tmp_path_factory, kogpt2_tokenizer_dir: Path) -> Path:
     """A tiny random GPT-2 over the real KoGPT2 vocabulary, saved with its tokenizer like a hub model."""
     import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer
+
+    from daram.pipeline.models import gpt2
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(kogpt2_tokenizer_dir)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    model = GPT2LMHeadModel(config)
+    model = gpt2(len(tokenizer), n_embd=32, n_head=2, n_layer=2, n_positions=256, tokenizer=tokenizer)
     out = tmp_path_factory.mktemp("tiny_teacher")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -95,25 +93,18 @@ def trained_tiny_teacher_dir(tmp_path_factory, kogpt2_tokenizer_dir: Path, korea
     """The tiny teacher's shape (2 layers, 32 wide, KoGPT2 vocab) trained 40 steps on real Korean sentences
     (the last 1,000 of ``korean_lines``, which stores built from the first ones do not contain), so its
     distributions are real ones: something for distillation to transfer. About 20 s on 2 idle CPU cores."""
+    import numpy as np
     import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer
+
+    from daram.pipeline.models import gpt2, train_small_teacher
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(kogpt2_tokenizer_dir)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = GPT2LMHeadModel(config)
+    model = gpt2(len(tokenizer), n_embd=32, n_head=2, n_layer=2, n_positions=256, tokenizer=tokenizer)
     ids = [i for line in korean_lines[-1000:] for i in tokenizer(line)["input_ids"] + [tokenizer.eos_token_id]]
-    rows = torch.tensor(ids[: len(ids) // 64 * 64]).view(-1, 64)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-2)
-    for _ in range(40):
-        batch = rows[torch.randint(0, len(rows), (8,))]
-        model(batch, labels=batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    rows = np.array(ids[: len(ids) // 64 * 64]).reshape(-1, 64)
+    train_small_teacher(model, rows, steps=40, batch_size=8, lr=3e-2)
     out = tmp_path_factory.mktemp("trained_tiny_teacher")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -121,9 +112,11 @@ def trained_tiny_teacher_dir(tmp_path_factory, kogpt2_tokenizer_dir: Path, korea
 
 
 def write_teacher_dump(store_path: Path, teacher_dir: Path, kind: str = "topk", width: int = 16,
-                       temperature: float = 2.0, draws: int = 50, seed: int = 0, shards: list[int] | None = None) -> None:
+                       temperature: float = 2.0, draws: int = 50, seed: int = 0, shards: list[int] | None = None,
+                       complete: bool = True) -> None:
     """Fill a store's teacher arrays from ``teacher_dir``'s logits through the Store API alone (independent of
-    `daram teacher-dump`): top-k ids + log_softmax(logits / T), or ``draws`` samples as unique ids + counts."""
+    `daram teacher-dump`): top-k ids + log_softmax(logits / T), or ``draws`` samples as unique ids + counts.
+    The one test dump writer; ``complete=False`` leaves the shards unrecorded, as a crash before the end would."""
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
@@ -142,6 +135,7 @@ def write_teacher_dump(store_path: Path, teacher_dir: Path, kind: str = "topk", 
     for shard in range(manifest.num_shards) if shards is None else shards:
         with store.shard_lock(shard):
             arrays = store.teacher_arrays(shard, teacher, create=True)
+            captured = []
             for chunk, (lo, hi) in enumerate(store.chunk_ranges(shard)):
                 tokens = torch.from_numpy(store.read_tokens(shard, lo, hi).astype(np.int64))
                 with torch.no_grad():
@@ -149,6 +143,7 @@ def write_teacher_dump(store_path: Path, teacher_dir: Path, kind: str = "topk", 
                 if kind == "topk":
                     values, ids = logp.topk(width, -1)
                     values = values.half()
+                    captured.append(values.float().exp().sum(-1).mean().item())
                 else:
                     drawn = torch.multinomial(logp.exp().flatten(0, 1), draws, replacement=True, generator=generator)
                     dense = torch.zeros(drawn.shape[0], logp.shape[-1]).scatter_add_(1, drawn, torch.ones(drawn.shape))
@@ -157,4 +152,8 @@ def write_teacher_dump(store_path: Path, teacher_dir: Path, kind: str = "topk", 
                     values = counts[:, :width].to(torch.uint8).view(*logp.shape[:2], width)
                     ids = ids[:, :width].view(*logp.shape[:2], width)
                 store.write_teacher_chunk(arrays, chunk, ids.numpy().astype(np.uint16), values.numpy(), teacher)
-            store.record_teacher_shard(shard, {"rows": store.shard_rows(shard)})
+            if complete:
+                stats = {"rows": store.shard_rows(shard)}
+                if captured:
+                    stats["captured_mass_mean"] = float(np.mean(captured))
+                store.record_teacher_shard(shard, stats)

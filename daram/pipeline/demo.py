@@ -261,54 +261,26 @@ def train_tokenizer(corpus: Path, out: Path, vocab_size: int) -> Path:
 def train_teacher(cfg: Config, shards: list[int], out: Path) -> list[dict[str, float]]:
     """Train a small GPT-2 on the training shards' rows (never the held-out one); save it with the tokenizer.
 
-    Returns the loss curve. Rows are drawn at random each step; the schedule is the students' own
-    (linear warm-up over a tenth of the steps, cosine decay to a tenth of the rate).
+    Returns the loss curve (``train_small_teacher``: the students' own schedule, rows drawn at random).
     """
     import numpy as np
     import torch
-    from tqdm import tqdm
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     from daram.pipeline.hf import load_tokenizer
-    from daram.pipeline.student_train import lr_factor
+    from daram.pipeline.models import gpt2, train_small_teacher
     from daram.storage import Store
 
     demo = cfg.demo
     store = Store.open(cfg.store.path)
     info = store.manifest.tokenizer
-    rows = np.concatenate([store.read_tokens(s) for s in shards]).astype(np.int64)
+    rows = np.concatenate([store.read_tokens(s) for s in shards])
     tokenizer = load_tokenizer(info.name_or_path)
     torch.manual_seed(demo.seed)
-    model = GPT2LMHeadModel(GPT2Config(
-        vocab_size=info.vocab_size, n_positions=store.manifest.seq_len,
-        n_embd=demo.teacher_n_embd, n_layer=demo.teacher_n_layer, n_head=demo.teacher_n_head,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # a short run on little data: dropout only slows it
-        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else info.eos_id,
-        eos_token_id=info.eos_id, pad_token_id=info.pad_id,
-    ))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=demo.teacher_lr, betas=(0.9, 0.95), weight_decay=0.01)
-    warmup = max(1, demo.teacher_steps // 10)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, demo.teacher_steps, 0.1, "cosine")
-    )
-    pick = np.random.default_rng(demo.seed)
-    curve = []
-    model.train()
-    started = time.perf_counter()
-    with tqdm(total=demo.teacher_steps, unit="step", desc="demo: train teacher", dynamic_ncols=True, file=sys.stderr) as bar:
-        for step in range(demo.teacher_steps):
-            batch = torch.from_numpy(rows[pick.integers(0, len(rows), demo.teacher_batch_size)])
-            loss = model(input_ids=batch, labels=batch).loss  # labels are shifted inside the model
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            curve.append({"step": step + 1, "loss": loss.item()})
-            tokens_per_s = (step + 1) * batch.numel() / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}")
-            bar.update(1)
-    model.eval()
+    # No dropout: a short run on little data, where dropout only slows it.
+    model = gpt2(info.vocab_size, demo.teacher_n_embd, demo.teacher_n_head, demo.teacher_n_layer,
+                 n_positions=store.manifest.seq_len, tokenizer=tokenizer)
+    curve = train_small_teacher(model, rows, demo.teacher_steps, demo.teacher_batch_size, demo.teacher_lr,
+                                seed=demo.seed, desc="demo: train teacher")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return curve

@@ -40,7 +40,7 @@ from daram.errors import DaramError
 from daram.pipeline.batches import check_teacher_shards
 from daram.pipeline.downstream import TASKS, Example, Task, get_tasks, load_split, subsample
 from daram.pipeline.heldout import heldout_metrics
-from daram.pipeline.hf import load_causal_lm, load_tokenizer, resolve_device, vocab_sha256
+from daram.pipeline.hf import check_store_tokenizer, load_causal_lm, load_tokenizer, resolve_device
 from daram.storage import Store
 
 REPORT_JSON = "report.json"
@@ -491,13 +491,8 @@ def run_heldout(cfg: Config) -> dict[str, dict[str, dict[str, Any]]]:
     shards = parse_shards(heldout_spec(cfg), store.manifest.num_shards, "--shards")
     check_teacher_shards(store, store.teacher_manifest(), shards, "eval --heldout")
     # The stored ids are the store tokenizer's: a model with another vocabulary would be scored on the wrong tokens.
-    expected = store.manifest.tokenizer
     for path in settings.models:
-        if vocab_sha256(load_tokenizer(path)) != expected.vocab_sha256:
-            raise DaramError(
-                f"model {path!r} has another tokenizer than {store.url} ({expected.name_or_path}); "
-                "held-out metrics need the store's vocabulary"
-            )
+        check_store_tokenizer(load_tokenizer(path), f"model {path!r}", store)
     device = resolve_device(settings.device)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)

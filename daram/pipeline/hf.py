@@ -42,6 +42,18 @@ def vocab_sha256(tokenizer) -> str:
     return hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()
 
 
+def check_store_tokenizer(tokenizer, whose: str, store) -> None:
+    """Refuse a tokenizer whose vocabulary is not the one ``store`` was prepared with: its ids would not line up."""
+    want = store.manifest.tokenizer
+    size, sha = vocab_size_of(tokenizer), vocab_sha256(tokenizer)
+    if (size, sha) != (want.vocab_size, want.vocab_sha256):
+        raise DaramError(
+            f"{whose} has another tokenizer ({size:,} ids, vocab sha256 {sha[:12]}) than the store {store.url} "
+            f"({want.name_or_path}: {want.vocab_size:,} ids, sha256 {want.vocab_sha256[:12]}); the stored token ids "
+            "would not line up: use the tokenizer the store was prepared with"
+        )
+
+
 def tokenizer_info(tokenizer, name_or_path: str) -> TokenizerInfo:
     eos = tokenizer.eos_token_id
     if eos is None:

@@ -33,7 +33,8 @@ from daram.config import Config, TrainConfig, parse_shards
 from daram.errors import DaramError
 from daram.pipeline.batches import BatchPlan, Prefetcher, check_teacher_shards, iter_batches
 from daram.pipeline.heldout import heldout_metrics
-from daram.pipeline.hf import load_causal_lm, load_tokenizer, resolve_device, vocab_sha256
+from daram.pipeline.hf import check_store_tokenizer, load_causal_lm, load_tokenizer, resolve_device
+from daram.pipeline.models import gpt2
 from daram.pipeline.losses import (
     DenseTarget,
     DistillObjective,
@@ -175,9 +176,10 @@ def _train(cfg: Config, train: TrainConfig, dist: Distributed, resume: bool, onl
 
     autocast_dtype, use_scaler = precision_for(train.precision, dist.device)
     torch.manual_seed(train.seed)  # the same initial weights on every rank
-    model = _build_student(cfg, manifest, tokenizer).to(dist.device)
+    model = _build_student(cfg, store, tokenizer).to(dist.device)
     teacher_model = None
     if online_teacher is not None:
+        check_store_tokenizer(load_tokenizer(online_teacher), f"online teacher {online_teacher!r}", store)
         teacher_model = load_causal_lm(online_teacher, "float32", str(dist.device))
         if teacher_model.config.vocab_size != manifest.tokenizer.vocab_size:
             raise DaramError(f"online teacher {online_teacher}: vocab_size differs from the store's tokenizer")
@@ -357,25 +359,17 @@ def _store_tokenizer(store: Store):
     """The tokenizer the store was prepared with, checked against the vocabulary hash in its manifest."""
     info = store.manifest.tokenizer
     tokenizer = load_tokenizer(info.name_or_path)
-    if vocab_sha256(tokenizer) != info.vocab_sha256:
-        raise DaramError(
-            f"{store.url}: tokenizer {info.name_or_path!r} no longer matches the store (vocab_sha256 differs from the "
-            "manifest's); the student must use the tokenizer the store was prepared with"
-        )
+    check_store_tokenizer(tokenizer, f"tokenizer path {info.name_or_path!r}, changed since `prepare`,", store)
     return tokenizer
 
 
-def _build_student(cfg: Config, manifest, tokenizer):
+def _build_student(cfg: Config, store: Store, tokenizer):
     """A new GPT-2 of the configured shape, or ``student.init_from``, checked against the store's tokenizer."""
+    manifest = store.manifest
     info = manifest.tokenizer
     if cfg.student.init_from:
         source = cfg.student.init_from
-        their_tokenizer = load_tokenizer(source)
-        if vocab_sha256(their_tokenizer) != info.vocab_sha256:
-            raise DaramError(
-                f"student.init_from {source!r}: its tokenizer differs from the store's ({info.name_or_path}); "
-                "the stored teacher ids would not line up"
-            )
+        check_store_tokenizer(load_tokenizer(source), f"student.init_from {source!r}", store)
         model = load_causal_lm(source, "float32", "cpu")
         if model.config.vocab_size < info.vocab_size:
             raise DaramError(
@@ -390,18 +384,9 @@ def _build_student(cfg: Config, manifest, tokenizer):
             raise DaramError(f"student.init_from {source!r}: {exc}") from None
         return model.train()
 
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     s = cfg.student
-    config = GPT2Config(
-        vocab_size=info.vocab_size,
-        n_embd=s.n_embd, n_head=s.n_head, n_layer=s.n_layer,
-        n_positions=max(manifest.seq_len, 1024),
-        resid_pdrop=s.dropout, embd_pdrop=s.dropout, attn_pdrop=s.dropout,
-        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else info.eos_id,
-        eos_token_id=info.eos_id, pad_token_id=info.pad_id,
-    )
-    return GPT2LMHeadModel(config)
+    return gpt2(info.vocab_size, s.n_embd, s.n_head, s.n_layer, n_positions=max(manifest.seq_len, 1024),
+                dropout=s.dropout, tokenizer=tokenizer)
 
 
 def _signature(cfg: Config, dist: Distributed, store: Store, teacher, online_teacher) -> dict:

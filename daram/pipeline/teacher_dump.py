@@ -79,7 +79,7 @@ def run_teacher_dump(
 
     import torch
 
-    from daram.pipeline.hf import load_causal_lm, load_tokenizer, resolve_device, vocab_sha256, vocab_size_of
+    from daram.pipeline.hf import check_store_tokenizer, load_causal_lm, load_tokenizer, resolve_device
 
     local = Path(settings.model)
     if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
@@ -91,14 +91,7 @@ def run_teacher_dump(
         tokenizer = load_tokenizer(settings.model)
     except DaramError as exc:
         raise DaramError(f"cannot load teacher {settings.model!r}: its tokenizer: {exc}") from None
-    want = manifest.tokenizer
-    have_size, have_sha = vocab_size_of(tokenizer), vocab_sha256(tokenizer)
-    if (have_size, have_sha) != (want.vocab_size, want.vocab_sha256):
-        raise DaramError(
-            f"teacher {settings.model!r} has another tokenizer ({have_size:,} ids, vocab sha256 {have_sha[:12]}) "
-            f"than the store {store.url} ({want.name_or_path}: {want.vocab_size:,} ids, sha256 {want.vocab_sha256[:12]}); "
-            f"prepare the store with the teacher's tokenizer"
-        )
+    check_store_tokenizer(tokenizer, f"teacher {settings.model!r}", store)
     device = resolve_device(_local_device(settings.device))
     if device.type == "cpu" and settings.dtype != "float32":
         print(f"note: {settings.dtype} on CPU is slow; --dtype float32 is faster there", file=sys.stderr)
@@ -113,7 +106,7 @@ def run_teacher_dump(
             temperature=settings.temperature,
             kind=settings.kind,
             width=width,
-            vocab_size=want.vocab_size,
+            vocab_size=manifest.tokenizer.vocab_size,
             tokens_fingerprint=manifest.tokens_fingerprint,
             rows_per_chunk=manifest.rows_per_chunk,
             draws=settings.draws if settings.kind == "sampled" else 0,

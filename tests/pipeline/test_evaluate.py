@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import write_teacher_dump
 from daram.cli import app
 from daram.config import load_config
 from daram.pipeline.downstream import TASKS, Example, load_split, subsample
@@ -211,41 +212,15 @@ def _empty_config(tmp_path: Path) -> Path:
 # --- held-out fidelity --------------------------------------------------------------------------
 
 
-def write_teacher_dump(store_path: Path, teacher_dir: Path, temperature: float = 2.0, k: int = 16) -> None:
-    """Top-k tempered log-probs of ``teacher_dir``'s model over every shard, written with the Store API."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from daram.storage import Store, TeacherManifest
-
-    store = Store.open(str(store_path), mode="r+")
-    model = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
-    teacher = store.init_teacher(TeacherManifest(
-        teacher=str(teacher_dir), revision="main", dtype="float32", temperature=temperature, kind="topk", width=k,
-        vocab_size=store.manifest.tokenizer.vocab_size, tokens_fingerprint=store.manifest.tokens_fingerprint,
-        rows_per_chunk=store.manifest.rows_per_chunk,
-    ))
-    for shard in range(store.manifest.num_shards):
-        with store.shard_lock(shard):
-            arrays = store.teacher_arrays(shard, teacher, create=True)
-            for chunk, (lo, hi) in enumerate(store.chunk_ranges(shard)):
-                tokens = torch.from_numpy(store.read_tokens(shard, lo, hi).astype(np.int64))
-                with torch.no_grad():
-                    logprobs = torch.log_softmax(model(tokens).logits.float() / temperature, -1)
-                values, ids = logprobs.topk(k, dim=-1)
-                store.write_teacher_chunk(arrays, chunk, ids.numpy().astype(np.uint16), values.numpy().astype(np.float16), teacher)
-        store.record_teacher_shard(shard, {"rows": store.shard_rows(shard)})
-
-
 def save_random_tiny(tmp_path: Path, tokenizer_dir: Path, seed: int, init_std: float) -> Path:
     import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer
+
+    from daram.pipeline.models import gpt2
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256, initializer_range=init_std,
-    ))
+    model = gpt2(len(tokenizer), n_embd=32, n_head=2, n_layer=2, n_positions=256, init_std=init_std)
     out = tmp_path / f"tiny-{seed}"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -255,7 +230,9 @@ def save_random_tiny(tmp_path: Path, tokenizer_dir: Path, seed: int, init_std: f
 def save_model_with_own_tokenizer(tmp_path: Path) -> Path:
     """A tiny GPT-2 whose tokenizer is a 300-id BPE trained here: not the store's vocabulary."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
+
+    from daram.pipeline.models import gpt2
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel()
@@ -263,7 +240,7 @@ def save_model_with_own_tokenizer(tmp_path: Path) -> Path:
                             trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"]))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>", unk_token="<unk>")
     out = tmp_path / "foreign"
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=1)).save_pretrained(out)
+    gpt2(len(tokenizer), n_embd=16, n_head=1, n_layer=1).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
@@ -285,7 +262,7 @@ def test_heldout_against_a_stored_teacher(prepared_store: Path, kogpt2_tokenizer
 
     foreign = save_model_with_own_tokenizer(tmp_path)
     result = runner.invoke(app, args + ["--model", str(foreign), "--shards", "0"])
-    assert result.exit_code == 2 and "has another tokenizer than" in result.stderr
+    assert result.exit_code == 2 and "has another tokenizer (" in result.stderr
 
     result = runner.invoke(app, args + ["--model", str(other), "--name", "teacher", "--name", "other", "--shards", "0-1",
                                         "--heldout-rows", "16"])

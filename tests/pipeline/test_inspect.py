@@ -1,52 +1,32 @@
-from pathlib import Path
+"""`daram inspect` and `daram verify`: what they show, and the damage verify finds."""
+
+import re
 
 import numpy as np
-import pytest
 
+from conftest import write_teacher_dump
 from daram.config import load_config
 from daram.pipeline.inspect import check_teacher_block, run_inspect, run_verify
-from daram.storage import Store, TeacherManifest
+from daram.storage import TeacherManifest
 
 
 def cfg_for(store):
     return load_config(overrides={"store.path": str(store)})
 
 
-def write_teacher(store_path: Path, shards=(0,), complete=True) -> TeacherManifest:
-    """Valid top-4 teacher arrays for some shards (softmax of random logits, full-vocab normalised)."""
-    store = Store.open(str(store_path), mode="r+")
-    m = store.manifest
-    teacher = store.init_teacher(TeacherManifest(
-        teacher="synthetic", revision="-", dtype="float32", temperature=2.0, kind="topk", width=4,
-        vocab_size=m.tokenizer.vocab_size, tokens_fingerprint=m.tokens_fingerprint, rows_per_chunk=m.rows_per_chunk,
-    ))
-    rng = np.random.default_rng(0)
-    for shard in shards:
-        with store.shard_lock(shard):
-            arrays = store.teacher_arrays(shard, teacher, create=True)
-            for chunk, (lo, hi) in enumerate(store.chunk_ranges(shard)):
-                ids = np.stack([rng.choice(m.tokenizer.vocab_size, 4, replace=False) for _ in range((hi - lo) * m.seq_len)])
-                logprobs = np.sort(np.log(rng.dirichlet(np.ones(8), size=len(ids))[:, :4]), axis=-1)[:, ::-1]
-                store.write_teacher_chunk(arrays, chunk, ids.reshape(hi - lo, m.seq_len, 4).astype(np.uint16),
-                                          logprobs.reshape(hi - lo, m.seq_len, 4).astype(np.float16), teacher)
-        if complete:
-            store.record_teacher_shard(shard, {"rows": hi, "captured_mass_mean": 0.5, "tokens_per_s": 1000.0})
-    return teacher
-
-
-def test_inspect_shows_manifest_shards_and_a_decoded_sample(prepared_store, capsys):
-    write_teacher(prepared_store)
+def test_inspect_shows_manifest_shards_and_a_decoded_sample(prepared_store, tiny_teacher_dir, capsys):
+    write_teacher_dump(prepared_store, tiny_teacher_dir, width=4, shards=[0])
     run_inspect(cfg_for(prepared_store))
     out = capsys.readouterr().out
     assert "kogpt2-base-v2" in out and "vocab 51,200" in out and "2 shards" in out
-    assert "teacher      synthetic" in out and "T=2" in out and "top-4" in out
-    assert "teacher complete" in out and "captured_mass_mean 0.5" in out
+    assert f"teacher      {tiny_teacher_dir} @ main" in out and "T=2" in out and "top-4" in out
+    assert "teacher complete" in out and re.search(r"captured_mass_mean [0-9.e-]+\b", out)
     assert "teacher 0/" in out  # shard 1 not dumped: 0 of its chunks
     assert "sample (shard 0, row 0):" in out and any("\uac00" <= ch <= "\ud7a3" for ch in out.split("sample")[1])
 
 
-def test_verify_passes_on_an_intact_store_and_names_a_corrupted_chunk(prepared_store, capsys):
-    write_teacher(prepared_store, shards=(0, 1))
+def test_verify_passes_on_an_intact_store_and_names_a_corrupted_chunk(prepared_store, tiny_teacher_dir, capsys):
+    write_teacher_dump(prepared_store, tiny_teacher_dir, width=4)
     assert run_verify(cfg_for(prepared_store))
     chunk = prepared_store / "teacher" / "shard-00001" / "topk_logprobs" / "c" / "1" / "0" / "0"
     data = bytearray(chunk.read_bytes())
@@ -68,8 +48,8 @@ def test_verify_catches_a_flipped_token_chunk(prepared_store, capsys):
     assert "tokens/shard-00000 chunk 0" in capsys.readouterr().out
 
 
-def test_verify_reports_incomplete_dumps(prepared_store, capsys):
-    write_teacher(prepared_store, shards=(0,), complete=False)
+def test_verify_reports_incomplete_dumps(prepared_store, tiny_teacher_dir, capsys):
+    write_teacher_dump(prepared_store, tiny_teacher_dir, width=4, shards=[0], complete=False)
     assert not run_verify(cfg_for(prepared_store))
     assert "never recorded complete" in capsys.readouterr().out
 

@@ -163,14 +163,16 @@ def test_missing_tokens_shard(store_path, tiny_teacher_dir):
 
 def test_teacher_with_another_tokenizer_is_refused(tmp_path, store_path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
+
+    from daram.pipeline.models import gpt2
 
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.train_from_iterator(["안녕하세요 반갑습니다", "오늘 날씨가 좋네요"] * 10, trainers.BpeTrainer(vocab_size=80, special_tokens=["<unk>", "</s>"]))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>")
     other = tmp_path / "other-teacher"
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=8, n_layer=1, n_head=2)).save_pretrained(other)
+    gpt2(len(tokenizer), n_embd=8, n_head=2, n_layer=1).save_pretrained(other)
     tokenizer.save_pretrained(other)
     result = dump(store_path, other, "--shard", "0")
     assert result.exit_code == 2
