@@ -12,6 +12,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
+from daram.config import setting_help
 from daram.errors import DaramError
 
 app = typer.Typer(
@@ -37,7 +38,15 @@ SetOpt = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override any setting: --set train.lr=3e-4 (repeatable)."),
 ]
-StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Store path or fsspec URL [store.path].")]
+
+
+def setting_option(key: str, *names: str, note: str = "") -> typer.models.OptionInfo:
+    """A flag that sets ``key``: its help is the setting's own (daram/config.py), plus a ``note``
+    on what only the flag does."""
+    return typer.Option(*names, help=setting_help(key, note))
+
+
+StoreOpt = Annotated[Optional[str], setting_option("store.path", "--store")]
 
 
 def command(fn: Callable) -> Callable:
@@ -68,12 +77,12 @@ def init(
     path: Annotated[Path, typer.Argument(help="Where to write the config.")] = Path("daram.toml"),
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write a commented daram.toml for the reference setup (Trinity 1.2B -> 768/8/4 student)."""
-    from daram.config import reference_config_text
+    """Write a commented daram.toml: the reference setup, every key at its built-in default with its help."""
+    from daram import template
 
     if path.exists() and not force:
         raise DaramError(f"{path} already exists; pass --force to overwrite it")
-    path.write_text(reference_config_text(), encoding="utf-8")
+    path.write_text(template.render(), encoding="utf-8")
     typer.echo(f"wrote {path}: edit [prepare.sources] to point at your corpus, then run `daram prepare`")
 
 
@@ -83,22 +92,19 @@ def prepare(
     set_: SetOpt = None,
     store: StoreOpt = None,
     tokenizer: Annotated[
-        Optional[str], typer.Option(help="Tokenizer: hub id or local directory [prepare.tokenizer].")
+        Optional[str], setting_option("prepare.tokenizer")
     ] = None,
     source: Annotated[
         Optional[list[str]],
-        typer.Option(
-            help="Source file, directory or glob, in curriculum order (repeatable). Replaces [[prepare.sources]]; "
-            "format/unit come from --format/--unit."
+        setting_option(
+            "prepare.sources.path", note="Repeatable, in curriculum order; replaces [[prepare.sources]]."
         ),
     ] = None,
-    format_: Annotated[
-        Optional[str], typer.Option("--format", help="Format of --source files: text | jsonl | modu.")
-    ] = None,
-    unit: Annotated[Optional[str], typer.Option(help="Unit of --source files: sentence | paragraph | line.")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Tokens per row [prepare.seq_len].")] = None,
-    num_shards: Annotated[Optional[int], typer.Option(help="Shards to split the stream into [prepare.num_shards].")] = None,
-    rows_per_chunk: Annotated[Optional[int], typer.Option(help="Rows per Zarr chunk [prepare.rows_per_chunk].")] = None,
+    format_: Annotated[Optional[str], setting_option("prepare.sources.format", "--format", note="Of every --source.")] = None,
+    unit: Annotated[Optional[str], setting_option("prepare.sources.unit", note="Of every --source.")] = None,
+    seq_len: Annotated[Optional[int], setting_option("prepare.seq_len")] = None,
+    num_shards: Annotated[Optional[int], setting_option("prepare.num_shards")] = None,
+    rows_per_chunk: Annotated[Optional[int], setting_option("prepare.rows_per_chunk")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")] = False,
 ) -> None:
     """Tokenize the sources in curriculum order and pack them into token shards."""
@@ -129,21 +135,21 @@ def teacher_dump(
     shard: Annotated[Optional[int], typer.Option(help="Dump one shard (e.g. $SLURM_ARRAY_TASK_ID).")] = None,
     shards: Annotated[Optional[str], typer.Option(help="Dump several: 0-7, 0,2,5 or all.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Dump every shard; complete ones are skipped.")] = False,
-    teacher: Annotated[Optional[str], typer.Option(help="Teacher: hub id or local directory [teacher.model].")] = None,
-    revision: Annotated[Optional[str], typer.Option(help="Hub revision of the teacher [teacher.revision].")] = None,
-    kind: Annotated[Optional[str], typer.Option(help="topk | sampled [teacher.kind].")] = None,
-    top_k: Annotated[Optional[int], typer.Option(help="Ids kept per position of a topk dump [teacher.top_k].")] = None,
-    draws: Annotated[Optional[int], typer.Option(help="Draws per position of a sampled dump [teacher.draws].")] = None,
+    teacher: Annotated[Optional[str], setting_option("teacher.model")] = None,
+    revision: Annotated[Optional[str], setting_option("teacher.revision")] = None,
+    kind: Annotated[Optional[str], setting_option("teacher.kind")] = None,
+    top_k: Annotated[Optional[int], setting_option("teacher.top_k")] = None,
+    draws: Annotated[Optional[int], setting_option("teacher.draws")] = None,
     sample_width: Annotated[
-        Optional[int], typer.Option(help="Unique ids kept per position of a sampled dump; 0 = draws [teacher.sample_width].")
+        Optional[int], setting_option("teacher.sample_width")
     ] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the sampled draws [teacher.seed].")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature T [teacher.temperature].")] = None,
+    seed: Annotated[Optional[int], setting_option("teacher.seed")] = None,
+    temperature: Annotated[Optional[float], setting_option("teacher.temperature")] = None,
     batch_size: Annotated[
-        Optional[int], typer.Option(help="Rows per forward; 0 = automatic, halved on CUDA OOM [teacher.batch_size].")
+        Optional[int], setting_option("teacher.batch_size")
     ] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N [teacher.device].")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="float16 | bfloat16 | float32 [teacher.dtype].")] = None,
+    device: Annotated[Optional[str], setting_option("teacher.device")] = None,
+    dtype: Annotated[Optional[str], setting_option("teacher.dtype")] = None,
 ) -> None:
     """Phase one: run the teacher over token shards and store tempered top-k log-probs (or sampled ids).
 
@@ -208,39 +214,39 @@ def eval(  # noqa: A001 - the command's name
     set_: SetOpt = None,
     model: Annotated[
         Optional[list[str]],
-        typer.Option("--model", help="Causal LM to evaluate: hub id or directory (repeatable; the first is the baseline) [eval.models]."),
+        setting_option("eval.models", "--model", note="Repeatable; replaces the list."),
     ] = None,
     name: Annotated[
-        Optional[list[str]], typer.Option("--name", help="Report name of each --model, in order [eval.names].")
+        Optional[list[str]], setting_option("eval.names", "--name", note="Repeatable: one per --model, in order.")
     ] = None,
     tasks: Annotated[
-        Optional[str], typer.Option(help="Comma-separated: boolq,copa,wic,hellaswag,sentineg,nsmc [eval.tasks].")
+        Optional[str], setting_option("eval.tasks", note="Comma-separated, e.g. boolq,copa.")
     ] = None,
     data: Annotated[
-        Optional[str], typer.Option(help="Directory laid out like shared/data; omit to use HF datasets [eval.data].")
+        Optional[str], setting_option("eval.data")
     ] = None,
-    out: Annotated[Optional[str], typer.Option(help="Report directory [eval.out].")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Fine-tuning epochs per task [eval.epochs].")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Examples per optimizer step [eval.batch_size].")] = None,
+    out: Annotated[Optional[str], setting_option("eval.out")] = None,
+    epochs: Annotated[Optional[int], setting_option("eval.epochs")] = None,
+    batch_size: Annotated[Optional[int], setting_option("eval.batch_size")] = None,
     micro_batch_size: Annotated[
-        Optional[int], typer.Option(help="Examples per forward/backward; 0 = the batch [eval.micro_batch_size].")
+        Optional[int], setting_option("eval.micro_batch_size")
     ] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="Tokens per sequence [eval.max_length].")] = None,
-    max_train: Annotated[Optional[int], typer.Option(help="Train examples per task; 0 = all [eval.max_train].")] = None,
-    max_test: Annotated[Optional[int], typer.Option(help="Test examples per task; 0 = all [eval.max_test].")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the heads, dropout and example order [eval.seed].")] = None,
+    max_length: Annotated[Optional[int], setting_option("eval.max_length")] = None,
+    max_train: Annotated[Optional[int], setting_option("eval.max_train")] = None,
+    max_test: Annotated[Optional[int], setting_option("eval.max_test")] = None,
+    seed: Annotated[Optional[int], setting_option("eval.seed")] = None,
     lr: Annotated[
-        Optional[list[str]], typer.Option("--lr", help="Learning rate of one task: --lr boolq=5e-6 (repeatable) [eval.learning_rates].")
+        Optional[list[str]], setting_option("eval.learning_rates", "--lr", note="As a flag: --lr boolq=5e-6 (repeatable).")
     ] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N [eval.device].")] = None,
+    device: Annotated[Optional[str], setting_option("eval.device")] = None,
     heldout: Annotated[
-        bool, typer.Option("--heldout", help="Held-out fidelity on store shards (perplexity, KL, top-1, ECE) instead of the tasks.")
+        bool, setting_option("eval.heldout", "--heldout")
     ] = False,
     store: StoreOpt = None,
     shards: Annotated[
-        Optional[str], typer.Option(help="--heldout: shards to score, e.g. 63 or 60-63 [eval.heldout_shards].")
+        Optional[str], setting_option("eval.heldout_shards", note="With --heldout.")
     ] = None,
-    heldout_rows: Annotated[Optional[int], typer.Option(help="--heldout: rows per shard; 0 = all [eval.heldout_rows].")] = None,
+    heldout_rows: Annotated[Optional[int], setting_option("eval.heldout_rows", note="With --heldout.")] = None,
 ) -> None:
     """Fine-tune models on KoBEST and NSMC (or score held-out shards) and write a comparison report."""
     overrides = {
@@ -285,38 +291,37 @@ def student_train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     store: StoreOpt = None,
-    out: Annotated[Optional[str], typer.Option(help="Output directory: HF model, metrics, checkpoints [train.out].")] = None,
+    out: Annotated[Optional[str], setting_option("train.out")] = None,
     shards: Annotated[
-        Optional[str], typer.Option(help="Shards in curriculum order: 3, 0-7, 0,2,5 or all [train.shards].")
+        Optional[str], setting_option("train.shards")
     ] = None,
     heldout_shard: Annotated[
-        Optional[int], typer.Option(help="Shard for periodic held-out evaluation; -1 = none [train.heldout_shard].")
+        Optional[int], setting_option("train.heldout_shard")
     ] = None,
-    n_embd: Annotated[Optional[int], typer.Option(help="Student width [student.n_embd].")] = None,
-    n_head: Annotated[Optional[int], typer.Option(help="Student attention heads [student.n_head].")] = None,
-    n_layer: Annotated[Optional[int], typer.Option(help="Student layers [student.n_layer].")] = None,
+    n_embd: Annotated[Optional[int], setting_option("student.n_embd")] = None,
+    n_head: Annotated[Optional[int], setting_option("student.n_head")] = None,
+    n_layer: Annotated[Optional[int], setting_option("student.n_layer")] = None,
     init_from: Annotated[
-        Optional[str], typer.Option(help="Start from this causal LM (hub id or directory) [student.init_from].")
+        Optional[str], setting_option("student.init_from")
     ] = None,
     alpha_kd: Annotated[
-        Optional[float], typer.Option(help="Weight of T^2 * KL; 0 = CE-only baseline [train.alpha_kd].")
+        Optional[float], setting_option("train.alpha_kd")
     ] = None,
-    alpha_ce: Annotated[Optional[float], typer.Option(help="Weight of the next-token CE [train.alpha_ce].")] = None,
+    alpha_ce: Annotated[Optional[float], setting_option("train.alpha_ce")] = None,
     tail: Annotated[
-        Optional[str], typer.Option(help="Top-k stores: bucket | renormalize [train.tail].")
+        Optional[str], setting_option("train.tail")
     ] = None,
     temperature: Annotated[
-        Optional[float], typer.Option(help="KD temperature; 0 = the store's (another value needs "
-                                           "train.allow_temperature_mismatch) [train.temperature].")
+        Optional[float], setting_option("train.temperature")
     ] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Passes over the shards [train.epochs].")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Rows per micro-batch (per rank) [train.batch_size].")] = None,
-    grad_accum: Annotated[Optional[int], typer.Option(help="Micro-batches per optimizer step [train.grad_accum].")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate [train.lr].")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps; 0 = the epochs [train.max_steps].")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the weights, shuffle and dropout [train.seed].")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | fp16 | bf16 [train.precision].")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N [train.device].")] = None,
+    epochs: Annotated[Optional[int], setting_option("train.epochs")] = None,
+    batch_size: Annotated[Optional[int], setting_option("train.batch_size")] = None,
+    grad_accum: Annotated[Optional[int], setting_option("train.grad_accum")] = None,
+    lr: Annotated[Optional[float], setting_option("train.lr")] = None,
+    max_steps: Annotated[Optional[int], setting_option("train.max_steps")] = None,
+    seed: Annotated[Optional[int], setting_option("train.seed")] = None,
+    precision: Annotated[Optional[str], setting_option("train.precision")] = None,
+    device: Annotated[Optional[str], setting_option("train.device")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue exactly from the last checkpoint in --out.")] = False,
 ) -> None:
     """Phase two: train the student from the stored teacher distributions (torchrun for several GPUs)."""
@@ -344,21 +349,21 @@ def demo(
     set_: SetOpt = None,
     workdir: Annotated[
         Optional[str],
-        typer.Option(help="Where everything is written: a new or empty directory, or an earlier demo's [demo.workdir]."),
+        setting_option("demo.workdir"),
     ] = None,
     corpus: Annotated[
         Optional[str],
-        typer.Option(help="Use this text file (one unit per line) instead of the generated corpus [demo.corpus]."),
+        setting_option("demo.corpus"),
     ] = None,
     tokenizer: Annotated[
-        Optional[str], typer.Option(help="Use this tokenizer (directory or hub id) instead of training one [demo.tokenizer].")
+        Optional[str], setting_option("demo.tokenizer")
     ] = None,
     sentences: Annotated[
-        Optional[int], typer.Option(help="Sentences generated, or lines sampled from --corpus [demo.sentences].")
+        Optional[int], setting_option("demo.sentences")
     ] = None,
-    teacher_steps: Annotated[Optional[int], typer.Option(help="Training steps of the demo teacher [demo.teacher_steps].")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps of each student [train.max_steps].")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads; 0 = the idle cores [demo.threads].")] = None,
+    teacher_steps: Annotated[Optional[int], setting_option("demo.teacher_steps")] = None,
+    max_steps: Annotated[Optional[int], setting_option("train.max_steps", note="Of each of the two students.")] = None,
+    threads: Annotated[Optional[int], setting_option("demo.threads")] = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="A smaller run (about a minute on 2 cores): fewer sentences, smaller models, fewer steps.")
     ] = False,

@@ -33,30 +33,59 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any 
     return field(default=default, metadata={"help": help})
 
 
-def setting_help(key: str) -> str:
-    """The help of ``section.key`` followed by ``[section.key]``: what a CLI flag shows."""
-    section, _, name = key.partition(".")
-    cls = typing.get_type_hints(Config)[section]
+def setting_field(key: str) -> dataclasses.Field:
+    """The field of ``section.key`` (``prepare.sources.unit`` reaches into a list of tables)."""
+    cls: Any = Config
+    *path, name = key.split(".")
+    for part in path:
+        cls = _table_type(typing.get_type_hints(cls)[part])
     for f in dataclasses.fields(cls):
         if f.name == name:
-            text = f.metadata.get("help", "")
-            return f"{text} [{key}]" if text else f"[{key}]"
+            return f
     raise KeyError(key)
+
+
+def setting_help(key: str, note: str = "") -> str:
+    """The help of ``section.key``, then ``note`` (what only the flag does), then ``[section.key]``:
+    what a CLI flag shows."""
+    return " ".join(filter(None, (setting_field(key).metadata["help"], note, f"[{key}]")))
+
+
+def setting_default(f: dataclasses.Field) -> Any:
+    """A field's built-in default (``MISSING`` for a required one)."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _table_type(hint: Any) -> type:
+    """The dataclass behind a section (``TeacherConfig``) or a list of tables (``tuple[SourceConfig, ...]``)."""
+    if typing.get_origin(hint) is tuple:
+        hint = typing.get_args(hint)[0]
+    if not dataclasses.is_dataclass(hint):
+        raise KeyError(hint)
+    return hint
+
+
 REFERENCE_TEACHER = "skt/ko-gpt-trinity-1.2B-v0.5"
 
 
 @dataclass(frozen=True)
 class StoreConfig:
-    path: str = "work/store.zarr"  # local path or any fsspec URL zarr supports
+    path: str = setting(
+        "work/store.zarr",
+        "Local path or any fsspec URL zarr supports (s3://bucket/daram.zarr, gs://...; the extras s3fs / gcsfs).",
+    )
 
 
 @dataclass(frozen=True)
 class SourceConfig:
-    path: str  # a file, a directory (every file in it, sorted) or a glob
-    format: str = "text"  # text | jsonl | modu
-    unit: str = "paragraph"  # sentence | paragraph | line
-    text_field: str = "text"  # the JSONL key that holds the text
-    name: str = ""  # shown in the manifest; defaults to the path
+    path: str = setting(help="A file, a directory (every file in it, sorted) or a glob.")
+    format: str = setting(
+        "text",
+        "text (one unit per line, or blank-line-separated paragraphs) | jsonl | modu (document[].paragraph[].form).",
+    )
+    unit: str = setting("paragraph", "sentence (Korean sentence splitting, see prepare.sentence_splitter) | paragraph | line.")
+    text_field: str = setting("text", "The JSONL key that holds the text.")
+    name: str = setting("", "Shown in the manifest; empty = the path.")
 
     def __post_init__(self) -> None:
         _check_choice("prepare.sources.format", self.format, ("text", "jsonl", "modu"))
@@ -65,13 +94,24 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    tokenizer: str = REFERENCE_TEACHER  # the teacher's tokenizer: a hub id or a local directory
-    seq_len: int = 512  # tokens per row (the context both models see)
-    num_shards: int = 16
-    rows_per_chunk: int = 64  # rows per Zarr chunk; the unit of atomic writes and of resume
-    sources: tuple[SourceConfig, ...] = ()
-    workers: int = 2  # tokenizer threads
-    sentence_splitter: str = "kiwi"  # kiwi (morphological, accurate, slow) | regex (punctuation, fast)
+    tokenizer: str = setting(
+        REFERENCE_TEACHER,
+        "The teacher's tokenizer (hub id or local directory): the student inherits it, so ids line up with the stored logits.",
+    )
+    seq_len: int = setting(512, "Tokens per row: the context both models see.")
+    num_shards: int = setting(16, "Shards the ordered token stream is split into, contiguously: the units of dumping and of the curriculum.")
+    rows_per_chunk: int = setting(64, "Rows per Zarr chunk: the unit of atomic writes, checksums and resume.")
+    sources: tuple[SourceConfig, ...] = setting(
+        (),
+        "The corpus, read in this order: the curriculum. Shards split the ordered stream contiguously, so "
+        "`student-train --shards all` sees the sources in exactly this order.",
+    )
+    workers: int = setting(2, "Tokenizer threads.")
+    sentence_splitter: str = setting(
+        "kiwi",
+        "For unit = \"sentence\": kiwi (kiwipiepy's morphological splitter: accurate, about 0.05 MB/s on 2 cores) "
+        "| regex (split after . ? ! …: fast, misses sentences without punctuation).",
+    )
 
     def __post_init__(self) -> None:
         _check_choice("prepare.sentence_splitter", self.sentence_splitter, ("kiwi", "regex"))
@@ -83,17 +123,28 @@ class PrepareConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    model: str = REFERENCE_TEACHER  # a hub id or a local directory
-    revision: str = "main"  # hub revision (branch, tag or commit) of the teacher
-    dtype: str = "float16"  # float16 | bfloat16 | float32
-    device: str = "auto"  # auto | cuda | cpu | cuda:N
-    temperature: float = 2.0
-    kind: str = "topk"  # topk | sampled
-    top_k: int = 64  # top-k dumps: ids kept per position
-    draws: int = 50  # sampled dumps: draws per position (1-255; counts are uint8)
-    sample_width: int = 0  # sampled dumps: unique ids kept per position (S); 0 = draws, so none are ever dropped
-    batch_size: int = 0  # rows per forward; 0 = automatic (backs off on CUDA out-of-memory)
-    seed: int = 0  # sampled dumps: the draws are a pure function of (seed, shard, chunk)
+    model: str = setting(REFERENCE_TEACHER, "The teacher: a hub id or a local directory.")
+    revision: str = setting("main", "Hub revision (branch, tag or commit) of the teacher.")
+    dtype: str = setting("float16", "float16 | bfloat16 | float32: the teacher's weights and forward pass.")
+    device: str = setting("auto", "auto (cuda when available, else cpu) | cpu | cuda | cuda:N.")
+    temperature: float = setting(2.0, "Softmax temperature T of the stored distributions; student-train reads it from the store.")
+    kind: str = setting(
+        "topk",
+        "What is stored per position. sampled: `draws` ids drawn from softmax(logits/T), kept as unique ids + "
+        "counts, an unbiased estimate of the teacher. topk: the `top_k` most probable ids with full-vocabulary "
+        "log-probs, so the tail mass is exact (see train.tail). docs/benchmarks.md compares their fidelity and "
+        "bytes per token.",
+    )
+    top_k: int = setting(64, "topk dumps: ids kept per position.")
+    draws: int = setting(50, "sampled dumps: draws per position (1-255; counts are uint8).")
+    sample_width: int = setting(
+        0,
+        "sampled dumps: unique ids kept per position (S); 0 = draws, so none is ever dropped (each padding slot "
+        "costs about 1 byte/token on disk). A smaller S drops the rarest draws where a position has more unique "
+        "ids, counted as truncated_positions in the shard statistics.",
+    )
+    batch_size: int = setting(0, "Rows per forward; 0 = automatic, backing off on CUDA out-of-memory.")
+    seed: int = setting(0, "Seed of the sampled draws: they are a pure function of (seed, shard, chunk).")
 
     def __post_init__(self) -> None:
         _check_choice("teacher.dtype", self.dtype, ("float16", "bfloat16", "float32"))
@@ -110,11 +161,15 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class StudentConfig:
-    n_embd: int = 768  # student width
-    n_head: int = 8  # student attention heads
-    n_layer: int = 4  # student layers
-    init_from: str = ""  # optional HF id or directory to start from instead of random weights
-    dropout: float = 0.0  # residual, embedding and attention dropout of a new student
+    n_embd: int = setting(768, "Student width.")
+    n_head: int = setting(8, "Student attention heads.")
+    n_layer: int = setting(4, "Student layers.")
+    init_from: str = setting(
+        "",
+        "Start from this causal LM (hub id or directory) instead of random weights; its own shape then replaces "
+        "n_embd / n_head / n_layer, and its tokenizer must be the store's.",
+    )
+    dropout: float = setting(0.0, "Residual, embedding and attention dropout of a new student; 0 suits one pass over a large corpus.")
 
     def __post_init__(self) -> None:
         for name in ("n_embd", "n_head", "n_layer"):
@@ -127,34 +182,50 @@ class StudentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    out: str = "work/student"  # where the student's save_pretrained directory, checkpoints and metrics go
-    shards: str = "all"  # curriculum order: "3", "0-7", "0,2,5" or "all"
-    heldout_shard: int = -1  # a shard kept out of training for periodic evaluation; -1 = none
-    epochs: int = 1
-    batch_size: int = 8  # rows per micro-batch
-    grad_accum: int = 4  # micro-batches per optimizer step
-    lr: float = 6e-4  # peak learning rate (AdamW)
-    min_lr: float = 6e-5  # learning rate at the end of the decay
-    warmup_steps: int = 200  # linear warm-up steps
-    schedule: str = "cosine"  # cosine | linear
-    max_steps: int = 0  # 0 = run the epochs to the end
-    weight_decay: float = 0.1  # AdamW weight decay (not on biases and LayerNorm)
-    grad_clip: float = 1.0  # max gradient norm (a large value effectively turns clipping off)
-    precision: str = "auto"  # auto | fp32 | fp16 | bf16
-    alpha_kd: float = 1.0  # 0 gives a CE-only baseline from the same command
-    alpha_ce: float = 0.1  # weight of the cross-entropy on the real next token
-    tail: str = "bucket"  # bucket | renormalize (top-k stores)
-    temperature: float = 0.0  # 0 = the teacher manifest's T
-    allow_temperature_mismatch: bool = False  # let train.temperature differ from the dump's T
-    loss_slice: int = 128  # sequence positions per loss slice (bounds float32 logits memory)
-    shuffle: bool = True  # seeded shuffle of rows within a shard
-    seed: int = 0  # seeds weights, shuffle and dropout
-    checkpoint_every: int = 500  # steps between checkpoints (and one at the end); 0 = only at the end
-    eval_every: int = 500  # steps between held-out evaluations (and one at the end); 0 = only at the end
-    eval_rows: int = 64
-    log_every: int = 10  # optimizer steps between metrics.jsonl lines
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each rank's local GPU)
-    prefetch: int = 4  # micro-batches read ahead by the background reader
+    out: str = setting("work/student", "Output directory: the student's save_pretrained directory, checkpoints and metrics.")
+    shards: str = setting("all", "Shards in curriculum order: 3, 0-7, 0,2,5 or all. Keep the held-out shard out.")
+    heldout_shard: int = setting(-1, "A shard kept out of training for periodic held-out evaluation; -1 = none.")
+    epochs: int = setting(1, "Passes over the shards.")
+    batch_size: int = setting(8, "Rows per micro-batch (per rank).")
+    grad_accum: int = setting(4, "Micro-batches per optimizer step.")
+    lr: float = setting(6e-4, "Peak learning rate (AdamW).")
+    min_lr: float = setting(6e-5, "Learning rate at the end of the decay.")
+    warmup_steps: int = setting(200, "Linear warm-up steps.")
+    schedule: str = setting("cosine", "Decay after the warm-up: cosine | linear.")
+    max_steps: int = setting(0, "Stop after this many optimizer steps; 0 = run the epochs to the end.")
+    weight_decay: float = setting(0.1, "AdamW weight decay (not on biases and LayerNorm).")
+    grad_clip: float = setting(1.0, "Max gradient norm (a large value effectively turns clipping off).")
+    precision: str = setting(
+        "auto",
+        "auto (bf16 where the GPU supports it, fp16 + grad scaler on older GPUs such as P100 and T4, fp32 on CPU) "
+        "| fp32 | fp16 | bf16.",
+    )
+    alpha_kd: float = setting(
+        1.0, "Weight of T^2 * KL(teacher || student at T) in the loss; 0 = the CE-only baseline from the same command."
+    )
+    alpha_ce: float = setting(0.1, "Weight of the cross-entropy on the real next token.")
+    tail: str = setting(
+        "bucket",
+        "topk stores only: bucket (KL over the k kept ids plus one bucket for the exact tail mass) | renormalize "
+        "(over the k ids only).",
+    )
+    temperature: float = setting(
+        0.0, "KD temperature; 0 = the teacher dump's T (another value needs train.allow_temperature_mismatch)."
+    )
+    allow_temperature_mismatch: bool = setting(False, "Let train.temperature differ from the teacher dump's T.")
+    loss_slice: int = setting(
+        128,
+        "Sequence positions per loss slice: the LM head and loss run slice by slice, so the float32 logits of a "
+        "whole micro-batch never exist at once.",
+    )
+    shuffle: bool = setting(True, "Seeded shuffle: chunk order within a shard, then rows within windows of 8 chunks.")
+    seed: int = setting(0, "Seed of the weights, shuffle and dropout.")
+    checkpoint_every: int = setting(500, "Steps between checkpoints (one is also written at the end); 0 = only at the end.")
+    eval_every: int = setting(500, "Steps between held-out evaluations (one also runs at the end); 0 = only at the end.")
+    eval_rows: int = setting(64, "Rows of the held-out shard scored at each evaluation.")
+    log_every: int = setting(10, "Optimizer steps between metrics.jsonl lines.")
+    device: str = setting("auto", "auto (cuda when available, else cpu) | cpu | cuda | cuda:N; under torchrun each rank uses its local GPU.")
+    prefetch: int = setting(4, "Micro-batches the background reader keeps ready.")
 
     def __post_init__(self) -> None:
         _check_choice("train.schedule", self.schedule, ("cosine", "linear"))
@@ -175,7 +246,7 @@ class TrainConfig:
             raise DaramError("train.alpha_kd and train.alpha_ce must be >= 0 and not both 0")
 
 
-# Fine-tuning learning rate per task; configs/reference.toml gives the source of each.
+# Fine-tuning learning rate per task; EvalConfig.learning_rates' help gives the source of each.
 DEFAULT_EVAL_LEARNING_RATES = {
     "boolq": 5e-6,
     "copa": 5e-6,
@@ -188,25 +259,46 @@ DEFAULT_EVAL_LEARNING_RATES = {
 
 @dataclass(frozen=True)
 class EvalConfig:
-    models: tuple[str, ...] = ()  # causal LMs to compare (hub ids or directories); the first is the baseline
-    names: tuple[str, ...] = ()  # their names in the report; empty = the ids / directories as given
-    tasks: tuple[str, ...] = ("boolq", "copa", "wic", "hellaswag", "sentineg", "nsmc")  # tasks to fine-tune and score, in report order
-    data: str = ""  # a directory laid out like shared/data; empty = Hugging Face datasets (online)
-    out: str = "work/eval"  # where report.md, report.json and report.png go
-    epochs: int = 20
-    batch_size: int = 64  # examples per optimizer step
-    micro_batch_size: int = 0  # examples per forward/backward (gradient accumulation); 0 = batch_size
-    max_length: int = 512  # tokens per sequence; longer inputs lose the end of their longest segment
-    max_train: int = 0  # 0 = the whole train split
-    max_test: int = 0  # test examples per task (0 = all)
-    seed: int = 42  # seed of the head, dropout and example order
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # per task; keys given in daram.toml replace these defaults one by one
-    learning_rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVAL_LEARNING_RATES))  # per-task fine-tuning learning rate
-    heldout: bool = False  # held-out fidelity on store shards instead of the downstream tasks
-    heldout_shards: str = ""  # "63", "60-63"; empty = train.heldout_shard
-    heldout_rows: int = 0  # rows per shard; 0 = all
-    heldout_batch_size: int = 8  # rows per held-out forward
+    models: tuple[str, ...] = setting(
+        (),
+        "Causal LMs to compare (hub ids or directories). The first is the baseline: the report gives the others' "
+        "scores as % of it and their time saved.",
+    )
+    names: tuple[str, ...] = setting((), "Their names in the report, in order; empty = the ids / directories as given.")
+    tasks: tuple[str, ...] = setting(
+        ("boolq", "copa", "wic", "hellaswag", "sentineg", "nsmc"), "Tasks to fine-tune and score, in report order."
+    )
+    data: str = setting(
+        "", "A directory laid out like shared/data (kobest/<Task>/*.tsv, nsmc/...); empty = Hugging Face datasets (online)."
+    )
+    out: str = setting("work/eval", "Report directory: report.md, report.json and report.png.")
+    epochs: int = setting(
+        20,
+        "Fine-tuning epochs per task. The reference study's protocol: 20 epochs, batch 64, length 512, fixed seed; "
+        "the test split is scored after every epoch and the best epoch reported.",
+    )
+    batch_size: int = setting(64, "Examples per optimizer step.")
+    micro_batch_size: int = setting(
+        0, "Examples per forward/backward when a whole batch does not fit in memory (gradients accumulate); 0 = batch_size."
+    )
+    max_length: int = setting(512, "Tokens per sequence; longer inputs lose the end of their longest segment.")
+    max_train: int = setting(0, "Train examples per task, for CPU-sized runs; 0 = the whole split.")
+    max_test: int = setting(0, "Test examples per task; 0 = the whole split.")
+    seed: int = setting(42, "Seed of the heads, dropout and example order.")
+    device: str = setting("auto", "auto (cuda when available, else cpu) | cpu | cuda | cuda:N.")
+    learning_rates: dict[str, float] = setting(
+        help="AdamW learning rate per task (no warm-up, then a linear decay to 0 over the epochs, the HF Trainer's "
+        "defaults); keys given replace these one by one. boolq and wic: the reference study's rates. The others: "
+        "our choice, not tuned; the study gives none, so they reuse its BoolQ rate (full fine-tuning for 20 epochs "
+        "with the best epoch kept favours a small rate over a fast one).",
+        factory=lambda: dict(DEFAULT_EVAL_LEARNING_RATES),
+    )
+    heldout: bool = setting(
+        False, "Score store shards instead of the tasks: perplexity, KL and top-1 agreement with the stored teacher, and ECE."
+    )
+    heldout_shards: str = setting("", "Held-out shards to score, e.g. 63 or 60-63; empty = train.heldout_shard.")
+    heldout_rows: int = setting(0, "Held-out rows scored per shard; 0 = all.")
+    heldout_batch_size: int = setting(8, "Rows per held-out forward.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "learning_rates", {**DEFAULT_EVAL_LEARNING_RATES, **self.learning_rates})
@@ -228,19 +320,33 @@ class EvalConfig:
 class DemoConfig:
     """``daram demo``: the whole pipeline on a corpus and teacher it makes itself (configs/demo.toml)."""
 
-    workdir: str = "work/demo"  # everything the demo writes goes here
-    corpus: str = ""  # a text file, one unit per line; empty = the package's own generated Korean corpus
-    tokenizer: str = ""  # a tokenizer directory or hub id; empty = train a byte-level BPE on the corpus
-    sentences: int = 6000  # sentences generated, or lines sampled from `corpus`
-    seed: int = 0  # of the generated corpus (or the sample of `corpus`) and of the teacher's training
-    vocab_size: int = 2048  # of the trained tokenizer
-    teacher_n_embd: int = 128  # width of the teacher GPT-2 trained for the demo
-    teacher_n_layer: int = 4  # its layers
-    teacher_n_head: int = 4  # its attention heads
-    teacher_steps: int = 300  # its training steps (on the training shards only)
-    teacher_batch_size: int = 16  # rows per step
-    teacher_lr: float = 3e-3  # peak learning rate (warm-up over a tenth of the steps, cosine decay to a tenth)
-    threads: int = 0  # torch CPU threads; 0 = the cores not busy with other work when the demo starts
+    workdir: str = setting(
+        "work/demo", "Where everything the demo writes goes: a new or empty directory, or an earlier demo's."
+    )
+    corpus: str = setting(
+        "",
+        "A text file, one unit per line, of which a seeded sample of `sentences` lines is used; empty = the "
+        "package's own generated Korean corpus (nine topics, three speech styles).",
+    )
+    tokenizer: str = setting("", "A tokenizer directory or hub id; empty = train a byte-level BPE of `vocab_size` ids on the corpus.")
+    sentences: int = setting(6000, "Sentences generated, or lines sampled from `corpus`.")
+    seed: int = setting(0, "Seed of the generated corpus (or the sample of `corpus`) and of the teacher's training.")
+    vocab_size: int = setting(
+        2048,
+        "Ids of the trained tokenizer. The generated corpus saturates near 3,500 word-level merges; 2,048 ids keep "
+        "particles and endings as their own tokens, so the models have grammar to learn.",
+    )
+    teacher_n_embd: int = setting(128, "Width of the teacher GPT-2 trained for the demo (about a minute on two cores).")
+    teacher_n_layer: int = setting(4, "The demo teacher's layers.")
+    teacher_n_head: int = setting(4, "The demo teacher's attention heads.")
+    teacher_steps: int = setting(300, "Training steps of the demo teacher (on the training shards only).")
+    teacher_batch_size: int = setting(16, "Rows per step of the demo teacher's training.")
+    teacher_lr: float = setting(3e-3, "The demo teacher's peak learning rate (warm-up over a tenth of the steps, cosine decay to a tenth).")
+    threads: int = setting(
+        0,
+        "torch CPU threads; 0 = the cores not busy with other work when the demo starts (1-minute load average), at "
+        "least one: two threads fighting another job for two cores ran about 5x slower than one.",
+    )
 
     def __post_init__(self) -> None:
         for name in ("sentences", "vocab_size", "teacher_n_embd", "teacher_n_layer", "teacher_n_head",
@@ -258,14 +364,14 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class Config:
-    store: StoreConfig = field(default_factory=StoreConfig)
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
-    source_file: str = ""  # where it was read from; empty = defaults only
+    store: StoreConfig = setting(help="Where the store lives.", factory=StoreConfig)
+    prepare: PrepareConfig = setting(help="`daram prepare`: the corpus -> token shards.", factory=PrepareConfig)
+    teacher: TeacherConfig = setting(help="`daram teacher-dump`, phase one: the teacher and what it stores.", factory=TeacherConfig)
+    student: StudentConfig = setting(help="The student `daram student-train` builds.", factory=StudentConfig)
+    train: TrainConfig = setting(help="`daram student-train`, phase two: training from the store.", factory=TrainConfig)
+    eval: EvalConfig = setting(help="`daram eval`: fine-tuning on KoBEST and NSMC, or held-out fidelity (--heldout).", factory=EvalConfig)
+    demo: DemoConfig = setting(help="`daram demo` only (it reads the package's configs/demo.toml, not ./daram.toml).", factory=DemoConfig)
+    source_file: str = setting("", "Where the config was read from; empty = defaults only.")
 
     def replace(self, section: str, **values: Any) -> "Config":
         """A copy with some keys of one section replaced (values are type-checked)."""
@@ -329,11 +435,6 @@ def parse_shards(spec: str, num_shards: int, setting: str = "--shards") -> list[
     if len(set(shards)) != len(shards):
         raise DaramError(f"{setting}: {spec!r} names a shard twice")
     return shards
-
-
-def reference_config_text() -> str:
-    """The commented reference ``daram.toml`` that ``daram init`` writes."""
-    return (Path(__file__).parent / "configs" / "reference.toml").read_text(encoding="utf-8")
 
 
 # --- building and checking -------------------------------------------------------------------

@@ -9,8 +9,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import re
 import sys
 import typing
 from pathlib import Path
@@ -50,55 +48,40 @@ def command_help() -> list[tuple[str, str]]:
     return pages
 
 
-def config_keys() -> list[tuple[str, list[tuple[str, str, str, str]]]]:
-    """Per section: (key, type, default, meaning). The meaning is the comment beside the field in
-    daram/config.py, else the comment above the key in the ready configs (reference.toml, demo.toml)."""
-    from daram.config import Config, SourceConfig
+def config_keys() -> list[tuple[str, str, list[tuple[str, str, str, str]]]]:
+    """Per section: (title, description, rows of (key, type, default, meaning)), all read from the
+    ``setting()`` declarations in daram/config.py."""
+    from daram.config import Config
 
-    configs = Path(__file__).parent / "configs"
-    toml_comments = {**_toml_comments(configs / "demo.toml"), **_toml_comments(configs / "reference.toml")}
-    hints = typing.get_type_hints(Config)
     out = []
-    for name in (f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])):
-        out.append((f"[{name}]", _fields(hints[name], name, toml_comments)))
-        if name == "prepare":
-            out.append(("[[prepare.sources]]", _fields(SourceConfig, "prepare.sources", toml_comments)))
+    for section, cls in typing.get_type_hints(Config).items():
+        if not dataclasses.is_dataclass(cls):
+            continue
+        fields = {f.name: f for f in dataclasses.fields(Config)}
+        out.append((f"[{section}]", fields[section].metadata["help"], _fields(cls)))
+        for name, hint in typing.get_type_hints(cls).items():  # a list of tables gets a table of its own
+            if _is_table_list(hint):
+                help_text = next(f for f in dataclasses.fields(cls) if f.name == name).metadata["help"]
+                out.append((f"[[{section}.{name}]]", help_text, _fields(typing.get_args(hint)[0])))
     return out
 
 
-def _toml_comments(path: Path) -> dict[tuple[str, str], str]:
-    """(section, key) -> the comment lines right above ``key = ...`` in a commented TOML file."""
-    comments, section, pending = {}, "", []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line.startswith("["):
-            section, pending = line.strip("[]"), []
-        elif line.startswith("#"):
-            pending.append(line.lstrip("# "))
-        elif "=" in line:
-            if pending:
-                comments[(section, line.split("=")[0].strip())] = " ".join(pending)
-            pending = []
-        else:
-            pending = []
-    return comments
+def _is_table_list(hint) -> bool:
+    return typing.get_origin(hint) is tuple and dataclasses.is_dataclass(typing.get_args(hint)[0])
 
 
-def _fields(cls: type, section: str, toml_comments: dict[tuple[str, str], str]) -> list[tuple[str, str, str, str]]:
-    comments = dict(re.findall(r"^\s+(\w+): [^\n=]+(?:=[^\n#]+)?#\s*(.+)$", inspect.getsource(cls), re.M))
+def _fields(cls: type) -> list[tuple[str, str, str, str]]:
+    from daram.config import setting_default
+    from daram.template import toml_value
+
     hints = typing.get_type_hints(cls)
     rows = []
     for f in dataclasses.fields(cls):
-        if f.name == "sources":  # [[prepare.sources]] has its own table
+        if _is_table_list(hints[f.name]):
             continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = "(required)"
-        meaning = comments.get(f.name) or toml_comments.get((section, f.name), "")
-        rows.append((f.name, _type_name(hints[f.name]), _toml(default), meaning.strip()))
+        default = setting_default(f)
+        shown = "(required)" if default is dataclasses.MISSING else toml_value(default)
+        rows.append((f.name, _type_name(hints[f.name]), shown, f.metadata["help"]))
     return rows
 
 
@@ -111,29 +94,15 @@ def _type_name(hint) -> str:
     return hint.__name__
 
 
-def _toml(value) -> str:
-    if value == "(required)":
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
-    return repr(value)
-
-
 def render() -> str:
     parts = [INTRO, "## Commands", ""]
     pages = command_help()
     parts += [f"- [`{name}`](#{name.replace(' ', '-')})" for name, _ in pages[1:]]
     for name, text in pages:
         parts += ["", f"## {name}", "", "```text", text.rstrip(), "```"]
-    parts += ["", "## Settings", "", "Every key of `daram.toml`, its type and default, as `daram/config.py` defines them.", ""]
-    for section, rows in config_keys():
-        parts += [f"### {section}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    parts += ["", "## Settings", "", "Every key of `daram.toml`, its type, default and meaning, as `daram/config.py` declares them.", ""]
+    for section, description, rows in config_keys():
+        parts += [f"### {section}", "", description, "", "| key | type | default | meaning |", "|---|---|---|---|"]
         parts += [f"| `{key}` | {kind} | `{default}` | {meaning.replace('|', '&#124;')} |" for key, kind, default, meaning in rows]
         parts.append("")
     return "\n".join(parts)

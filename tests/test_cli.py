@@ -1,11 +1,13 @@
 import os
+import re
 import subprocess
 import sys
 
 from typer.testing import CliRunner
 
+from daram import template
 from daram.cli import app
-from daram.config import load_config
+from daram.config import load_config, setting_field
 
 runner = CliRunner()
 
@@ -26,9 +28,26 @@ def test_init_writes_a_loadable_config_and_refuses_to_overwrite(tmp_path):
     target = tmp_path / "daram.toml"
     result = runner.invoke(app, ["init", str(target)])
     assert result.exit_code == 0, result.output
-    assert load_config(target).teacher.model == "skt/ko-gpt-trinity-1.2B-v0.5"
+    assert target.read_text(encoding="utf-8") == template.render()
     result = runner.invoke(app, ["init", str(target)])
     assert result.exit_code == 2 and "already exists" in result.output
+
+
+def test_every_flag_that_names_a_setting_shows_that_settings_own_help():
+    """A flag that restates a setting in its own words drifts from config.py; this catches it."""
+    import click
+    import typer
+
+    group = typer.main.get_command(app)
+    ctx = click.Context(group)
+    named = 0
+    for name in group.list_commands(ctx):
+        for param in group.get_command(ctx, name).get_params(ctx):
+            keys = re.findall(r"\[([a-z_]+(?:\.[a-z_]+)+)\]$", getattr(param, "help", None) or "")
+            if keys:
+                assert param.help.startswith(setting_field(keys[0]).metadata["help"]), f"daram {name} {param.opts[0]}"
+                named += 1
+    assert named > 50
 
 
 def test_errors_are_one_line_without_traceback(tmp_path):

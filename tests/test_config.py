@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from daram.config import Config, load_config, parse_shards, reference_config_text
+from daram.config import Config, load_config, parse_shards, setting_help
 from daram.errors import DaramError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "daram" / "configs").glob("*.toml"))
@@ -18,15 +18,6 @@ def test_defaults_are_the_reference_shape():
 def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     assert cfg.source_file == str(path)
-
-
-def test_reference_config_has_the_curriculum():
-    cfg = load_config(CONFIGS[[p.name for p in CONFIGS].index("reference.toml")])
-    assert cfg.teacher.model == "skt/ko-gpt-trinity-1.2B-v0.5"
-    assert cfg.prepare.seq_len == 512
-    names = [s.name for s in cfg.prepare.sources]
-    assert names[0].startswith("web corpus") and "Wikipedia" in names[3] and "written" in names[4]
-    assert cfg.eval.learning_rates["boolq"] == 5e-6 and cfg.eval.learning_rates["wic"] == 1e-6
 
 
 def test_unknown_key_names_the_key(tmp_path):
@@ -101,6 +92,8 @@ def test_parse_shards_errors(spec, message):
         parse_shards(spec, 8)
 
 
-def test_reference_text_is_commented():
-    text = reference_config_text()
-    assert text.count("#") > 20 and "[teacher]" in text
+def test_setting_help_reaches_nested_keys_and_refuses_unknown_ones():
+    assert setting_help("prepare.sources.unit").endswith("[prepare.sources.unit]")
+    assert setting_help("teacher.top_k", "Flag note.").endswith("per position. Flag note. [teacher.top_k]")
+    with pytest.raises(KeyError):
+        setting_help("teacher.topk")

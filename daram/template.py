@@ -1,0 +1,104 @@
+"""The commented ``daram.toml`` that ``daram init`` writes, generated from daram/config.py.
+
+Every key appears with its built-in default and its ``setting()`` help as the comment above it, so
+the template cannot disagree with the defaults or the docs; ``tests/test_template.py`` checks that it
+parses back to exactly ``Config()``. The only hand-written part is the example curriculum of
+``[[prepare.sources]]``, commented out because the corpus is the one thing every user must choose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import textwrap
+import typing
+from typing import Any
+
+from daram.config import Config, SourceConfig, setting_default
+
+WIDTH = 100
+# Sections `daram init` leaves out: [demo] configures `daram demo`, which reads its own file.
+SKIPPED_SECTIONS = ("demo",)
+
+# What a real curriculum looks like: web text first, then books, Wikipedia, edited prose.
+EXAMPLE_SOURCES = (
+    SourceConfig(name="web corpus, part 1", path="data/web/part-1/*.jsonl", format="jsonl"),
+    SourceConfig(name="unpublished corpus", path="data/unpublished/", format="text"),
+    SourceConfig(name="web corpus, rest", path="data/web/part-2/*.jsonl", format="jsonl"),
+    SourceConfig(name="Korean Wikipedia dump", path="data/kowiki/*.txt", format="text"),
+    SourceConfig(name="written corpus (Modu)", path="data/modu-written/*.json", format="modu", unit="sentence"),
+)
+
+
+def render() -> str:
+    """The whole template."""
+    cfg = Config()
+    lines = [
+        "# daram.toml: the reference setup, as `daram init` writes it (every value is the built-in default).",
+        f"# Teacher {cfg.teacher.model} -> a GPT-2 student with {cfg.student.n_layer} layers, "
+        f"{cfg.student.n_embd} wide, {cfg.student.n_head} heads.",
+        "# Point [[prepare.sources]] at your corpus; everything else can stay as it is.",
+        "# Every key can also be set with a flag (`--top-k 32`) or `--set section.key=value`;",
+        "# `daram <command> --help` lists the flags and docs/cli.md every key.",
+    ]
+    for section in dataclasses.fields(Config):
+        if not dataclasses.is_dataclass(getattr(cfg, section.name)) or section.name in SKIPPED_SECTIONS:
+            continue
+        lines += ["", *comment(section.metadata["help"]), f"[{section.name}]"]
+        lines += _section(section.name, getattr(cfg, section.name))
+    return "\n".join(lines) + "\n"
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as TOML (strings, numbers, booleans, lists and inline tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def comment(text: str, indent: str = "") -> list[str]:
+    """``text`` as TOML comment lines; lines after the first are indented by ``indent``."""
+    glued = text.replace(" = ", "\xa0=\xa0")  # never break a line inside "0 = none"
+    lines = textwrap.wrap(glued, WIDTH, initial_indent="# ", subsequent_indent="# " + indent, break_on_hyphens=False)
+    return [line.replace("\xa0", " ") for line in lines]
+
+
+def _section(name: str, values: Any) -> list[str]:
+    """Plain keys first; tables and lists of tables after them, as TOML requires."""
+    lines, tables = [], []
+    hints = typing.get_type_hints(type(values))
+    for f in dataclasses.fields(values):
+        value = getattr(values, f.name)
+        if typing.get_origin(hints[f.name]) is dict:
+            tables += ["", *comment(f.metadata["help"]), f"[{name}.{f.name}]"]
+            tables += [f"{k} = {toml_value(v)}" for k, v in value.items()]
+        elif f.name == "sources" and name == "prepare":
+            tables += ["", *comment(f.metadata["help"]), *_sources_example(f"{name}.{f.name}")]
+        else:
+            lines += [*comment(f.metadata["help"]), f"{f.name} = {toml_value(value)}"]
+    return lines + tables
+
+
+def _sources_example(key: str) -> list[str]:
+    """The keys of one source, then the example curriculum, commented out."""
+    lines = [f"# One [[{key}]] table per source:"]
+    for f in dataclasses.fields(SourceConfig):
+        default = setting_default(f)
+        shown = "required" if default is dataclasses.MISSING else f"default {toml_value(default)}"
+        lines += comment(f"- {f.name} ({shown}): {f.metadata['help']}", indent="  ")
+    lines.append("# For example (uncomment and edit):")
+    for source in EXAMPLE_SOURCES:
+        lines.append(f"# [[{key}]]")
+        lines += [f"# {name} = {toml_value(getattr(source, name))}" for name in ("name", "path")]
+        for f in dataclasses.fields(SourceConfig):
+            value = getattr(source, f.name)
+            if f.name not in ("name", "path") and value != setting_default(f):
+                lines.append(f"# {f.name} = {toml_value(value)}")
+        lines.append("#")
+    return lines[:-1]
