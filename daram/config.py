@@ -99,7 +99,7 @@ class PrepareConfig:
         "The teacher's tokenizer (hub id or local directory): the student inherits it, so ids line up with the stored logits.",
     )
     seq_len: int = setting(512, "Tokens per row: the context both models see.")
-    num_shards: int = setting(16, "Shards the ordered token stream is split into, contiguously: the units of dumping and of the curriculum.")
+    num_shards: int = setting(64, "Shards the ordered token stream is split into, contiguously: the units of dumping and of the curriculum.")
     rows_per_chunk: int = setting(64, "Rows per Zarr chunk: the unit of atomic writes, checksums and resume.")
     sources: tuple[SourceConfig, ...] = setting(
         (),
@@ -129,7 +129,7 @@ class TeacherConfig:
     device: str = setting("auto", "auto (cuda when available, else cpu) | cpu | cuda | cuda:N.")
     temperature: float = setting(2.0, "Softmax temperature T of the stored distributions; student-train reads it from the store.")
     kind: str = setting(
-        "topk",
+        "sampled",
         "What is stored per position. sampled: `draws` ids drawn from softmax(logits/T), kept as unique ids + "
         "counts, an unbiased estimate of the teacher. topk: the `top_k` most probable ids with full-vocabulary "
         "log-probs, so the tail mass is exact (see train.tail). docs/benchmarks.md compares their fidelity and "
@@ -183,14 +183,14 @@ class StudentConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     out: str = setting("work/student", "Output directory: the student's save_pretrained directory, checkpoints and metrics.")
-    shards: str = setting("all", "Shards in curriculum order: 3, 0-7, 0,2,5 or all. Keep the held-out shard out.")
-    heldout_shard: int = setting(-1, "A shard kept out of training for periodic held-out evaluation; -1 = none.")
+    shards: str = setting("0-62", "Shards in curriculum order: 3, 0-7, 0,2,5 or all. Keep the held-out shard out.")
+    heldout_shard: int = setting(63, "A shard kept out of training for periodic held-out evaluation; -1 = none.")
     epochs: int = setting(1, "Passes over the shards.")
     batch_size: int = setting(8, "Rows per micro-batch (per rank).")
-    grad_accum: int = setting(4, "Micro-batches per optimizer step.")
+    grad_accum: int = setting(8, "Micro-batches per optimizer step.")
     lr: float = setting(6e-4, "Peak learning rate (AdamW).")
     min_lr: float = setting(6e-5, "Learning rate at the end of the decay.")
-    warmup_steps: int = setting(200, "Linear warm-up steps.")
+    warmup_steps: int = setting(500, "Linear warm-up steps.")
     schedule: str = setting("cosine", "Decay after the warm-up: cosine | linear.")
     max_steps: int = setting(0, "Stop after this many optimizer steps; 0 = run the epochs to the end.")
     weight_decay: float = setting(0.1, "AdamW weight decay (not on biases and LayerNorm).")
@@ -260,7 +260,7 @@ DEFAULT_EVAL_LEARNING_RATES = {
 @dataclass(frozen=True)
 class EvalConfig:
     models: tuple[str, ...] = setting(
-        (),
+        ("skt/kogpt2-base-v2", "work/student"),
         "Causal LMs to compare (hub ids or directories). The first is the baseline: the report gives the others' "
         "scores as % of it and their time saved.",
     )

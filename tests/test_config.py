@@ -1,3 +1,4 @@
+import sys
 from pathlib import Path
 
 import pytest
@@ -5,13 +6,33 @@ import pytest
 from daram.config import Config, load_config, parse_shards, setting_help
 from daram.errors import DaramError
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "daram" / "configs").glob("*.toml"))
 
 
-def test_defaults_are_the_reference_shape():
+def test_the_defaults_are_a_consistent_reference_setup():
+    """`daram init` writes the defaults, so they must run as they are: every shard trained on but
+    the held-out one, the teacher's own tokenizer, and the baseline first in the eval report."""
     cfg = Config()
     assert (cfg.student.n_embd, cfg.student.n_head, cfg.student.n_layer) == (768, 8, 4)
-    assert cfg.teacher.temperature == 2.0 and cfg.teacher.kind in ("topk", "sampled")
+    shards = parse_shards(cfg.train.shards, cfg.prepare.num_shards, "train.shards")
+    assert sorted([*shards, cfg.train.heldout_shard]) == list(range(cfg.prepare.num_shards))
+    assert cfg.prepare.tokenizer == cfg.teacher.model
+    assert cfg.eval.models[0] == "skt/kogpt2-base-v2" and cfg.eval.models[-1] == cfg.train.out
+
+
+def test_the_demo_config_lists_only_what_differs_from_the_defaults():
+    """A key restated at its default hides which settings the demo really changes, and stays behind
+    when the default moves."""
+    (demo,) = [p for p in CONFIGS if p.name == "demo.toml"]
+    cfg, defaults = load_config(demo), Config()
+    for section, values in tomllib.loads(demo.read_text(encoding="utf-8")).items():
+        for key in values:
+            assert getattr(getattr(cfg, section), key) != getattr(getattr(defaults, section), key), f"{section}.{key}"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -1,11 +1,17 @@
 import dataclasses
 import re
+import sys
 import typing
 
 import pytest
 
 from daram import template
 from daram.config import Config, load_config, setting_default
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 
 def test_the_template_parses_back_to_exactly_the_defaults(tmp_path):
@@ -59,8 +65,6 @@ def test_every_setting_is_declared_with_its_help(key, f):
 
 
 def test_toml_value_round_trips():
-    import tomllib
-
     values = {"s": 'a "quoted" 한국어 \\ path', "f": 6e-5, "i": 3, "b": False, "l": ("x", "y"), "t": {"boolq": 5e-6}}
     text = "\n".join(f"{k} = {template.toml_value(v)}" for k, v in values.items())
     parsed = tomllib.loads(text)

@@ -199,7 +199,8 @@ def test_eval_errors_are_one_line(tiny_teacher_dir: Path, shared_data: Path, tmp
 
 
 def test_eval_needs_a_model(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["eval", "--config", str(_empty_config(tmp_path)), "--data", str(tmp_path)])
+    result = runner.invoke(app, ["eval", "--config", str(_empty_config(tmp_path)), "--data", str(tmp_path),
+                                 "--set", "eval.models=[]"])
     assert result.exit_code == 2 and "no model to evaluate" in result.stderr
 
 
@@ -257,7 +258,7 @@ def test_heldout_against_a_stored_teacher(prepared_store: Path, kogpt2_tokenizer
     assert result.exit_code == 2 and "has no teacher dump" in result.stderr
 
     write_teacher_dump(prepared_store, teacher)
-    result = runner.invoke(app, args)  # no --shards and no train.heldout_shard
+    result = runner.invoke(app, args + ["--set", "train.heldout_shard=-1"])  # no --shards and no train.heldout_shard
     assert result.exit_code == 2 and "no held-out shard" in result.stderr
 
     foreign = save_model_with_own_tokenizer(tmp_path)

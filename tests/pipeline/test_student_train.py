@@ -247,7 +247,7 @@ def test_ce_only_never_needs_the_teacher_dump(tmp_path, kogpt2_tokenizer_dir, ko
     assert Store.open(str(store)).teacher_manifest() is None
     out = tmp_path / "ce"
     result = CliRunner().invoke(app, [
-        "student-train", "--store", str(store), "--out", str(out), "--shards", "0-1", "--alpha-kd", "0", "--alpha-ce", "1",
+        "student-train", "--store", str(store), "--out", str(out), "--shards", "0-1", "--heldout-shard", "-1", "--alpha-kd", "0", "--alpha-ce", "1",
         "--n-embd", "32", "--n-head", "2", "--n-layer", "2", "--batch-size", "4", "--max-steps", "2",
         "--set", "train.grad_accum=1", "--set", "train.log_every=1", "--set", "train.loss_slice=64",
     ])

@@ -46,7 +46,7 @@ def dumped(tmp_path_factory, kogpt2_tokenizer_dir, korean_lines, tiny_teacher_di
 
 def dump_args(store: Path, teacher: Path, *extra: str) -> list[str]:
     return ["teacher-dump", "--store", str(store), "--teacher", str(teacher), "--dtype", "float32", "--device", "cpu",
-            "--temperature", str(T), "--top-k", str(K), "--batch-size", "3", *extra]
+            "--temperature", str(T), "--kind", "topk", "--top-k", str(K), "--batch-size", "3", *extra]
 
 
 def dump(store: Path, teacher: Path, *extra: str):
@@ -241,7 +241,7 @@ def test_memory_url_store(kogpt2_tokenizer_dir, korean_lines, tiny_teacher_dir, 
     cfg = load_config(overrides={
         "store.path": url, "prepare.tokenizer": str(kogpt2_tokenizer_dir), "prepare.seq_len": 32,
         "prepare.num_shards": 1, "prepare.rows_per_chunk": 4, "prepare.sources": [{"path": str(corpus), "unit": "line"}],
-        "teacher.model": str(tiny_teacher_dir), "teacher.dtype": "float32", "teacher.device": "cpu", "teacher.top_k": 4,
+        "teacher.model": str(tiny_teacher_dir), "teacher.dtype": "float32", "teacher.device": "cpu", "teacher.kind": "topk", "teacher.top_k": 4,
     })
     run_prepare(cfg)
     (stats,) = run_teacher_dump(cfg, shard=0)
@@ -303,7 +303,8 @@ def test_torn_chunk_then_resume_is_bit_identical(store_path, dumped, tiny_teache
     monkeypatch.setattr(Store, "write_teacher_chunk", torn)
     cfg = load_config(overrides={
         "store.path": str(store_path), "teacher.model": str(tiny_teacher_dir), "teacher.dtype": "float32",
-        "teacher.device": "cpu", "teacher.temperature": T, "teacher.top_k": K, "teacher.batch_size": 3,
+        "teacher.device": "cpu", "teacher.temperature": T, "teacher.kind": "topk", "teacher.top_k": K,
+        "teacher.batch_size": 3,
     })
     with pytest.raises(PowerCut):
         run_teacher_dump(cfg, shard=0)
