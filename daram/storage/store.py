@@ -29,6 +29,9 @@ from daram.storage.manifest import StoreManifest, TeacherManifest
 STORE_ATTR = "daram"
 TEACHER_ATTR = "daram_teacher"
 CHUNKS_DONE = "chunks_done"
+# zarr skips writing a chunk that equals the fill value, and reads an absent chunk as the fill value:
+# store every chunk, so that an absent one always means damage (see ``Store.missing_chunks``).
+WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 
 
 def shard_name(shard: int) -> str:
@@ -124,6 +127,7 @@ class Store:
             dtype=dtype,
             compressors=compressors(),
             fill_value=0,
+            config=WRITE_EVERY_CHUNK,
         )
 
     def token_array(self, shard: int) -> zarr.Array:
@@ -134,7 +138,30 @@ class Store:
             raise DaramError(f"{self.url}: tokens/{shard_name(shard)} is missing (store damaged?)") from None
 
     def read_tokens(self, shard: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self.token_array(shard)[start:stop]
+        array = self.token_array(shard)
+        self.require_chunks(array, shard, start, stop, repair="rebuild the tokens with `daram prepare --overwrite`")
+        return array[start:stop]
+
+    def missing_chunks(self, array: zarr.Array, start: int = 0, stop: int | None = None) -> list[int]:
+        """Chunks (along the rows) of ``array[start:stop]`` whose files are absent, checked in one round trip."""
+        stop = array.shape[0] if stop is None else min(stop, array.shape[0])
+        step = array.chunks[0]
+        chunks = list(range(start // step, -(-stop // step)))
+        zeros = (0,) * (array.ndim - 1)
+        keys = [f"{array.path}/{array.metadata.encode_chunk_key((c, *zeros))}" for c in chunks]
+        return [c for c, present in zip(chunks, self.kv.exist(keys)) if not present]
+
+    def require_chunks(self, array: zarr.Array, shard: int, start: int, stop: int | None, repair: str) -> None:
+        """Refuse to read rows whose chunk file is absent: zarr would return zeros for them."""
+        missing = self.missing_chunks(array, start, stop)
+        if missing:
+            step, rows = array.chunks[0], array.shape[0]
+            chunk = missing[0]
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DaramError(
+                f"{self.url}: {array.path} chunk {chunk} (rows {chunk * step}-{min((chunk + 1) * step, rows)} of shard "
+                f"{shard}){more} is missing from the store (deleted?); {repair}"
+            )
 
     def shard_rows(self, shard: int) -> int:
         self.check_shard(shard)
@@ -206,7 +233,7 @@ class Store:
         ids_name, values_name = teacher.array_names
         chunk = (self.manifest.rows_per_chunk, seq_len, teacher.width)
         n_chunks = -(-rows // self.manifest.rows_per_chunk)
-        common = dict(chunks=chunk, compressors=compressors(), fill_value=0, overwrite=True)
+        common = dict(chunks=chunk, compressors=compressors(), fill_value=0, overwrite=True, config=WRITE_EVERY_CHUNK)
         return {
             ids_name: group.create_array(ids_name, shape=(rows, seq_len, teacher.width), dtype=self.manifest.token_dtype, **common),
             values_name: group.create_array(
@@ -218,11 +245,15 @@ class Store:
         }
 
     def teacher_chunks_done(self, shard: int, teacher: TeacherManifest) -> np.ndarray:
-        """Boolean per chunk; all False when the shard has not been started."""
+        """Boolean per chunk: flagged done and every array's chunk file present; all False when not started."""
         try:
-            return self.teacher_arrays(shard, teacher)[CHUNKS_DONE][:].astype(bool)
+            arrays = self.teacher_arrays(shard, teacher)
         except DaramError:
             return np.zeros(len(self.chunk_ranges(shard)), dtype=bool)
+        done = arrays[CHUNKS_DONE][:].astype(bool)
+        for name in teacher.array_names:
+            done[self.missing_chunks(arrays[name])] = False
+        return done
 
     def write_teacher_chunk(
         self, arrays: dict[str, zarr.Array], chunk: int, ids: np.ndarray, values: np.ndarray, teacher: TeacherManifest
@@ -242,6 +273,8 @@ class Store:
             raise DaramError(f"{self.url} has no teacher dump (run `daram teacher-dump` first)")
         arrays = self.teacher_arrays(shard, teacher)
         ids_name, values_name = teacher.array_names
+        for name in (ids_name, values_name):
+            self.require_chunks(arrays[name], shard, start, stop, repair=f"run `daram teacher-dump --shard {shard}` to dump it again")
         return arrays[ids_name][start:stop], arrays[values_name][start:stop]
 
     # --- locks and sizes --------------------------------------------------------------------

@@ -184,6 +184,17 @@ def test_an_undumped_or_incomplete_shard_is_refused(kd_store, tmp_path, kogpt2_t
         run_student_train(train_config(fresh, tmp_path / "out"))
 
 
+@pytest.mark.parametrize("array, error", [
+    ("tokens/shard-00000/c/1/0", r"tokens/shard-00000 chunk 1 \(rows 16-32 of shard 0\) is missing.*prepare --overwrite"),
+    ("teacher/shard-00000/topk_logprobs/c/1/0/0", r"shard 0 is incomplete \(2/3 chunks\)"),
+])
+def test_a_deleted_chunk_file_is_refused_not_trained_on_as_zeros(kd_store, tmp_path, array, error):
+    store_path = _copy_store(kd_store, tmp_path)
+    (store_path / array).unlink()  # zarr would read the absent chunk as zeros
+    with pytest.raises(DaramError, match=error):
+        run_student_train(train_config(store_path, tmp_path / "out", train__max_steps=2))
+
+
 def test_a_temperature_other_than_the_stores_needs_the_allowance(kd_store, tmp_path):
     with pytest.raises(DaramError, match="train.temperature 3.0 differs from the teacher dump's 2.0"):
         run_student_train(train_config(kd_store, tmp_path / "out", train__temperature=3.0))

@@ -180,3 +180,35 @@ def test_stale_lock_of_another_host_is_taken_over_only_after_heartbeat_timeout(u
     store.kv.set(lock.key, lock._encode({**record, "heartbeat": time.time()}))
     with pytest.raises(LockHeld, match="other-node"):
         store.shard_lock(0).acquire()
+
+
+def _delete_chunk(url: str, array_path: str, key: str) -> None:
+    store = Store.open(url, mode="r+")
+    assert store.kv.get(f"{array_path}/{key}") is not None
+    store.kv.delete(f"{array_path}/{key}")
+
+
+def test_an_absent_chunk_is_refused_never_read_as_zeros(url):
+    # zarr reads an absent chunk as its fill value (0); the store must refuse instead
+    store = Store.open(make_store(url).url, mode="r+")
+    teacher = store.init_teacher(teacher_manifest(store))
+    ids = np.ones((RPC, SEQ, K), dtype=np.uint16)
+    with store.shard_lock(0):
+        arrays = store.teacher_arrays(0, teacher, create=True)
+        for chunk, (lo, hi) in enumerate(store.chunk_ranges(0)):
+            store.write_teacher_chunk(arrays, chunk, ids[: hi - lo], np.full((hi - lo, SEQ, K), -1, np.float16), teacher)
+    _delete_chunk(url, "tokens/shard-00001", "c/1/0")
+    with pytest.raises(DaramError, match=r"tokens/shard-00001 chunk 1 \(rows 4-8 of shard 1\) is missing.*prepare --overwrite"):
+        store.read_tokens(1, 0, 10)
+    assert store.read_tokens(1, 8, 10).shape == (2, SEQ)  # other chunks still read
+    _delete_chunk(url, "teacher/shard-00000/topk_logprobs", "c/2/0/0")
+    with pytest.raises(DaramError, match=r"topk_logprobs chunk 2 .* missing.*teacher-dump --shard 0"):
+        store.read_teacher(0, 6, 10)
+    assert store.teacher_chunks_done(0, teacher).tolist() == [True, True, False]
+
+
+def test_chunks_equal_to_the_fill_value_are_written(url):
+    # without write_empty_chunks zarr skips an all-zero chunk, which a reader could not tell from a deleted one
+    store = make_store(url)
+    store.create_token_shard(2, ROWS, SEQ, RPC, "uint16")[:] = np.zeros((ROWS, SEQ), np.uint16)
+    assert store.missing_chunks(store.root["tokens/shard-00002"]) == []
