@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from conftest import prepare_store
 from daram.cli import app
 from daram.config import load_config
+from daram.errors import DaramError
 from daram.pipeline.inspect import run_inspect, run_verify
 from daram.pipeline.teacher_dump import CHUNK_STATS_ATTR, run_teacher_dump, select_shards
 from daram.storage import Store, shard_name
@@ -311,7 +312,9 @@ def test_torn_chunk_then_resume_is_bit_identical(store_path, dumped, tiny_teache
     monkeypatch.setattr(Store, "write_teacher_chunk", write)
     store = Store.open(str(store_path))
     assert store.teacher_arrays(0, store.teacher_manifest())[CHUNKS_DONE][:].tolist() == [1, 1, 1, 0, 0, 0, 0]
-    assert store.read_teacher(0, 12, 16)[0].any()  # the torn chunk's ids are on disk
+    assert (store_path / "teacher" / shard_name(0) / "topk_ids" / "c" / "3" / "0" / "0").is_file()  # the torn chunk's ids
+    with pytest.raises(DaramError, match="topk_logprobs chunk 3 .* is missing"):  # ... and no log-probs to read as zeros
+        store.read_teacher(0, 12, 16)
 
     assert_resume_matches_clean_dump(store_path, dumped, tiny_teacher_dir)
 
@@ -326,7 +329,9 @@ def test_kill_mid_chunk_then_resume_is_bit_identical(store_path, dumped, tiny_te
     store = Store.open(str(store_path))
     done = store.teacher_arrays(0, store.teacher_manifest())[CHUNKS_DONE][:]
     assert done.tolist()[:4] == [1, 1, 1, 0] and not store.teacher_manifest().is_complete(0)
-    assert store.read_teacher(0, 12, 16)[0].any()  # the torn chunk's ids are on disk
+    assert (store_path / "teacher" / shard_name(0) / "topk_ids" / "c" / "3" / "0" / "0").is_file()  # the torn chunk's ids
+    with pytest.raises(DaramError, match="topk_logprobs chunk 3 .* is missing"):  # ... and no log-probs to read as zeros
+        store.read_teacher(0, 12, 16)
 
     assert_resume_matches_clean_dump(store_path, dumped, tiny_teacher_dir)
 
