@@ -150,10 +150,12 @@ def teacher_dump(
     ] = None,
     device: Annotated[Optional[str], setting_option("teacher.device")] = None,
     dtype: Annotated[Optional[str], setting_option("teacher.dtype")] = None,
+    time_limit: Annotated[Optional[str], setting_option("run.time_limit")] = None,
 ) -> None:
     """Phase one: run the teacher over token shards and store tempered top-k log-probs (or sampled ids).
 
-    Resumable (kill it, rerun the same command), one process per shard (a lock in the store), and
+    Resumable (kill it, rerun the same command), pauses cleanly on SIGTERM / Ctrl-C / --time-limit
+    (after the current chunk, locks released, exit 0), one process per shard (a lock in the store), and
     shardable: under torchrun, rank r of w takes shards r, r+w, ... of the selection. A SLURM job
     array runs one shard per task:
 
@@ -177,6 +179,7 @@ def teacher_dump(
             "teacher.batch_size": batch_size,
             "teacher.device": device,
             "teacher.dtype": dtype,
+            "run.time_limit": time_limit,
         },
     )
     from daram.pipeline.teacher_dump import run_teacher_dump

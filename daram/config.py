@@ -8,6 +8,7 @@ wrong type is a :class:`DaramError` that names the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -21,6 +22,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from daram.errors import DaramError
+from daram.units import parse_duration, parse_size
 
 DEFAULT_CONFIG_NAME = "daram.toml"
 
@@ -125,7 +127,12 @@ class PrepareConfig:
 class TeacherConfig:
     model: str = setting(REFERENCE_TEACHER, "The teacher: a hub id or a local directory.")
     revision: str = setting("main", "Hub revision (branch, tag or commit) of the teacher.")
-    dtype: str = setting("float16", "float16 | bfloat16 | float32: the teacher's weights and forward pass.")
+    dtype: str = setting(
+        "auto",
+        "auto | float16 | bfloat16 | float32: the teacher's weights and forward pass; auto = float16 on CUDA, float32 "
+        "on a CPU (where float16 is slow). Not part of the dump's identity: shards dumped in different dtypes may "
+        "share a store (docs/store-format.md).",
+    )
     device: str = setting("auto", "auto (cuda when available, else cpu) | cpu | cuda | cuda:N.")
     temperature: float = setting(2.0, "Softmax temperature T of the stored distributions; student-train reads it from the store.")
     kind: str = setting(
@@ -147,10 +154,10 @@ class TeacherConfig:
     seed: int = setting(0, "Seed of the sampled draws: they are a pure function of (seed, shard, chunk).")
 
     def __post_init__(self) -> None:
-        _check_choice("teacher.dtype", self.dtype, ("float16", "bfloat16", "float32"))
+        _check_choice("teacher.dtype", self.dtype, ("auto", "float16", "bfloat16", "float32"))
         _check_choice("teacher.kind", self.kind, ("topk", "sampled"))
-        if not self.temperature > 0:
-            raise DaramError(f"teacher.temperature must be > 0, got {self.temperature}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise DaramError(f"teacher.temperature must be finite and > 0, got {self.temperature}")
         _check_positive("teacher.top_k", self.top_k)
         _check_positive("teacher.draws", self.draws)
         if self.sample_width < 0:
@@ -363,6 +370,22 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """Sessions and disk: what `daram run` (and the clean pause of teacher-dump) needs."""
+
+    time_limit: str = setting(
+        "", "Stop cleanly before this much wall time (e.g. 11h30m, 90m) and say how to continue; empty = no limit."
+    )
+    disk_budget: str = setting(
+        "", "daram run: the most bytes of teacher shards on disk at any moment (e.g. 18GB, 40MB); empty = no limit."
+    )
+
+    def __post_init__(self) -> None:
+        parse_duration(self.time_limit, "run.time_limit")
+        parse_size(self.disk_budget, "run.disk_budget")
+
+
+@dataclass(frozen=True)
 class Config:
     store: StoreConfig = setting(help="Where the store lives.", factory=StoreConfig)
     prepare: PrepareConfig = setting(help="`daram prepare`: the corpus -> token shards.", factory=PrepareConfig)
@@ -371,6 +394,7 @@ class Config:
     train: TrainConfig = setting(help="`daram student-train`, phase two: training from the store.", factory=TrainConfig)
     eval: EvalConfig = setting(help="`daram eval`: fine-tuning on KoBEST and NSMC, or held-out fidelity (--heldout).", factory=EvalConfig)
     demo: DemoConfig = setting(help="`daram demo` only (it reads the package's configs/demo.toml, not ./daram.toml).", factory=DemoConfig)
+    run: RunConfig = setting(help="Sessions and disk: `daram run`, and the clean pause of teacher-dump.", factory=RunConfig)
     source_file: str = setting("", "Where the config was read from; empty = defaults only.")
 
     def replace(self, section: str, **values: Any) -> "Config":

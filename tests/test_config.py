@@ -66,7 +66,7 @@ def test_unknown_section_and_bad_source(tmp_path):
 
 
 def test_invalid_values_are_refused():
-    with pytest.raises(DaramError, match="temperature must be > 0"):
+    with pytest.raises(DaramError, match="temperature must be finite and > 0"):
         load_config(overrides={"teacher.temperature": 0.0})
     with pytest.raises(DaramError, match="divisible"):
         load_config(overrides={"student.n_embd": 100, "student.n_head": 8})

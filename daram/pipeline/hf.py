@@ -54,17 +54,32 @@ def check_store_tokenizer(tokenizer, whose: str, store) -> None:
         )
 
 
+def resolved_source(given: str) -> str:
+    """What loads a model or tokenizer from any directory: a local path made absolute, else the hub id."""
+    path = Path(given).expanduser()
+    return str(path.resolve()) if path.exists() else given
+
+
+def loaded_commit(obj) -> str:
+    """The hub commit a model (its config) or tokenizer was loaded from; "" for local directories."""
+    config = getattr(obj, "config", None)
+    commit = getattr(config, "_commit_hash", None) or getattr(obj, "init_kwargs", {}).get("_commit_hash")
+    return commit or ""
+
+
 def tokenizer_info(tokenizer, name_or_path: str) -> TokenizerInfo:
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DaramError(f"tokenizer {name_or_path!r} has no EOS token; daram puts EOS between units")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     return TokenizerInfo(
-        name_or_path=name_or_path,
+        name_or_path=resolved_source(name_or_path),
         vocab_size=vocab_size_of(tokenizer),
         vocab_sha256=vocab_sha256(tokenizer),
         eos_id=int(eos),
         pad_id=int(pad),
+        given=name_or_path,
+        commit=loaded_commit(tokenizer),
     )
 
 

@@ -13,6 +13,12 @@ resumed shard is bit-identical to an uninterrupted one on CPU. On GPUs the kerne
 different algorithms between runs; resumed chunks then differ from a fresh run within float16
 rounding of the log-probs (top-k ids can swap where two probabilities tie to that precision).
 
+Every check comes before the teacher loads, so a refusal is instant: the settings against the store's
+dump (the dtype is not part of a dump's identity, see docs/store-format.md), complete shards (skipped),
+each pending shard's tokens against its fingerprint, the teacher's tokenizer, and the shard locks.
+SIGTERM, SIGINT and ``run.time_limit`` pause the dump cleanly after the chunk in flight: the lock
+is released, a "paused" line says how to continue, and the exit code is 0 (see ``pause.py``).
+
 One process per shard, enforced by a lock in the store; a stale lock of a dead process is taken
 over. Shards are independent work units:
 
@@ -32,21 +38,29 @@ over. Shards are independent work units:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import math
 import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
-from daram.config import Config, parse_shards
+from daram.config import Config, TeacherConfig, parse_shards
 from daram.errors import DaramError
+from daram.pipeline.hf import (
+    check_store_tokenizer, load_causal_lm, load_tokenizer, loaded_commit, resolve_device, resolved_source,
+)
+from daram.pipeline.pause import Pause
 from daram.storage import LockHeld, Store, TeacherManifest, shard_name
-from daram.storage.store import CHUNKS_DONE
+from daram.storage.store import CHUNKS_DONE, check_same_teacher, fingerprint_bytes
+from daram.units import parse_duration
 
 CHUNK_STATS_ATTR = "daram_chunk_stats"  # on teacher/shard-N: per-chunk sums that only the forward can see
 CPU_BATCH_TOKENS = 4096  # automatic batch size on CPU: rows of about this many tokens per forward
@@ -62,89 +76,210 @@ class ChunkResult:
     seconds: float = 0.0
 
 
+@dataclass
+class DumpJob:
+    """What setup checked and decided, before the teacher loads: everything a refusal needs."""
+
+    store: Store
+    settings: TeacherConfig
+    selection: list[int]  # this process's shards, in order
+    complete: list[int]  # of those, already complete when setup looked
+    todo: list[int]  # the rest, their tokens checked against the store's fingerprints
+    held: list[int]  # of todo, locked by another live process when setup looked
+    wanted: TeacherManifest  # the dump's identity (commit filled in once the teacher loads)
+    device: Any  # torch.device
+    pause: Pause
+
+
+@dataclass
+class DumpOutcome:
+    completed: list[dict[str, Any]] = field(default_factory=list)  # stats of the shards this run completed
+    skipped: list[int] = field(default_factory=list)  # complete before this run got to them
+    held: list[int] = field(default_factory=list)  # another process is writing them
+    paused: str = ""  # why the run stopped early ("SIGTERM", "time limit 11h30m"); empty when it did not
+    seconds: float = 0.0
+    device_name: str = ""
+
+
 def run_teacher_dump(
-    cfg: Config, shard: int | None = None, shards: str | None = None, all_shards: bool = False
-) -> list[dict[str, Any]]:
-    """Dump the selected shards; returns the stats of the shards this run completed."""
+    cfg: Config, shard: int | None = None, shards: str | None = None, all_shards: bool = False,
+    pause: Pause | None = None,
+) -> DumpOutcome:
+    """Dump the selected shards: setup (every check, instant) -> run (the teacher) -> finish (one summary).
+
+    Without ``pause``, SIGTERM / SIGINT and ``run.time_limit`` pause the dump cleanly after the current chunk.
+    """
+    if pause is None:
+        with Pause(parse_duration(cfg.run.time_limit)) as own:
+            return run_teacher_dump(cfg, shard, shards, all_shards, own)
+    job = setup_dump(cfg, shard, shards, all_shards, pause)
+    for s in job.complete:
+        print(f"shard {s}: already complete, skipped", file=sys.stderr)
+    if not job.selection:
+        print(f"teacher-dump: rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')}: no shards to dump")
+        return DumpOutcome()
+    outcome = dump_shards(job) if job.todo else DumpOutcome(skipped=list(job.complete))
+    return finish_dump(job, outcome)
+
+
+def setup_dump(cfg: Config, shard: int | None, shards: str | None, all_shards: bool, pause: Pause) -> DumpJob:
+    """Check the selection, settings, store, tokens, tokenizer and locks, without loading the teacher."""
     settings = cfg.teacher
     store = Store.open(cfg.store.path, mode="r+")
-    manifest = store.manifest
     selection = select_shards(store, shard, shards, all_shards)
-    if not selection:
-        print(f"teacher-dump: rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')}: no shards to dump")
-        return []
     for s in selection:
         store.token_array(s)  # a missing tokens shard fails now, before the teacher loads
     width = _check_settings(cfg, store)
+    device = resolve_device(_local_device(settings.device))
+    wanted = TeacherManifest(
+        teacher=resolved_source(settings.model),
+        teacher_given=settings.model,
+        revision=settings.revision,
+        dtype=resolve_dtype(settings.dtype, device),
+        temperature=settings.temperature,
+        kind=settings.kind,
+        width=width,
+        vocab_size=store.manifest.tokenizer.vocab_size,
+        tokens_fingerprint=store.manifest.tokens_fingerprint,
+        rows_per_chunk=store.manifest.rows_per_chunk,
+        draws=settings.draws if settings.kind == "sampled" else 0,
+        seed=settings.seed if settings.kind == "sampled" else 0,
+    )
+    existing = store.teacher_manifest()
+    if existing is not None:
+        check_same_teacher(store.url, existing, wanted)
+    complete = [s for s in selection if existing is not None and existing.is_complete(s)]
+    todo = [s for s in selection if s not in complete]
+    job = DumpJob(store, settings, selection, complete, todo, [], wanted, device, pause)
+    if not todo:
+        return job
+    for s in todo:
+        check_tokens(store, s)
+    _check_teacher_tokenizer(settings.model, store)
+    job.held = [s for s in todo if _held_by_another(store, s)]
+    if job.held and len(selection) == 1:
+        store.shard_lock(selection[0]).acquire()  # raises LockHeld, naming the holder
+    if job.held == todo:
+        raise DaramError(f"other processes are writing shards {_ranges(job.held)}; rerun later to finish them")
+    return job
 
+
+def dump_shards(job: DumpJob) -> DumpOutcome:
+    """Load the teacher and dump ``job.todo`` shard by shard, pausing cleanly when asked."""
     import torch
 
-    from daram.pipeline.hf import check_store_tokenizer, load_causal_lm, load_tokenizer, resolve_device
+    settings, store = job.settings, job.store
+    model = load_causal_lm(settings.model, job.wanted.dtype, str(job.device), settings.revision)
+    runner = TeacherRunner(
+        model, settings.kind, job.wanted.width, settings.temperature, job.device, settings.batch_size, store.manifest
+    )
+    teacher = store.init_teacher(dataclasses.replace(job.wanted, commit=loaded_commit(model)))
+    outcome = DumpOutcome(skipped=list(job.complete), device_name=runner.device_name)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for s in job.todo:
+            if job.pause.requested():
+                break
+            if store.teacher_manifest().is_complete(s):  # fresh: another process may have finished it
+                print(f"shard {s}: already complete, skipped", file=sys.stderr)
+                outcome.skipped.append(s)
+                continue
+            try:
+                stats = dump_shard(store, s, teacher, runner, job.pause)
+            except LockHeld as exc:
+                if len(job.selection) == 1:
+                    raise
+                print(f"shard {s}: skipped: {exc}", file=sys.stderr)  # another process is on it; go on with the rest
+                outcome.held.append(s)
+                continue
+            if stats is None:
+                outcome.skipped.append(s)
+            elif stats.get("paused"):
+                break
+            else:
+                outcome.completed.append(stats)
+    outcome.paused = job.pause.reason
+    outcome.seconds = time.perf_counter() - started
+    return outcome
 
-    local = Path(settings.model)
+
+def finish_dump(job: DumpJob, outcome: DumpOutcome) -> DumpOutcome:
+    """One summary line; a clean pause says how to continue; shards held by others are an error."""
+    tokens = sum(st["tokens_computed"] for st in outcome.completed)
+    line = (
+        f"teacher-dump: {job.store.url}: {plural(len(outcome.completed), 'shard')} dumped, "
+        f"{len(outcome.skipped)} already complete"
+        + (f", {plural(len(outcome.held), 'shard')} held by other processes ({_ranges(outcome.held)})" if outcome.held else "")
+    )
+    if outcome.completed:
+        line += (
+            f"; {tokens:,} tokens in {outcome.seconds:.1f}s ({tokens / max(outcome.seconds, 1e-9):,.0f} tokens/s) "
+            f"on {outcome.device_name}"
+        )
+    print(line)
+    if outcome.paused:
+        left = [s for s in job.todo if not job.store.teacher_manifest().is_complete(s)]
+        print(
+            f"teacher-dump: paused ({outcome.paused}) with {plural(len(left), 'shard')} left ({_ranges(left)}); "
+            "every written chunk is kept and the shard locks are released: run the same command again to continue"
+        )
+    if outcome.held:
+        raise DaramError(f"other processes are writing shards {_ranges(outcome.held)}; rerun later to finish them")
+    return outcome
+
+
+def resolve_dtype(dtype: str, device) -> str:
+    """``auto``: float16 on CUDA (the GPU's fast path), float32 elsewhere (float16 matmuls are slow on CPUs)."""
+    if dtype != "auto":
+        if device.type == "cpu" and dtype != "float32":
+            print(f"note: {dtype} on CPU is slow; --dtype float32 (or auto) is faster there", file=sys.stderr)
+        return dtype
+    return "float16" if device.type == "cuda" else "float32"
+
+
+def check_tokens(store: Store, shard: int) -> None:
+    """Refuse a tokens shard whose chunks no longer hash to the fingerprint prepare recorded
+    (a chunk lost, replaced or damaged): a teacher dump over it would be recorded as a dump of other text."""
+    digest = hashlib.sha256()
+    for lo, hi in store.chunk_ranges(shard):
+        try:
+            digest.update(fingerprint_bytes(store.read_tokens(shard, lo, hi)))
+        except DaramError:
+            raise
+        except Exception as exc:  # a checksum or decompression failure
+            raise DaramError(
+                f"{store.url}: tokens/{shard_name(shard)} rows {lo}-{hi} cannot be read ({type(exc).__name__}); "
+                "the token shards are damaged: rebuild the store with `daram prepare --overwrite`"
+            ) from None
+    if digest.hexdigest() != store.manifest.shard_fingerprints[shard]:
+        raise DaramError(
+            f"{store.url}: tokens/{shard_name(shard)} does not match its fingerprint in the manifest (a chunk lost or "
+            "changed); refusing to dump over it: rebuild the store with `daram prepare --overwrite`"
+        )
+
+
+def _check_teacher_tokenizer(model: str, store: Store) -> None:
+    """The teacher's tokenizer must be the store's: same ids for the same text."""
+    local = Path(model)
     if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
         raise DaramError(
-            f"teacher {settings.model!r} has no tokenizer ({' / '.join(TOKENIZER_FILES)}); save the teacher's "
+            f"teacher {model!r} has no tokenizer ({' / '.join(TOKENIZER_FILES)}); save the teacher's "
             f"tokenizer beside its weights so daram can check that it matches the store's"
         )
     try:
-        tokenizer = load_tokenizer(settings.model)
+        tokenizer = load_tokenizer(model)
     except DaramError as exc:
-        raise DaramError(f"cannot load teacher {settings.model!r}: its tokenizer: {exc}") from None
-    check_store_tokenizer(tokenizer, f"teacher {settings.model!r}", store)
-    device = resolve_device(_local_device(settings.device))
-    if device.type == "cpu" and settings.dtype != "float32":
-        print(f"note: {settings.dtype} on CPU is slow; --dtype float32 is faster there", file=sys.stderr)
-    model = load_causal_lm(settings.model, settings.dtype, str(device), settings.revision)
-    runner = TeacherRunner(model, settings.kind, width, settings.temperature, device, settings.batch_size, manifest)
+        raise DaramError(f"cannot load teacher {model!r}: its tokenizer: {exc}") from None
+    check_store_tokenizer(tokenizer, f"teacher {model!r}", store)
 
-    teacher = store.init_teacher(
-        TeacherManifest(
-            teacher=settings.model,
-            revision=settings.revision,
-            dtype=settings.dtype,
-            temperature=settings.temperature,
-            kind=settings.kind,
-            width=width,
-            vocab_size=manifest.tokenizer.vocab_size,
-            tokens_fingerprint=manifest.tokens_fingerprint,
-            rows_per_chunk=manifest.rows_per_chunk,
-            draws=settings.draws if settings.kind == "sampled" else 0,
-            seed=settings.seed if settings.kind == "sampled" else 0,
-        )
-    )
+def _held_by_another(store: Store, shard: int) -> bool:
+    lock = store.shard_lock(shard)
+    holder = lock.holder()
+    return holder is not None and not lock.is_stale(holder)
 
-    started = time.perf_counter()
-    completed, skipped, held = [], [], []
-    with torch.inference_mode():
-        for s in selection:
-            if store.teacher_manifest().is_complete(s):  # fresh: another process may have finished it
-                print(f"shard {s}: already complete, skipped", file=sys.stderr)
-                skipped.append(s)
-                continue
-            try:
-                stats = dump_shard(store, s, teacher, runner)
-            except LockHeld as exc:
-                if len(selection) == 1:
-                    raise
-                print(f"shard {s}: skipped: {exc}", file=sys.stderr)  # another process is on it; go on with the rest
-                held.append(s)
-                continue
-            if stats is None:
-                skipped.append(s)
-            else:
-                completed.append(stats)
 
-    seconds = time.perf_counter() - started
-    tokens = sum(st["tokens_computed"] for st in completed)
-    print(
-        f"teacher-dump: {store.url}: {len(completed)} shards dumped, {len(skipped)} already complete"
-        + (f", {len(held)} held by other processes ({_ranges(held)})" if held else "")
-        + f"; {tokens:,} tokens in {seconds:.1f}s ({tokens / max(seconds, 1e-9):,.0f} tokens/s) on {runner.device_name}"
-    )
-    if held:
-        raise DaramError(f"other processes are writing shards {_ranges(held)}; rerun later to finish them")
-    return completed
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def select_shards(store: Store, shard: int | None, shards: str | None, all_shards: bool) -> list[int]:
@@ -225,6 +360,7 @@ class TeacherRunner:
         self.token_dtype = np.dtype(manifest.token_dtype)
         self.value_dtype = np.dtype("float16" if kind == "topk" else "uint8")
         self.device_name = str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})"
+        self.dtype_name = str(head.weight.dtype).removeprefix("torch.")
         self._check_head_path()
 
     def hidden_states(self, input_ids):
@@ -237,6 +373,11 @@ class TeacherRunner:
         with torch.inference_mode():
             probe = torch.arange(8, device=self.device).unsqueeze(0)
             expected = self.model(input_ids=probe, use_cache=False).logits[0].float() / self.head.temperature
+            if not torch.isfinite(expected).all():
+                raise DaramError(
+                    f"teacher {type(self.model).__name__} gives non-finite logits on a probe of 8 tokens "
+                    f"(dtype {self.dtype_name}); its weights are damaged or overflow this dtype"
+                )
             ours = self.head(self.hidden_states(probe)[0], self.buffers[0])
             if not torch.allclose(ours, expected, rtol=1e-2, atol=1e-2 * float(expected.abs().max()) + 1e-4):
                 raise DaramError(
@@ -342,8 +483,9 @@ class ChunkWriter:
             self.pool.shutdown()
 
 
-def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: TeacherRunner) -> dict | None:
-    """Dump (or finish) one shard under its lock; returns its stats, or None when it was already complete."""
+def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: TeacherRunner, pause: Pause) -> dict | None:
+    """Dump (or finish) one shard under its lock; returns its stats, None when it was already complete, or
+    ``{"paused": True}`` when ``pause`` stopped it between chunks (the lock is released either way)."""
     from tqdm import tqdm
 
     seq_len = store.manifest.seq_len
@@ -364,10 +506,13 @@ def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: Teach
             total=rows * seq_len, initial=resumed, unit="tok", unit_scale=True, desc=f"teacher-dump shard {shard}",
             dynamic_ncols=True, file=sys.stderr,
         )
+        slowest_chunk = 0.0  # what the next chunk may take, for the time limit
         try:
             for chunk, (lo, hi) in enumerate(ranges):
                 if done[chunk]:
                     continue
+                if pause.requested(next_unit_s=2 * slowest_chunk):
+                    break
                 chunk_started = time.perf_counter()
                 tokens = store.read_tokens(shard, lo, hi)
                 uniforms = None
@@ -375,6 +520,13 @@ def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: Teach
                     uniforms = chunk_uniforms(teacher.seed, shard, chunk, tokens.size, teacher.draws)
                 result = runner.run_chunk(tokens, uniforms)
                 result.seconds = time.perf_counter() - chunk_started
+                slowest_chunk = max(slowest_chunk, result.seconds)
+                if not math.isfinite(result.entropy_sum):  # NaN/inf logits: nothing of this chunk is written
+                    raise DaramError(
+                        f"teacher {teacher.teacher_given or teacher.teacher!r} gave non-finite logits on shard {shard}, "
+                        f"rows {lo}-{hi} (dtype {runner.dtype_name}"
+                        + ("; float16 can overflow: try --dtype float32 or bfloat16)" if runner.dtype_name == "float16" else ")")
+                    )
                 writer.submit(chunk, result)
                 lock.refresh()
                 bar.update(tokens.size)
@@ -382,11 +534,18 @@ def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: Teach
             bar.close()
             writer.close()
         wall = time.perf_counter() - started
+        if pause.reason and not arrays[CHUNKS_DONE][:].all():
+            written = int(arrays[CHUNKS_DONE][:].sum())
+            print(f"shard {shard}: paused ({pause.reason}) after {written}/{len(ranges)} chunks", file=sys.stderr)
+            return {"paused": True}
 
         if not arrays[CHUNKS_DONE][:].all():
             raise DaramError(f"{store.url}: teacher shard {shard}: some chunks were not flagged done after writing")
         stats = shard_stats(store, shard, teacher, arrays, writer.chunk_stats)
-        stats.update(device=runner.device_name, batch_size=runner.batch_size, tokens_computed=rows * seq_len - resumed)
+        stats.update(
+            device=runner.device_name, dtype=runner.dtype_name, batch_size=runner.batch_size,
+            tokens_computed=rows * seq_len - resumed,
+        )
         store.record_teacher_shard(shard, stats)
     print(_summary_line(shard, stats, wall), file=sys.stderr)
     return stats

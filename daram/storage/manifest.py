@@ -7,6 +7,7 @@ Each manifest validates itself on construction and round-trips through plain JSO
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -29,11 +30,13 @@ def _require(condition: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class TokenizerInfo:
-    name_or_path: str
+    name_or_path: str  # what loads it from anywhere: an absolute directory or a hub id
     vocab_size: int
     vocab_sha256: str  # sha256 of the sorted (token, id) vocabulary: two tokenizers agree iff this agrees
     eos_id: int
     pad_id: int
+    given: str = ""  # as the user gave it (may be relative to where prepare ran)
+    commit: str = ""  # the hub commit it was loaded from, when known
 
     def __post_init__(self) -> None:
         _require(self.vocab_size > 0, f"tokenizer vocab_size {self.vocab_size}")
@@ -120,9 +123,9 @@ class StoreManifest:
 class TeacherManifest:
     """What a teacher dump holds. One per store; every shard is dumped with the same settings."""
 
-    teacher: str  # hub id or local path
-    revision: str
-    dtype: str
+    teacher: str  # what loads it from anywhere: an absolute directory or a hub id
+    revision: str  # the hub revision asked for
+    dtype: str  # of the first dump; not part of the identity (each shard's stats record its own)
     temperature: float
     kind: str  # topk | sampled
     width: int  # the last axis of the arrays: k for topk, S (max unique ids per position) for sampled
@@ -133,10 +136,12 @@ class TeacherManifest:
     seed: int = 0  # sampled: the draws' seed
     shards: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # "3" -> stats of a completed shard
     format_version: int = FORMAT_VERSION
+    teacher_given: str = ""  # the teacher as the user gave it (may be relative to where the dump ran)
+    commit: str = ""  # the hub commit the teacher was loaded from, when known
 
     def __post_init__(self) -> None:
         _require(self.kind in TEACHER_KINDS, f"teacher kind {self.kind!r}")
-        _require(self.temperature > 0, f"teacher temperature {self.temperature}")
+        _require(self.temperature > 0 and math.isfinite(self.temperature), f"teacher temperature {self.temperature}")
         _require(0 < self.width <= self.vocab_size, f"teacher width {self.width} for vocab {self.vocab_size}")
         _require(self.kind != "sampled" or 0 < self.draws < 256, f"sampled draws {self.draws} (1-255, counts are uint8)")
 
@@ -150,8 +155,21 @@ class TeacherManifest:
         return "float16" if self.kind == "topk" else "uint8"
 
     def settings(self) -> dict[str, Any]:
-        """The fields a resumed or parallel dump must agree on (everything but per-shard results)."""
-        return {k: v for k, v in self.to_dict().items() if k != "shards"}
+        """The fields a resumed or parallel dump must agree on: what is computed, not how. The dtype and
+        the spelling of the teacher's path are left out; the commit is compared only when both know it."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("shards", "dtype", "teacher_given", "commit")}
+
+    def difference(self, wanted: "TeacherManifest") -> tuple[str, Any, Any] | None:
+        """(field, this dump's value, the wanted value) of the first setting that differs, or None."""
+        have, want = self.settings(), wanted.settings()
+        if not self.teacher_given and have["teacher"] == wanted.teacher_given:
+            have["teacher"] = want["teacher"]  # a dump recorded before paths were resolved, same spelling
+        for key in want:
+            if have.get(key) != want[key]:
+                return key, have.get(key), want[key]
+        if self.commit and wanted.commit and self.commit != wanted.commit:
+            return "commit", self.commit, wanted.commit
+        return None
 
     def is_complete(self, shard: int) -> bool:
         return str(shard) in self.shards

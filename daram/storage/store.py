@@ -190,13 +190,7 @@ class Store:
             if existing is None:
                 self.root.create_group("teacher", attributes={TEACHER_ATTR: wanted.to_dict()}, overwrite=True)
                 return wanted
-            have, want = existing.settings(), wanted.settings()
-            for key in want:
-                if have.get(key) != want[key]:
-                    raise DaramError(
-                        f"{self.url} already holds a teacher dump with {key}={have.get(key)!r}; this run asks for "
-                        f"{key}={want[key]!r}. Use the same settings, or dump into another store"
-                    )
+            check_same_teacher(self.url, existing, wanted)
             return existing
 
     def record_teacher_shard(self, shard: int, stats: dict) -> TeacherManifest:
@@ -293,6 +287,17 @@ class Store:
         step = array.chunks[0]
         for i, lo in enumerate(range(0, array.shape[0], step)):
             yield i, slice(lo, min(lo + step, array.shape[0]))
+
+
+def check_same_teacher(url: str, existing: TeacherManifest, wanted: TeacherManifest) -> None:
+    """Refuse a dump whose settings differ from the one already in the store, naming the field."""
+    difference = existing.difference(wanted)
+    if difference is not None:
+        key, have, want = difference
+        raise DaramError(
+            f"{url} already holds a teacher dump with {key}={have!r}; this run asks for {key}={want!r}. "
+            "Use the same settings, or dump into another store"
+        )
 
 
 def check_not_foreign(url: str) -> None:

@@ -139,8 +139,11 @@ def test_skips_complete_shards_and_refuses_other_settings(dumped, tiny_teacher_d
         (["--shard", "2"], "shard 2 is out of range"),
         (["--shards", "0-5"], "shard 2 is out of range"),
         ([], "say which shards to dump"),
-        (["--shard", "0", "--temperature", "0"], "teacher.temperature must be > 0"),
-        (["--shard", "0", "--temperature", "-1"], "teacher.temperature must be > 0"),
+        (["--shard", "0", "--temperature", "0"], "teacher.temperature must be finite and > 0"),
+        (["--shard", "0", "--temperature", "-1"], "teacher.temperature must be finite and > 0"),
+        (["--shard", "0", "--temperature", "inf"], "teacher.temperature must be finite and > 0, got inf"),
+        (["--shard", "0", "--temperature", "nan"], "teacher.temperature must be finite and > 0, got nan"),
+        (["--shard", "0", "--time-limit", "soon"], "run.time_limit: cannot read 'soon'"),
         (["--shard", "0", "--top-k", "60000"], "exceeds the vocabulary"),
         (["--shard", "0", "--teacher", "/nonexistent/teacher"], "cannot load teacher '/nonexistent/teacher'"),
         (["--shard", "0", "--store", "/nonexistent/store.zarr"], "store not found: /nonexistent/store.zarr"),
@@ -245,7 +248,7 @@ def test_memory_url_store(kogpt2_tokenizer_dir, korean_lines, tiny_teacher_dir, 
         "teacher.model": str(tiny_teacher_dir), "teacher.dtype": "float32", "teacher.device": "cpu", "teacher.kind": "topk", "teacher.top_k": 4,
     })
     run_prepare(cfg)
-    (stats,) = run_teacher_dump(cfg, shard=0)
+    (stats,) = run_teacher_dump(cfg, shard=0).completed
     ids, logprobs = Store.open(url).read_teacher(0)
     assert ids.shape[-1] == 4 and stats["tokens"] == ids.shape[0] * ids.shape[1]
 
@@ -355,3 +358,155 @@ def test_kill_at_an_arbitrary_moment_then_resume(store_path, dumped, tiny_teache
         assert shard_files(store_path, shard) == shard_files(dumped, shard)
     group_attrs = Store.open(str(store_path)).root[f"teacher/{shard_name(0)}"].attrs
     assert len(group_attrs[CHUNK_STATS_ATTR]) == 7
+
+
+# --- refusals before the teacher loads, damaged tokens, non-finite values, clean pauses -------------
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Makes loading the teacher fail loudly: what must be decided before it loads is decided before."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the teacher was loaded")
+
+    monkeypatch.setattr("daram.pipeline.teacher_dump.load_causal_lm", refuse)
+
+
+def test_complete_shards_mismatched_settings_and_held_locks_are_decided_before_the_teacher_loads(
+    dumped, store_path, tiny_teacher_dir, no_model_load
+):
+    result = dump(dumped, tiny_teacher_dir, "--all")
+    assert result.exit_code == 0, result.output
+    assert "shard 0: already complete, skipped" in result.stderr and "0 shards dumped, 2 already complete" in result.stdout
+    result = dump(dumped, tiny_teacher_dir, "--shard", "1", "--top-k", "4")
+    assert result.exit_code == 2 and "already holds a teacher dump with width=8" in result.stderr
+    store = Store.open(str(store_path), mode="r+")
+    with store.shard_lock(0):
+        result = dump(store_path, tiny_teacher_dir, "--shard", "0")
+    assert result.exit_code == 2 and "teacher shard 0 of" in result.stderr and "is being written by pid" in result.stderr
+
+
+def test_dtype_is_not_part_of_the_dump_identity(store_path, tiny_teacher_dir):
+    """Issue 10 item 15: float16 on one shard, then the advised float32 (auto on CPU) on the next."""
+    args = [a for a in dump_args(store_path, tiny_teacher_dir) if a not in ("--dtype", "float32")]
+    result = CliRunner().invoke(app, args + ["--shard", "0", "--dtype", "float16"])
+    assert result.exit_code == 0, result.output
+    assert "float16 on CPU is slow" in result.stderr
+    result = CliRunner().invoke(app, args + ["--shard", "1"])  # auto: float32 on this CPU
+    assert result.exit_code == 0, result.output
+    teacher = Store.open(str(store_path)).teacher_manifest()
+    assert teacher.dtype == "float16"  # the first dump's
+    assert (teacher.shards["0"]["dtype"], teacher.shards["1"]["dtype"]) == ("float16", "float32")
+
+
+@pytest.mark.parametrize("damage", ["deleted", "replaced", "flipped"])
+def test_dump_refuses_tokens_that_do_not_match_the_fingerprint(store_path, tiny_teacher_dir, damage):
+    """Issue 10 item 3: a lost chunk reads as zeros, a swapped one passes its checksum; both change the text."""
+    chunks = store_path / "tokens" / shard_name(0) / "c"
+    target = chunks / "1" / "0"
+    if damage == "deleted":
+        target.unlink()
+    elif damage == "replaced":
+        target.write_bytes((chunks / "2" / "0").read_bytes())
+    else:
+        raw = bytearray(target.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        target.write_bytes(bytes(raw))
+    result = dump(store_path, tiny_teacher_dir, "--shard", "0")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and f"tokens/{shard_name(0)}" in result.stderr
+    assert "daram prepare --overwrite" in result.stderr
+    assert not (store_path / "teacher").exists()
+    assert dump(store_path, tiny_teacher_dir, "--shard", "1").exit_code == 0  # the intact shard still dumps
+
+
+def test_non_finite_logits_stop_the_dump_and_nothing_non_finite_is_written(tmp_path, store_path, tiny_teacher_dir):
+    """Issue 10 item 4: a teacher whose embedding of one common token is inf gives NaN logits on its rows."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    tokens = Store.open(str(store_path)).read_tokens(0)
+    common = int(np.bincount(tokens[tokens >= 8].ravel()).argmax())  # not in the head check's probe (ids 0-7)
+    broken = tmp_path / "broken-teacher"
+    model = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir)
+    model.config.tie_word_embeddings = False  # only the input embedding breaks; the LM head stays finite
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    with torch.no_grad():
+        model.get_input_embeddings().weight[common] = float("inf")
+    model.save_pretrained(broken)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (broken / name).write_bytes((tiny_teacher_dir / name).read_bytes())
+    result = dump(store_path, broken, "--shard", "0")
+    assert result.exit_code == 2, result.output
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("error: ") and "non-finite logits on shard 0, rows 0-4" in error
+    assert not Store.open(str(store_path)).teacher_manifest().is_complete(0)
+    for meta in store_path.rglob("zarr.json"):
+        text = meta.read_text()
+        assert "NaN" not in text and "Infinity" not in text, meta
+        json.loads(text, parse_constant=lambda c: pytest.fail(f"{meta}: {c}"))
+
+
+def test_time_limit_pauses_cleanly_and_a_rerun_finishes(store_path, dumped, tiny_teacher_dir):
+    result = dump(store_path, tiny_teacher_dir, "--all", "--time-limit", "0.01s")
+    assert result.exit_code == 0, result.output
+    assert "teacher-dump: paused (time limit 0s) with 2 shards left (0,1)" in result.stdout
+    assert "run the same command again to continue" in result.stdout
+    assert not list((store_path / "locks").glob("teacher-*"))
+    result = dump(store_path, tiny_teacher_dir, "--all")
+    assert result.exit_code == 0 and "2 shards dumped" in result.stdout
+    assert shard_files(store_path, 0) == shard_files(dumped, 0)
+
+
+SIGTERM_AT_CHUNK = """
+import os, signal, sys
+from daram.storage.store import Store
+write = Store.write_teacher_chunk
+def preempted(self, arrays, chunk, ids, values, teacher):
+    write(self, arrays, chunk, ids, values, teacher)
+    if chunk == {chunk}:  # the scheduler preempts the job just after this chunk
+        os.kill(os.getpid(), signal.SIGTERM)
+Store.write_teacher_chunk = preempted
+from daram.cli import main
+sys.argv = ["daram"] + {args!r}
+main()
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_pauses_after_the_chunk_releases_the_lock_and_resumes_bit_identical(store_path, dumped, tiny_teacher_dir):
+    """Issue 10 item 7 / issue 13 part 3: SLURM preemption and notebook shutdown send SIGTERM."""
+    args = dump_args(store_path, tiny_teacher_dir, "--shard", "0")
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(SIGTERM_AT_CHUNK).format(chunk=2, args=args)],
+        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    store = Store.open(str(store_path))
+    assert store.shard_lock(0).holder() is None  # a requeued task on another host can start at once
+    done = store.teacher_arrays(0, store.teacher_manifest())[CHUNKS_DONE][:].tolist()
+    # chunk 3 was being computed when chunk 2's write sent the signal; it is finished, nothing later is started
+    written = sum(done)
+    assert written in (3, 4) and done == [1] * written + [0] * (7 - written)
+    assert f"shard 0: paused (SIGTERM) after {written}/7 chunks" in stderr
+    assert "teacher-dump: paused (SIGTERM) with 1 shard left (0)" in stdout
+    resumed = dump(store_path, tiny_teacher_dir, "--shard", "0")
+    assert resumed.exit_code == 0 and f"resuming: {written}/7 chunks already written" in resumed.stderr
+    assert shard_files(store_path, 0) == shard_files(dumped, 0)
+
+
+def test_manifest_records_the_given_and_the_resolved_teacher(store_path, dumped, tiny_teacher_dir, monkeypatch):
+    """Issue 10 item 20: a relative path given in one directory resolves from any other."""
+    monkeypatch.chdir(tiny_teacher_dir.parent)
+    result = dump(store_path, Path(tiny_teacher_dir.name), "--shard", "0")
+    assert result.exit_code == 0, result.output
+    teacher = Store.open(str(store_path)).teacher_manifest()
+    assert teacher.teacher_given == tiny_teacher_dir.name
+    assert teacher.teacher == str(tiny_teacher_dir.resolve()) and teacher.commit == ""  # a local directory
+    tokenizer = Store.open(str(store_path)).manifest.tokenizer
+    assert Path(tokenizer.name_or_path).is_absolute() and Path(tokenizer.name_or_path).is_dir()
+    # the absolute spelling of the same teacher continues the same dump
+    assert dump(store_path, tiny_teacher_dir, "--shard", "1").exit_code == 0
