@@ -394,7 +394,7 @@ class Config:
     train: TrainConfig = setting(help="`daram student-train`, phase two: training from the store.", factory=TrainConfig)
     eval: EvalConfig = setting(help="`daram eval`: fine-tuning on KoBEST and NSMC, or held-out fidelity (--heldout).", factory=EvalConfig)
     demo: DemoConfig = setting(help="`daram demo` only (it reads the package's configs/demo.toml, not ./daram.toml).", factory=DemoConfig)
-    run: RunConfig = setting(help="Sessions and disk: `daram run`, and the clean pause of teacher-dump.", factory=RunConfig)
+    run: RunConfig = setting(help="Sessions and disk: the time limit of a clean pause, the disk budget of the whole run.", factory=RunConfig)
     source_file: str = setting("", "Where the config was read from; empty = defaults only.")
 
     def replace(self, section: str, **values: Any) -> "Config":
