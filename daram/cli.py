@@ -19,7 +19,7 @@ app = typer.Typer(
     name="daram",
     help=(
         "Offline-logit knowledge distillation for Korean GPT models.\n\n"
-        "Phase one runs the teacher alone and stores tempered top-k log-probs in a Zarr store "
+        "Phase one runs the teacher alone and stores its tempered next-token distributions in a Zarr store "
         "(teacher-dump); phase two trains a small GPT-2 student from that store (student-train). "
         "Settings come from ./daram.toml (write one with `daram init`), --config FILE, "
         "--set section.key=value, and the flags of each command, in rising precedence."
@@ -47,6 +47,23 @@ def setting_option(key: str, *names: str, note: str = "") -> typer.models.Option
 
 
 StoreOpt = Annotated[Optional[str], setting_option("store.path", "--store")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from daram import __version__
+
+        typer.echo(f"daram {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print daram's version and exit.")
+    ] = False,
+) -> None:
+    pass
 
 
 def command(fn: Callable) -> Callable:
@@ -152,7 +169,7 @@ def teacher_dump(
     dtype: Annotated[Optional[str], setting_option("teacher.dtype")] = None,
     time_limit: Annotated[Optional[str], setting_option("run.time_limit")] = None,
 ) -> None:
-    """Phase one: run the teacher over token shards and store tempered top-k log-probs (or sampled ids).
+    """Phase one: run the teacher over token shards and store its tempered distributions (teacher.kind).
 
     Resumable (kill it, rerun the same command), pauses cleanly on SIGTERM / Ctrl-C / --time-limit
     (after the current chunk, locks released, exit 0), one process per shard (a lock in the store), and

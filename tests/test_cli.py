@@ -24,6 +24,13 @@ def test_python_m_daram_works():
     assert "teacher-dump" in out.stdout or "prepare" in out.stdout
 
 
+def test_version_prints_the_package_version():
+    from daram import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"daram {__version__}\n"
+
+
 def test_init_writes_a_loadable_config_and_refuses_to_overwrite(tmp_path):
     target = tmp_path / "daram.toml"
     result = runner.invoke(app, ["init", str(target)])

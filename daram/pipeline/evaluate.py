@@ -42,6 +42,7 @@ from daram.pipeline.downstream import TASKS, Example, Task, get_tasks, load_spli
 from daram.pipeline.heldout import heldout_metrics
 from daram.pipeline.hf import check_store_tokenizer, load_causal_lm, load_tokenizer, resolve_device
 from daram.storage import Store
+from daram.text import plural
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -348,7 +349,7 @@ def run_eval(cfg: Config) -> dict[str, Any]:
             )
             write_report(report, tasks, out, plot=False)  # after every task, so a long run keeps what it finished
     write_report(report, tasks, out)
-    print(f"eval: {len(names)} model(s) x {len(tasks)} task(s); wrote {out / REPORT_MD}, {REPORT_JSON}, {REPORT_PNG}")
+    print(f"eval: {plural(len(names), 'model')} x {plural(len(tasks), 'task')}; wrote {out / REPORT_MD}, {REPORT_JSON}, {REPORT_PNG}")
     return report
 
 
@@ -512,7 +513,7 @@ def run_heldout(cfg: Config) -> dict[str, dict[str, dict[str, Any]]]:
             del model
     (out / HELDOUT_JSON).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (out / HELDOUT_MD).write_text(heldout_markdown(results, store.url), encoding="utf-8")
-    print(f"eval --heldout: {len(names)} model(s) x {len(shards)} shard(s); wrote {out / HELDOUT_MD}, {HELDOUT_JSON}")
+    print(f"eval --heldout: {plural(len(names), 'model')} x {plural(len(shards), 'shard')}; wrote {out / HELDOUT_MD}, {HELDOUT_JSON}")
     return results
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from daram.config import Config
 from daram.storage import Store, TeacherManifest, shard_name
 from daram.storage.store import CHUNKS_DONE, fingerprint_bytes
+from daram.text import figure, plural
 
 PROB_SUM_TOLERANCE = 5e-3  # float16 rounding of k stored log-probs
 
@@ -20,19 +21,19 @@ def run_inspect(cfg: Config, sample: bool = True) -> None:
     print(f"store        {store.url}  (format {m.format} v{m.format_version}, daram {m.daram_version or '?'})")
     print(f"tokenizer    {m.tokenizer.name_or_path}  vocab {m.tokenizer.vocab_size:,}  eos {m.tokenizer.eos_id}  "
           f"pad {m.tokenizer.pad_id}  sha256 {m.tokenizer.vocab_sha256[:12]}")
-    print(f"tokens       {m.total_tokens:,} in {m.num_shards} shards, rows of {m.seq_len} ({m.token_dtype}), "
+    print(f"tokens       {m.total_tokens:,} in {plural(m.num_shards, 'shard')}, rows of {m.seq_len} ({m.token_dtype}), "
           f"{m.rows_per_chunk} rows per chunk, packing {m.packing}, {m.dropped_tail_tokens} tail tokens dropped")
     print(f"fingerprint  {m.tokens_fingerprint[:16]}")
     print("sources (curriculum order):")
     for s in m.sources:
-        print(f"  {s.name}: {s.files} files, {s.bytes / 1e6:.2f} MB, {s.units:,} {s.unit}s, {s.tokens:,} tokens, "
-              f"{s.skipped_lines} skipped lines  [{s.format}]")
+        print(f"  {s.name}: {plural(s.files, 'file')}, {s.bytes / 1e6:.2f} MB, {plural(s.units, s.unit)}, {s.tokens:,} tokens, "
+              f"{plural(s.skipped_lines, 'skipped line')}  [{s.format}]")
 
     teacher = store.teacher_manifest()
     if teacher is None:
         print("teacher      none yet (run `daram teacher-dump`)")
     else:
-        kind = f"top-{teacher.width}" if teacher.kind == "topk" else f"sampled, {teacher.draws} draws, width {teacher.width}, seed {teacher.seed}"
+        kind = f"top-{teacher.width}" if teacher.kind == "topk" else f"sampled, {plural(teacher.draws, 'draw')}, width {teacher.width}, seed {teacher.seed}"
         print(f"teacher      {teacher.teacher} @ {teacher.revision}  {teacher.dtype}  T={teacher.temperature:g}  {kind}")
 
     print("shards:")
@@ -62,7 +63,7 @@ SHOWN_STATS = ("captured_mass_mean", "captured_mass_p5", "entropy_mean", "unique
 
 
 def _fmt(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return figure(value) if isinstance(value, float) else str(value)
 
 
 def run_verify(cfg: Config) -> bool:
@@ -83,7 +84,7 @@ def run_verify(cfg: Config) -> bool:
         print(f"BAD  {problem}")
     dumped = "no teacher dump" if teacher is None else f"teacher complete on {len(teacher.shards)}/{m.num_shards} shards"
     if problems:
-        print(f"verify: {store.url}: {len(problems)} problems ({dumped})")
+        print(f"verify: {store.url}: {plural(len(problems), 'problem')} ({dumped})")
     else:
         print(f"verify: {store.url}: intact: {m.num_shards} token shards, {dumped}")
     return not problems

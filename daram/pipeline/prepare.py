@@ -26,6 +26,7 @@ from daram.errors import DaramError
 from daram.pipeline.sources import SourceCounter, iter_documents, resolve_files, sentence_splitter
 from daram.storage import SourceStats, Store, StoreManifest, token_dtype_for, tokens_fingerprint
 from daram.storage.store import check_not_foreign, fingerprint_bytes, is_local
+from daram.text import plural
 
 BATCH_UNITS = 2048  # units per tokenizer call: large enough for the Rust tokenizer to use every core
 
@@ -91,8 +92,8 @@ def run_prepare(cfg: Config, overwrite: bool = False) -> StoreManifest:
 
     seconds = time.perf_counter() - started
     print(
-        f"prepare: {url}: {total_tokens:,} tokens from {sum(s.units for s in stats):,} units in {len(stats)} sources "
-        f"-> {settings.num_shards} shards x ~{n_rows // settings.num_shards} rows of {settings.seq_len} "
+        f"prepare: {url}: {total_tokens:,} tokens from {plural(sum(s.units for s in stats), 'unit')} in "
+        f"{plural(len(stats), 'source')} -> {plural(settings.num_shards, 'shard')} x ~{n_rows // settings.num_shards} rows of {settings.seq_len} "
         f"in {seconds:.1f}s ({total_tokens / seconds:,.0f} tokens/s, {total_bytes / seconds / 1e6:.2f} MB/s)"
     )
     return manifest

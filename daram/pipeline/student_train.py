@@ -47,6 +47,7 @@ from daram.pipeline.losses import (
     sliced_distill_loss,
 )
 from daram.storage import Store, TeacherManifest
+from daram.text import plural
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
@@ -587,7 +588,7 @@ def _export(model, tokenizer, out: Path) -> None:
 def _summary_line(summary: dict, kind: str) -> str:
     last = summary["last"] or {}
     parts = [
-        f"student-train ({kind}): {summary['steps']} steps, {summary['tokens']:,} tokens; this run "
+        f"student-train ({kind}): {plural(summary['steps'], 'step')}, {summary['tokens']:,} tokens; this run "
         f"{summary['tokens_this_run']:,} in {summary['seconds']:.0f} s ({summary['tokens_this_run'] / max(summary['seconds'], 1e-9):,.0f} tokens/s)",
     ]
     if last:

@@ -60,6 +60,7 @@ from daram.pipeline.hf import (
 from daram.pipeline.pause import Pause
 from daram.storage import LockHeld, Store, TeacherManifest, shard_name
 from daram.storage.store import CHUNKS_DONE, check_same_teacher, fingerprint_bytes
+from daram.text import plural
 from daram.units import parse_duration
 
 CHUNK_STATS_ATTR = "daram_chunk_stats"  # on teacher/shard-N: per-chunk sums that only the forward can see
@@ -276,10 +277,6 @@ def _held_by_another(store: Store, shard: int) -> bool:
     lock = store.shard_lock(shard)
     holder = lock.holder()
     return holder is not None and not lock.is_stale(holder)
-
-
-def plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def select_shards(store: Store, shard: int | None, shards: str | None, all_shards: bool) -> list[int]:

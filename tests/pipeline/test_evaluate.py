@@ -312,4 +312,4 @@ def test_eval_from_a_config_file_in_a_subprocess(tiny_teacher_dir: Path, shared_
     assert copa["learning_rate"] == 1e-4 and nsmc["learning_rate"] == 5e-6  # a config key replaces one default
     assert [e["epoch"] for e in copa["epochs"]] == [1, 2] and copa["max_length"] == 256
     assert (nsmc["train_examples"], nsmc["test_examples"]) == (24, 16)
-    assert done.stdout.strip().splitlines()[-1].startswith("eval: 1 model(s) x 2 task(s); wrote")
+    assert done.stdout.strip().splitlines()[-1].startswith("eval: 1 model x 2 tasks; wrote")

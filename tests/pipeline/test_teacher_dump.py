@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,6 +120,7 @@ def test_inspect_and_verify_show_the_dump(dumped, capsys):
     run_inspect(cfg, sample=False)
     out = capsys.readouterr().out
     assert f"top-{K}" in out and "teacher complete" in out and "captured_mass_p5" in out and "entropy_mean" in out
+    assert re.search(r"tokens_per_s [\d,]+ ", out) and "in 2 shards," in out  # a human number, a right plural
     assert run_verify(cfg)
 
 
