@@ -12,9 +12,12 @@ import pytest
 
 from conftest import REPO, prepare_store
 from daram import docgen
+from daram.config import Config
 
 DOCS = sorted((REPO / "docs").glob("*.md"))
 README = REPO / "README.md"
+# Every kind of teacher dump, the default among them (whatever config.py makes it).
+KINDS = sorted({"topk", "sampled", Config().teacher.kind})
 
 
 def code_blocks(path: Path, language: str) -> list[str]:
@@ -72,14 +75,14 @@ def test_command_lines_in_the_docs_name_real_commands_and_options():
 
 @pytest.fixture(scope="module")
 def dumped_stores(tmp_path_factory, kogpt2_tokenizer_dir, korean_lines, tiny_teacher_dir) -> dict[str, Path]:
-    """Two real stores of 4 shards (KoGPT2 tokens), dumped by the tiny teacher: top-8 and sampled."""
+    """Real stores of 4 shards (KoGPT2 tokens), one per kind of dump by the tiny teacher (top-8, 20 draws)."""
     from daram.config import load_config
     from daram.pipeline.teacher_dump import run_teacher_dump
 
     prepared = prepare_store(tmp_path_factory.mktemp("docs-prepared"), kogpt2_tokenizer_dir, korean_lines[:300],
                              seq_len=32, num_shards=4, rows_per_chunk=16)
     stores = {}
-    for kind in ("topk", "sampled"):
+    for kind in KINDS:
         work = tmp_path_factory.mktemp(f"docs-{kind}") / "work"
         path = work / "store.zarr"
         shutil.copytree(prepared, path)  # the same tokens, two kinds of dump
@@ -92,7 +95,7 @@ def dumped_stores(tmp_path_factory, kogpt2_tokenizer_dir, korean_lines, tiny_tea
     return stores
 
 
-@pytest.mark.parametrize("kind", ["topk", "sampled"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_store_format_code_blocks_run(kind, dumped_stores, monkeypatch, capsys):
     blocks = code_blocks(REPO / "docs" / "store-format.md", "python")
     assert len(blocks) >= 5
@@ -105,9 +108,24 @@ def test_store_format_code_blocks_run(kind, dumped_stores, monkeypatch, capsys):
     assert "bytes per token" in capsys.readouterr().out
 
 
-def test_readme_code_blocks_run(dumped_stores, monkeypatch):
-    if not README.is_file():
-        pytest.skip("no README.md yet")
-    monkeypatch.chdir(dumped_stores["topk"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_readme_code_blocks_run(kind, dumped_stores, monkeypatch):
+    """The README's numpy snippet on a store of every kind, the default one first of all (a snippet
+    that read only top-k arrays failed on the default sampled store)."""
+    monkeypatch.chdir(dumped_stores[kind])
+    namespace: dict = {}
     for block in code_blocks(README, "python"):
-        exec(compile(block, "README.md", "exec"), {})
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["teacher"]["kind"] == kind
+    ids, p = namespace["ids"], namespace["p"]
+    assert ids.shape[:2] == p.shape[:2] == (2, 32) and ((0 <= p) & (p <= 1)).all() and (p.sum(-1) <= 1 + 1e-2).all()
+
+
+def test_readme_states_the_default_teacher_format():
+    """The README explains the default format; when config.py changes it, this says where to follow."""
+    teacher = Config().teacher
+    section = README.read_text(encoding="utf-8").split("## Which teacher format is the default")[1]
+    first_paragraph = section.split("\n\n")[1]
+    assert f'kind = "{teacher.kind}"' in first_paragraph
+    if teacher.kind == "sampled":
+        assert f"{teacher.draws} draws" in first_paragraph
