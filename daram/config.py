@@ -22,6 +22,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from daram.errors import DaramError
+from daram.text import plural
 from daram.units import parse_duration, parse_size
 
 DEFAULT_CONFIG_NAME = "daram.toml"
@@ -320,7 +321,7 @@ class EvalConfig:
             if not lr > 0:
                 raise DaramError(f"eval.learning_rates.{task} must be > 0, got {lr}")
         if self.names and len(self.names) != len(self.models):
-            raise DaramError(f"eval.names has {len(self.names)} names for {len(self.models)} models")
+            raise DaramError(f"eval.names has {plural(len(self.names), 'name')} for {plural(len(self.models), 'model')}")
 
 
 @dataclass(frozen=True)

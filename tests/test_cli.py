@@ -57,6 +57,30 @@ def test_every_flag_that_names_a_setting_shows_that_settings_own_help():
     assert named > 50
 
 
+def test_a_flag_named_like_a_setting_takes_that_settings_help():
+    """A new --seed or --device written with its own help= would restate a setting; this catches it.
+    teacher-dump --shards selects shards to dump, which no setting holds."""
+    import dataclasses
+    import typing
+
+    import click
+    import typer
+
+    from daram.config import Config
+
+    names = set()
+    for section in typing.get_type_hints(Config).values():
+        if dataclasses.is_dataclass(section):
+            names |= {f.name for f in dataclasses.fields(section)}
+    group = typer.main.get_command(app)
+    ctx = click.Context(group)
+    for command in group.list_commands(ctx):
+        for param in group.get_command(ctx, command).get_params(ctx):
+            flag = param.opts[0]
+            if isinstance(param, click.Option) and flag.lstrip("-").replace("-", "_") in names and (command, flag) != ("teacher-dump", "--shards"):
+                assert re.search(r"\[[a-z_.]+\]$", param.help or ""), f"daram {command} {flag}: use setting_option()"
+
+
 def test_errors_are_one_line_without_traceback(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(

@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from daram.errors import DaramError
+from daram.text import plural
 
 
 def gpt2(vocab_size: int, n_embd: int, n_head: int, n_layer: int, n_positions: int = 1024, dropout: float = 0.0,
@@ -61,8 +62,8 @@ def train_small_teacher(model, rows: np.ndarray, steps: int, batch_size: int, lr
 
     if rows.ndim != 2 or len(rows) == 0 or rows.shape[1] < 2 or steps < 1 or batch_size < 1:
         raise DaramError(
-            f"cannot train a teacher on {len(rows)} rows of shape {tuple(rows.shape[1:])} for {steps} steps of "
-            f"{batch_size} rows: it needs at least one row of 2 or more tokens, steps >= 1 and batch_size >= 1"
+            f"cannot train a teacher on {plural(len(rows), 'row')} of shape {tuple(rows.shape[1:])} for "
+            f"{plural(steps, 'step')} of {plural(batch_size, 'row')}: it needs at least one row of 2 or more tokens, steps >= 1 and batch_size >= 1"
         )
     rows = rows.astype(np.int64, copy=False)
     torch.manual_seed(seed)

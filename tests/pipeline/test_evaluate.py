@@ -183,7 +183,7 @@ def test_eval_every_task_writes_the_report(tiny_teacher_dir: Path, shared_data: 
     [
         (["--tasks", "boolq,kobest"], "unknown task 'kobest'"),
         (["--data", "/nonexistent/data"], "eval data directory not found"),
-        (["--name", "only-one-name"], "eval.names has 1 names for 2 models"),
+        (["--name", "only-one-name"], "eval.names has 1 name for 2 models"),
         (["--lr", "boolq"], "--lr expects task=rate"),
         (["--lr", "glue=1e-5"], "eval.learning_rates.glue: no such task"),
         (["--max-length", "4"], "eval.max_length must be >= 8"),
