@@ -342,23 +342,45 @@ def student_train(
     seed: Annotated[Optional[int], setting_option("train.seed")] = None,
     precision: Annotated[Optional[str], setting_option("train.precision")] = None,
     device: Annotated[Optional[str], setting_option("train.device")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue exactly from the last checkpoint in --out.")] = False,
+    time_limit: Annotated[Optional[str], setting_option("run.time_limit")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue exactly from the last checkpoint in --out, with the settings "
+                                            "saved in it (a flag that contradicts them is refused).")
+    ] = False,
 ) -> None:
-    """Phase two: train the student from the stored teacher distributions (torchrun for several GPUs)."""
-    cfg = _config(config, set_, **{
+    """Phase two: train the student from the stored teacher distributions (torchrun for several GPUs).
+
+    SIGTERM, Ctrl-C and --time-limit pause it cleanly after the current step (checkpoint, exit 0);
+    `daram student-train --resume --out DIR` continues it exactly.
+    """
+    flags = {
         "store.path": store, "train.out": out, "train.shards": shards, "train.heldout_shard": heldout_shard,
         "student.n_embd": n_embd, "student.n_head": n_head, "student.n_layer": n_layer, "student.init_from": init_from,
         "train.alpha_kd": alpha_kd, "train.alpha_ce": alpha_ce, "train.tail": tail, "train.temperature": temperature,
         "train.epochs": epochs, "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.lr": lr,
         "train.max_steps": max_steps, "train.seed": seed, "train.precision": precision, "train.device": device,
-    })
+        "run.time_limit": time_limit,
+    }
+    cfg = _config(config, set_, **flags)
     from daram.pipeline.student_train import run_student_train
 
     try:
-        run_student_train(cfg, resume=resume)
+        run_student_train(cfg, resume=resume, given=_given_settings(cfg, set_, flags))
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun with --resume to continue from the last checkpoint", err=True)
         raise typer.Exit(130) from None
+
+
+def _given_settings(cfg, sets: Optional[list[str]], flags: dict) -> set[str]:
+    """The ``section.key`` settings the user gave: flags, ``--set`` and the config file's keys."""
+    import tomllib
+
+    given = {key for key, value in flags.items() if value is not None}
+    given |= {assignment.partition("=")[0].strip() for assignment in sets or ()}
+    if cfg.source_file:
+        raw = tomllib.loads(Path(cfg.source_file).read_text(encoding="utf-8"))
+        given |= {f"{section}.{key}" for section, table in raw.items() if isinstance(table, dict) for key in table}
+    return given
 
 
 @command

@@ -27,6 +27,7 @@ import numpy as np
 
 from daram.errors import DaramError
 from daram.storage import Store, TeacherManifest
+from daram.text import plural
 
 WINDOW_CHUNKS = 8  # chunks per shuffle window
 
@@ -85,6 +86,17 @@ class BatchPlan:
             micro -= shard_pass.batches
         return len(self.passes), 0
 
+    def shard_of(self, micro: int) -> int | None:
+        """The shard the ``micro``-th micro-batch reads (None past the end)."""
+        index, _ = self.locate(micro)
+        return self.passes[index].shard if index < len(self.passes) else None
+
+    def shards_from(self, micro: int) -> list[int]:
+        """The shards still to be read from micro-batch ``micro`` on, in reading order (a shard appears again in
+        each later epoch): what must be on disk, and when, for the rest of the run."""
+        index, _ = self.locate(micro)
+        return [p.shard for p in self.passes[index:] if p.batches > 0]
+
     def describe(self, micro: int) -> dict[str, int]:
         """The data position after ``micro`` micro-batches, for checkpoints and logs."""
         index, batch = self.locate(micro)
@@ -107,17 +119,25 @@ class Batch:
     shard: int
 
 
-def iter_batches(store: Store, plan: BatchPlan, start: int = 0, with_teacher: bool = True) -> Iterator[Batch]:
-    """Micro-batches from the ``start``-th on. ``with_teacher=False`` never opens the teacher arrays."""
+def iter_batches(
+    store: Store, plan: BatchPlan, start: int = 0, with_teacher: bool = True, stop: int | None = None
+) -> Iterator[Batch]:
+    """Micro-batches ``start`` to ``stop`` (default: the end). ``with_teacher=False`` never opens the teacher
+    arrays; ``stop`` keeps a reader that runs ahead out of shards that are not there yet."""
     first, skip = plan.locate(start)
+    left = (plan.total_batches if stop is None else stop) - start
     for shard_pass in plan.passes[first:]:
+        if left <= 0:
+            return
         if shard_pass.batches == 0:
             continue
         rows = shard_pass.row_order()[skip * plan.batch_size : shard_pass.batches * plan.batch_size]
+        rows = rows[: left * plan.batch_size]
         skip = 0
         window = _WindowReader(store, shard_pass, with_teacher)
         for b in range(0, len(rows), plan.batch_size):
             yield window.take(rows[b : b + plan.batch_size])
+            left -= 1
 
 
 class _WindowReader:
@@ -166,8 +186,24 @@ class _WindowReader:
         return tokens, ids, values
 
 
+def check_token_shards(store: Store, shards: list[int]) -> None:
+    """Refuse token arrays whose shape or dtype no longer match the manifest (metadata edited or replaced): the
+    reader would otherwise index past their end or read other values."""
+    manifest = store.manifest
+    for shard in shards:
+        array = store.token_array(shard)
+        expected = (manifest.rows_per_shard[shard], manifest.seq_len)
+        if tuple(array.shape) != expected or str(array.dtype) != manifest.token_dtype:
+            raise DaramError(
+                f"{store.url}: tokens of shard {shard} are {tuple(array.shape)} {array.dtype}, but the manifest says "
+                f"{expected} {manifest.token_dtype}; the store is damaged: run `daram verify`, then `daram prepare "
+                "--overwrite`"
+            )
+
+
 def check_teacher_shards(store: Store, teacher: TeacherManifest | None, shards: list[int], setting: str) -> None:
-    """Refuse shards whose teacher dump is missing, incomplete or was computed over other tokens."""
+    """Refuse shards whose teacher dump is missing, incomplete or was computed over other tokens, naming every
+    such shard in one message."""
     if teacher is None:
         raise DaramError(f"{store.url} has no teacher dump (run `daram teacher-dump`), needed by {setting}")
     if teacher.tokens_fingerprint != store.manifest.tokens_fingerprint:
@@ -180,14 +216,37 @@ def check_teacher_shards(store: Store, teacher: TeacherManifest | None, shards: 
             f"{store.url}: teacher vocab_size {teacher.vocab_size} != the store tokenizer's "
             f"{store.manifest.tokenizer.vocab_size}"
         )
+    not_dumped, incomplete = [], []
     for shard in shards:
         done = store.teacher_chunks_done(shard, teacher)
-        if not teacher.is_complete(shard) or not done.all():
-            raise DaramError(
-                f"{setting}: the teacher dump of shard {shard} is incomplete ({int(done.sum())}/{len(done)} chunks); "
-                f"run `daram teacher-dump --shard {shard}` to finish it"
-            )
+        if not done.any():
+            not_dumped.append(shard)
+        elif not teacher.is_complete(shard) or not done.all():
+            incomplete.append(f"{shard} ({int(done.sum())}/{len(done)} chunks)")
+    if not_dumped or incomplete:
+        missing = sorted(not_dumped + [int(s.split()[0]) for s in incomplete])
+        problems = ([f"not dumped: {_spans(not_dumped)}"] if not_dumped else []) + (
+            [f"incomplete: {', '.join(incomplete)}"] if incomplete else [])
+        raise DaramError(
+            f"{setting}: the teacher dump lacks {plural(len(missing), 'shard')} ({'; '.join(problems)}); run `daram "
+            f"teacher-dump --shards {_spans(missing, ',')}` to dump {'it' if len(missing) == 1 else 'them'}"
+        )
+    for shard in shards:
         store.teacher_arrays(shard, teacher)  # checks the arrays' shapes
+
+
+def _spans(shards: list[int], sep: str = ", ") -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``: a long list of missing shards stays readable."""
+    spans, shards = [], sorted(shards)
+    start = prev = shards[0]
+    for s in shards[1:] + [None]:
+        if s is not None and s == prev + 1:
+            prev = s
+            continue
+        spans.append(f"{start}-{prev}" if prev > start else f"{start}")
+        if s is not None:
+            start = prev = s
+    return sep.join(spans)
 
 
 class Prefetcher:

@@ -77,8 +77,7 @@ def heldout_metrics(
 
     was_training = model.training
     model.eval()
-    sums = dict(ce=0.0, kl=0.0, top1=0.0, tokens=0, kl_tokens=0)
-    bin_count, bin_conf, bin_correct = (np.zeros(ECE_BINS) for _ in range(3))
+    sums = _Sums(temperature)
     weight = head_weight(model)
     for lo in range(0, rows, batch_size):
         hi = min(lo + batch_size, rows)
@@ -86,43 +85,55 @@ def heldout_metrics(
         labels = next_token_labels(tokens)
         hidden = final_hidden(model, tokens)
         target, teacher_top1 = _teacher_side(store, teacher, teacher_model, shard, lo, hi, tokens, temperature, device)
-        for start in range(0, tokens.shape[1], EVAL_SLICE):
+        for start in range(0, tokens.shape[1], EVAL_SLICE):  # one slice of float32 logits at a time
             stop = min(start + EVAL_SLICE, tokens.shape[1])
             logits = (hidden[:, start:stop] @ weight.to(hidden.dtype).T).float()
-            log_p1 = torch.log_softmax(logits, -1)
-            label = labels[:, start:stop]
-            has_label = label != IGNORE
-            ce = -log_p1.gather(-1, label.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-            sums["ce"] += float(ce[has_label].sum())
-            sums["tokens"] += int(has_label.sum())
-
-            conf, pred = log_p1.max(-1)
-            conf, correct = conf.exp()[has_label], (pred == label)[has_label]
-            bins = (conf * ECE_BINS).long().clamp_max(ECE_BINS - 1).cpu().numpy()
-            bin_count += np.bincount(bins, minlength=ECE_BINS)
-            bin_conf += np.bincount(bins, weights=conf.double().cpu().numpy(), minlength=ECE_BINS)
-            bin_correct += np.bincount(bins, weights=correct.double().cpu().numpy(), minlength=ECE_BINS)
-
-            kl = target.kl(student_logq_at(target, torch.log_softmax(logits / temperature, -1), start, stop), start, stop)
-            sums["kl"] += float(kl.double().sum())
-            sums["top1"] += float((pred == teacher_top1[:, start:stop]).sum())
-            sums["kl_tokens"] += kl.numel()
+            sums.add(logits, labels[:, start:stop], target, teacher_top1[:, start:stop], start, stop)
     model.train(was_training)
+    return {**sums.result(), "rows": rows, "temperature": temperature,
+            "teacher": "model" if teacher_model is not None else teacher.kind}
 
-    ece = float(np.abs(bin_correct - bin_conf).sum() / bin_count.sum())
-    ce = sums["ce"] / sums["tokens"]
-    return {
-        "ce": ce,
-        "perplexity": math.exp(ce),
-        "kl": sums["kl"] / sums["kl_tokens"],
-        "top1_agreement": sums["top1"] / sums["kl_tokens"],
-        "ece": ece,
-        "tokens": sums["tokens"],
-        "kl_tokens": sums["kl_tokens"],
-        "rows": rows,
-        "temperature": temperature,
-        "teacher": "model" if teacher_model is not None else teacher.kind,
-    }
+
+class _Sums:
+    """Running sums of the metrics over slices of positions; :meth:`result` turns them into means."""
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.ce = self.kl = self.top1 = 0.0
+        self.tokens = self.kl_tokens = 0
+        self.bin_count, self.bin_conf, self.bin_correct = (np.zeros(ECE_BINS) for _ in range(3))
+
+    def add(self, logits, label, target, teacher_top1, start: int, stop: int) -> None:
+        log_p1 = torch.log_softmax(logits, -1)
+        has_label = label != IGNORE
+        ce = -log_p1.gather(-1, label.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        self.ce += float(ce[has_label].sum())
+        self.tokens += int(has_label.sum())
+
+        conf, pred = log_p1.max(-1)
+        conf, correct = conf.exp()[has_label], (pred == label)[has_label]
+        bins = (conf * ECE_BINS).long().clamp_max(ECE_BINS - 1).cpu().numpy()
+        self.bin_count += np.bincount(bins, minlength=ECE_BINS)
+        self.bin_conf += np.bincount(bins, weights=conf.double().cpu().numpy(), minlength=ECE_BINS)
+        self.bin_correct += np.bincount(bins, weights=correct.double().cpu().numpy(), minlength=ECE_BINS)
+
+        logq = student_logq_at(target, torch.log_softmax(logits / self.temperature, -1), start, stop)
+        kl = target.kl(logq, start, stop)
+        self.kl += float(kl.double().sum())
+        self.top1 += float((pred == teacher_top1).sum())
+        self.kl_tokens += kl.numel()
+
+    def result(self) -> dict:
+        ce = self.ce / self.tokens
+        return {
+            "ce": ce,
+            "perplexity": math.exp(ce),
+            "kl": self.kl / self.kl_tokens,
+            "top1_agreement": self.top1 / self.kl_tokens,
+            "ece": float(np.abs(self.bin_correct - self.bin_conf).sum() / self.bin_count.sum()),
+            "tokens": self.tokens,
+            "kl_tokens": self.kl_tokens,
+        }
 
 
 def _teacher_side(store, teacher, teacher_model, shard, lo, hi, tokens, temperature, device):

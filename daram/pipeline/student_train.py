@@ -1,12 +1,17 @@
 """``daram student-train``: phase two, a GPT-2 student learns from the stored teacher distributions.
 
-Setup: open the store, check every requested shard's dump and the settings against the store's
-manifests (refusing to start, with one line naming the field, when they disagree), build or load
-the student, the optimizer and the schedule, and restore a checkpoint under ``--resume``.
-Loop: micro-batches stream from the store through a background reader; each optimizer step
-accumulates ``grad_accum`` of them, clips, steps, logs, and now and then evaluates on the
-held-out shard and checkpoints. Finish: a last checkpoint and evaluation, the Hugging Face model
-directory, the loss curve and one summary line.
+A recipe in three parts over the components in :mod:`daram.pipeline.training`:
+
+- :func:`setup` checks everything before anything is written (shards, dumps, settings against the
+  store's manifests and, under ``--resume``, against the checkpoint), builds the student, the
+  optimizer and the schedule, and restores the checkpoint. It returns a :class:`Run`.
+- :func:`fit` is the loop. It stops only between optimizer steps: at the end of the data or
+  ``train.max_steps``, when the next step needs a shard the caller has not made available, or when
+  asked to (a signal, ``run.time_limit``, the caller's ``should_stop``). Calling it again goes on
+  exactly where it stopped: one schedule, one optimizer, one data order.
+- :func:`finish` writes the last checkpoint, and for a finished run the held-out evaluation, the
+  Hugging Face model directory, the loss curve and one summary line; a paused run gets a "paused"
+  line saying how to continue.
 
 Under ``torchrun`` every rank reads its own chunks (see :mod:`daram.pipeline.batches`) and DDP
 averages the gradients; rank 0 alone writes metrics, checkpoints and the model.
@@ -17,13 +22,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
-import random
-import shutil
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,127 +34,140 @@ import torch
 
 from daram.config import Config, TrainConfig, parse_shards
 from daram.errors import DaramError
-from daram.pipeline.batches import BatchPlan, Prefetcher, check_teacher_shards, iter_batches
+from daram.pipeline.batches import BatchPlan, Prefetcher, check_teacher_shards, check_token_shards, iter_batches
 from daram.pipeline.heldout import heldout_metrics
-from daram.pipeline.hf import check_store_tokenizer, load_causal_lm, load_tokenizer, resolve_device
-from daram.pipeline.models import gpt2
-from daram.pipeline.losses import (
-    DenseTarget,
-    DistillObjective,
-    SampledTarget,
-    TopkTarget,
-    Workspace,
-    final_hidden,
-    head_weight,
-    next_token_labels,
-    sliced_distill_loss,
+from daram.pipeline.hf import check_store_tokenizer, load_causal_lm, load_tokenizer
+from daram.pipeline.losses import DistillObjective, next_token_labels
+from daram.pipeline.pause import Pause
+from daram.pipeline.training.checkpoint import (
+    check_signature,
+    checkpoint_bytes,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
 )
+from daram.pipeline.training.distributed import Distributed, no_sync, start_distributed, stop_distributed, wrap_for_ddp
+from daram.pipeline.training.export import export_student
+from daram.pipeline.training.metrics import MetricsLog, objective_formula, plot_curves, read_metrics, summary_line
+from daram.pipeline.training.model import StudentWithLoss, build_student, precision_for
+from daram.pipeline.training.optim import build_optimizer, lr_factor
+from daram.pipeline.training.targets import NoTargets, OnlineTeacher, StoredTargets, TargetSource
 from daram.storage import Store, TeacherManifest
 from daram.text import plural
+from daram.units import parse_duration
 
-CHECKPOINTS = "checkpoints"
-KEEP_CHECKPOINTS = 2
-METRICS = "metrics.jsonl"
-CURVE = "loss_curve.png"
+__all__ = ["Run", "Stop", "setup", "fit", "finish", "run_student_train", "lr_factor", "precision_for", "read_metrics"]
+
 # Settings that may change between a run and its --resume: they do not change what is computed.
-RESUMABLE_CHANGES = ("out", "checkpoint_every", "eval_every", "eval_rows", "log_every", "loss_slice", "device", "prefetch")
-
-
-# --- small pure helpers ---------------------------------------------------------------------------
-
-
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float, schedule: str) -> float:
-    """LR multiplier at ``step`` (0-based): linear warmup to 1, then cosine or linear decay to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
-    return min_ratio + (1 - min_ratio) * decay
-
-
-def precision_for(name: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None for fp32, whether a grad scaler is needed) for train.precision."""
-    if name == "auto":
-        if device.type != "cuda":
-            return None, False
-        name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"  # P100 / T4 class: fp16 + scaler
-    if name == "fp16" and device.type != "cuda":
-        raise DaramError("train.precision fp16 needs a CUDA GPU (use bf16 or fp32 on CPU)")
-    return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[name]
+RESUMABLE_CHANGES = (
+    "out", "checkpoint_every", "eval_every", "eval_rows", "log_every", "loss_slice", "device", "prefetch",
+)
 
 
 @dataclass(frozen=True)
-class Distributed:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
+class Stop:
+    """Why :func:`fit` returned. ``kind``: ``max_steps`` or ``epochs`` (the run is finished), ``shards`` (the
+    next step needs a shard the caller has not made available) or ``paused`` (a signal, the time limit or
+    the caller's ``should_stop``)."""
+
+    kind: str
+    message: str
 
     @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def mean(self, values: list[float]) -> list[float]:
-        """Values averaged over ranks (every rank must call this at the same point)."""
-        if self.world == 1:
-            return values
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(tensor)
-        return (tensor / self.world).tolist()
+    def finished(self) -> bool:
+        return self.kind in ("max_steps", "epochs")
 
 
-def _start_distributed(device_setting: str) -> Distributed:
-    """One process, or one rank of a torchrun job (gloo on CPU, nccl on GPUs)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Distributed(device=resolve_device(device_setting))
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_setting)
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank, world, device)
+@dataclass
+class Run:
+    """Everything a training run holds between :func:`setup`, :func:`fit` and :func:`finish`."""
+
+    cfg: Config
+    dist: Distributed
+    store: Store
+    teacher: TeacherManifest | None
+    shards: list[int]
+    temperature: float
+    tokenizer: object
+    out: Path
+    model: torch.nn.Module
+    wrapped: torch.nn.Module  # the student with its loss, under DDP when there are several ranks
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    autocast_dtype: torch.dtype | None
+    plan: BatchPlan
+    total_steps: int
+    targets: TargetSource
+    signature: dict
+    metrics: MetricsLog
+    pause: Pause  # SIGTERM, SIGINT and run.time_limit: the caller enters it (see run_student_train)
+    step: int = 0  # optimizer steps taken
+    micro: int = 0  # micro-batches consumed: the position in the data order
+    start_micro: int = 0  # where this process started (after a --resume, not 0)
+    checked_shards: set[int] = field(default_factory=set)  # shards whose teacher dump has been checked
+    last: dict = field(default_factory=dict)  # the last logged training record
+    heldout: dict | None = None
+    step_seconds: list[float] = field(default_factory=list)
+    step_cpu_seconds: list[float] = field(default_factory=list)
+    train_seconds: float = 0.0  # wall time inside fit's steps
+    checkpoint_seconds: float = 0.0  # the last checkpoint's duration: part of the time limit's reserve
+    stop: Stop | None = None
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.cfg.train
+
+    @property
+    def tokens_per_micro(self) -> int:
+        return self.train.batch_size * self.store.manifest.seq_len * self.dist.world
+
+    def next_step_micro_batches(self) -> range:
+        """The micro-batches the next step reads: ``grad_accum`` of them, fewer at the end of the data."""
+        return range(self.micro, min(self.micro + self.train.grad_accum, self.plan.total_batches))
+
+    def shards_ahead(self) -> list[int]:
+        """The shards the rest of the run reads, in order, starting with the next step's."""
+        return self.plan.shards_from(self.micro)
+
+    def say(self, message: str) -> None:
+        if self.dist.main:
+            print(message, file=sys.stderr, flush=True)
 
 
-class StudentWithLoss(torch.nn.Module):
-    """The student and its sliced loss as one module, so DDP sees the whole forward."""
-
-    def __init__(self, model, loss_slice: int, compute_dtype: torch.dtype) -> None:
-        super().__init__()
-        self.model, self.loss_slice, self.compute_dtype = model, loss_slice, compute_dtype
-        self.workspace = Workspace()  # the loss's buffers, reused from step to step
-
-    def forward(self, tokens: torch.Tensor, objective: DistillObjective):
-        hidden = final_hidden(self.model, tokens)
-        return sliced_distill_loss(
-            hidden, head_weight(self.model), objective, self.loss_slice, self.compute_dtype, self.workspace
-        )
+# --- setup -------------------------------------------------------------------------------------------
 
 
-# --- the command --------------------------------------------------------------------------------
+def setup(cfg: Config, resume: bool = False, online_teacher: str | None = None, given: set[str] | None = None,
+          check_dumps: bool = True, pause: Pause | None = None) -> Run:
+    """Check the settings and the store, build the student, optimizer and schedule; under ``resume`` restore
+    the last checkpoint in ``train.out``, whose settings are the run's (``given``: the keys set on the
+    command line or in a config file; one that contradicts the checkpoint is refused). Without ``given``
+    (API callers) every setting must equal the checkpoint's, as before.
 
-
-def run_student_train(cfg: Config, resume: bool = False, online_teacher: str | None = None) -> dict:
-    """Train a student from the store in ``cfg``; returns the summary (also printed as one line).
-
-    ``online_teacher`` (a model directory; used by ``benchmarks/fidelity.py``) replaces the stored
-    teacher by that model run in the loop: full-vocabulary KD, the teacher arrays are not read.
-    """
-    train = cfg.train
-    dist = _start_distributed(train.device)
+    ``check_dumps=False`` defers the check of the training shards' teacher dumps to :func:`fit`, shard by
+    shard (for a caller that dumps them while training runs)."""
+    out = Path(cfg.train.out)
+    checkpoint = latest_checkpoint(out) if resume else None
+    if resume and checkpoint is None:
+        raise DaramError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+    if not resume and latest_checkpoint(out) is not None:
+        raise DaramError(f"train.out {out} already holds a run; pass --resume to continue it or choose another --out")
+    dist = start_distributed(cfg.train.device)
     try:
-        return _train(cfg, train, dist, resume, online_teacher)
-    finally:
-        if dist.world > 1:
-            torch.distributed.destroy_process_group()
+        state, rng = load_checkpoint(checkpoint, dist) if checkpoint else (None, None)
+        if state is not None and given is not None and "config" in state:
+            cfg = _settings_of_checkpoint(cfg, json.loads(state["config"]), given)
+        return _setup(cfg, dist, state, rng, online_teacher, check_dumps, pause)
+    except BaseException:
+        stop_distributed(dist)
+        raise
 
 
-def _train(cfg: Config, train: TrainConfig, dist: Distributed, resume: bool, online_teacher: str | None) -> dict:
-    # --- setup: check everything before anything is written ---------------------------------------
+def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None, online_teacher: str | None,
+           check_dumps: bool, pause: Pause | None) -> Run:
+    train = cfg.train
     store = Store.open(cfg.store.path)
     manifest = store.manifest
     shards = parse_shards(train.shards, manifest.num_shards, "train.shards")
@@ -159,31 +175,35 @@ def _train(cfg: Config, train: TrainConfig, dist: Distributed, resume: bool, onl
         store.check_shard(train.heldout_shard)
         if train.heldout_shard in shards:
             raise DaramError(f"train.heldout_shard {train.heldout_shard} is also in train.shards ({train.shards})")
+    check_token_shards(store, shards + ([train.heldout_shard] if train.heldout_shard >= 0 else []))
     teacher = store.teacher_manifest()
     use_kd = train.alpha_kd > 0
+    checked: set[int] = set()
     if online_teacher is None:
-        if use_kd:
+        if use_kd and check_dumps:
             check_teacher_shards(store, teacher, shards, "train.shards")
+            checked = set(shards)
         if train.heldout_shard >= 0:
             check_teacher_shards(store, teacher, [train.heldout_shard], "train.heldout_shard")
     temperature = _temperature(train, teacher, needed=use_kd or train.heldout_shard >= 0)
     tokenizer = _store_tokenizer(store)
     out = Path(train.out)
-    checkpoint = _latest_checkpoint(out) if resume else None
-    if resume and checkpoint is None:
-        raise DaramError(f"--resume: no checkpoint in {out / CHECKPOINTS}")
-    if not resume and _latest_checkpoint(out) is not None:
-        raise DaramError(f"train.out {out} already holds a run; pass --resume to continue it or choose another --out")
+    if dist.main:
+        _check_writable(out)
 
     autocast_dtype, use_scaler = precision_for(train.precision, dist.device)
     torch.manual_seed(train.seed)  # the same initial weights on every rank
-    model = _build_student(cfg, store, tokenizer).to(dist.device)
-    teacher_model = None
+    model = build_student(cfg.student, store, tokenizer).to(dist.device)
     if online_teacher is not None:
         check_store_tokenizer(load_tokenizer(online_teacher), f"online teacher {online_teacher!r}", store)
         teacher_model = load_causal_lm(online_teacher, "float32", str(dist.device))
         if teacher_model.config.vocab_size != manifest.tokenizer.vocab_size:
             raise DaramError(f"online teacher {online_teacher}: vocab_size differs from the store's tokenizer")
+        targets: TargetSource = OnlineTeacher(teacher_model, temperature)
+    elif use_kd:
+        targets = StoredTargets(teacher.kind, train.tail, teacher.draws, dist.device)
+    else:
+        targets = NoTargets()
     torch.manual_seed(train.seed + dist.rank)  # dropout streams differ between ranks
 
     plan = BatchPlan(
@@ -195,148 +215,67 @@ def _train(cfg: Config, train: TrainConfig, dist: Distributed, resume: bool, onl
             f"train.shards {train.shards}: no full micro-batch of {train.batch_size} rows"
             + (f" per rank ({dist.world} ranks)" if dist.world > 1 else "")
         )
-    total_steps = -(-plan.total_batches // train.grad_accum)
+    total_steps = -(-plan.total_batches // train.grad_accum)  # the last step may have fewer micro-batches
     if train.max_steps:
         total_steps = min(total_steps, train.max_steps)
-
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]  # biases and layer norms
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=train.lr, betas=(0.9, 0.95), eps=1e-8,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, train.warmup_steps, total_steps, train.min_lr / train.lr, train.schedule)
-    )
+    optimizer, scheduler = build_optimizer(model, train, total_steps)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=use_scaler)
     signature = _signature(cfg, dist, store, teacher, online_teacher)
-    step, micro = 0, 0
-    if checkpoint is not None:
-        step, micro = _load_checkpoint(checkpoint, dist, model, optimizer, scheduler, scaler, signature)
-
-    wrapped = StudentWithLoss(model, train.loss_slice, autocast_dtype or torch.float32)
-    if dist.world > 1:
-        wrapped = torch.nn.parallel.DistributedDataParallel(
-            wrapped, device_ids=[dist.device.index] if dist.device.type == "cuda" else None
-        )
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        _trim_metrics(out / METRICS, step)
-    kind = teacher.kind if (use_kd and online_teacher is None) else None  # what the reader fetches
-    logs_kd = use_kd  # a CE-only run has no KL to report (it never reads the teacher)
-    tokens_per_micro = train.batch_size * manifest.seq_len * dist.world
-
-    def autocast():
-        if autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(dist.device.type, dtype=autocast_dtype)
-
-    def evaluate() -> dict | None:
-        if train.heldout_shard < 0:
-            return None
-        result = None
-        if dist.main:
-            with autocast():
-                result = heldout_metrics(
-                    model, store, train.heldout_shard, temperature, train.eval_rows, train.batch_size,
-                    dist.device, teacher_model=teacher_model,
-                )
-            _log(out, {"step": step, "split": "heldout", **result})
-        dist.barrier()
-        return result
-
-    # --- loop -----------------------------------------------------------------------------------------
-    from tqdm import tqdm
-
-    batches = Prefetcher(
-        iter_batches(store, plan, micro, with_teacher=kind is not None), depth=train.prefetch
+    run = Run(
+        cfg=cfg, dist=dist, store=store, teacher=teacher, shards=shards, temperature=temperature, tokenizer=tokenizer,
+        out=out, model=model, wrapped=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+        autocast_dtype=autocast_dtype, plan=plan, total_steps=total_steps, targets=targets, signature=signature,
+        metrics=MetricsLog(out, dist.main), pause=pause or Pause(parse_duration(cfg.run.time_limit)), checked_shards=checked,
     )
-    bar = tqdm(total=total_steps, initial=step, unit="step", desc="student-train", disable=not dist.main,
-               dynamic_ncols=True, file=sys.stderr)
-    started, start_micro = time.perf_counter(), micro
-    tokens_since_log, seconds_since_log, step_times, step_cpu_times, last = 0, 0.0, [], [], {}
-    heldout = None
+    if state is not None:
+        check_signature(json.loads(state["signature"]), signature)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(rng)
+        run.step, run.micro = state["step"], state["micro_batches"]
+    run.start_micro = run.micro
+    run.wrapped = wrap_for_ddp(StudentWithLoss(model, train.loss_slice, autocast_dtype or torch.float32), dist)
+    run.metrics.trim(run.step)
     model.train()
+    return run
+
+
+def _settings_of_checkpoint(cfg: Config, saved: dict, given: set[str]) -> Config:
+    """The checkpointed run's settings, with the ``given`` ones that may change (``RESUMABLE_CHANGES``, e.g.
+    ``--out``, ``--device``) taken from ``cfg``; a given setting that would change the computation and
+    differs from the checkpoint's is refused, naming both values."""
+    sections = {}
+    for section, values in saved.items():
+        current = getattr(cfg, section)
+        known = {f.name for f in dataclasses.fields(current)}
+        merged = {k: v for k, v in values.items() if k in known}
+        for name in known & set(values):
+            key = f"{section}.{name}"
+            if key not in given:
+                continue
+            now, then = getattr(current, name), values[name]
+            if section == "train" and name in RESUMABLE_CHANGES:
+                merged[name] = now
+            elif json.loads(json.dumps(now)) != then:
+                raise DaramError(
+                    f"--resume: {key} is {now!r} here but {then!r} in the checkpointed run; --resume reads the run's "
+                    "settings from its checkpoint, so leave it out (or start a new run in another --out)"
+                )
+        sections[section] = type(current)(**merged)
+    return dataclasses.replace(cfg, **sections)
+
+
+def _check_writable(out: Path) -> None:
+    """Fail now, in one line, rather than at the first metrics line or after an hour at the first checkpoint."""
     try:
-        while step < total_steps:
-            step_started, step_cpu_started = time.perf_counter(), time.process_time()
-            group = [b for _, b in zip(range(train.grad_accum), batches)]
-            if not group:
-                break
-            losses = torch.zeros(3, dtype=torch.float64, device=dist.device)  # loss, kd, ce of this step
-            for i, batch in enumerate(group):
-                tokens = torch.from_numpy(batch.tokens).to(dist.device, non_blocking=True)
-                # Under DDP, gradients are averaged across ranks only on the step's last micro-batch.
-                sync = i == len(group) - 1 or dist.world == 1
-                with (contextlib.nullcontext() if sync else wrapped.no_sync()):
-                    with autocast():
-                        target = _target(batch, kind, teacher, train, temperature, teacher_model, tokens, dist.device)
-                        objective = DistillObjective(
-                            next_token_labels(tokens), target, temperature, train.alpha_kd, train.alpha_ce
-                        )
-                        loss, kd, ce = wrapped(tokens, objective)
-                    scaler.scale(loss / len(group)).backward()
-                losses += torch.stack([loss.detach(), kd, ce]).double() / len(group)
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            step += 1
-            micro += len(group)
-            tokens_since_log += len(group) * tokens_per_micro
-            step_times.append(time.perf_counter() - step_started)
-            seconds_since_log += step_times[-1]  # training time only: evaluations and checkpoints are left out
-            step_cpu_times.append(time.process_time() - step_cpu_started)
-            bar.update(1)
-
-            if step % train.log_every == 0 or step == total_steps:
-                loss_v, kd_v, ce_v = dist.mean(losses.tolist())
-                last = {
-                    "step": step, "loss": loss_v, "kd": kd_v if logs_kd else None, "ce": ce_v,
-                    "lr": lr, "tokens_per_s": tokens_since_log / seconds_since_log, "grad_norm": float(grad_norm),
-                    **{k: v for k, v in plan.describe(micro).items() if k != "micro_batches"},
-                }
-                tokens_since_log, seconds_since_log = 0, 0.0
-                if dist.main:
-                    _log(out, last)
-                    bar.set_postfix(loss=f"{loss_v:.4f}", tok_s=f"{last['tokens_per_s']:,.0f}")
-            if train.eval_every and step % train.eval_every == 0 and step < total_steps:
-                heldout = evaluate()
-                _plot(out, dist)
-            if train.checkpoint_every and step % train.checkpoint_every == 0 and step < total_steps:
-                _save_checkpoint(out, dist, step, micro, plan, model, optimizer, scheduler, scaler, signature)
-    finally:
-        batches.close()
-        bar.close()
-
-    # --- finish ---------------------------------------------------------------------------------------
-    elapsed = time.perf_counter() - started
-    _save_checkpoint(out, dist, step, micro, plan, model, optimizer, scheduler, scaler, signature)
-    heldout = evaluate() or heldout
-    if dist.main:
-        _export(model, tokenizer, out)
-        _plot(out, dist)
-    summary = {
-        "steps": step,
-        "tokens": micro * tokens_per_micro,
-        "tokens_this_run": (micro - start_micro) * tokens_per_micro,  # less than tokens after a --resume
-        "seconds": elapsed,
-        "step_seconds": step_times,  # wall time of each step of this process (the first pays for warm-up)
-        "step_cpu_seconds": step_cpu_times,  # CPU time of this process (all threads) per step: steadier under load
-        "mean_step_s": float(np.mean(step_times[1:] or step_times)) if step_times else 0.0,  # warm-up left out
-        "last": last,
-        "heldout": heldout,
-        "out": str(out),
-    }
-    if dist.main:
-        print(_summary_line(summary, kind or ("online" if teacher_model else "ce-only")), file=sys.stderr)
-    return summary
-
-
-# --- setup helpers --------------------------------------------------------------------------------
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DaramError(f"train.out {out}: cannot write there ({exc.strerror or type(exc).__name__})") from None
 
 
 def _temperature(train: TrainConfig, teacher: TeacherManifest | None, needed: bool) -> float:
@@ -364,32 +303,6 @@ def _store_tokenizer(store: Store):
     return tokenizer
 
 
-def _build_student(cfg: Config, store: Store, tokenizer):
-    """A new GPT-2 of the configured shape, or ``student.init_from``, checked against the store's tokenizer."""
-    manifest = store.manifest
-    info = manifest.tokenizer
-    if cfg.student.init_from:
-        source = cfg.student.init_from
-        check_store_tokenizer(load_tokenizer(source), f"student.init_from {source!r}", store)
-        model = load_causal_lm(source, "float32", "cpu")
-        if model.config.vocab_size < info.vocab_size:
-            raise DaramError(
-                f"student.init_from {source!r}: vocab_size {model.config.vocab_size} < the store's {info.vocab_size}"
-            )
-        positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 0)
-        if positions < manifest.seq_len:
-            raise DaramError(f"student.init_from {source!r}: {positions} positions < the store's seq_len {manifest.seq_len}")
-        try:
-            head_weight(model)
-        except ValueError as exc:
-            raise DaramError(f"student.init_from {source!r}: {exc}") from None
-        return model.train()
-
-    s = cfg.student
-    return gpt2(info.vocab_size, s.n_embd, s.n_head, s.n_layer, n_positions=max(manifest.seq_len, 1024),
-                dropout=s.dropout, tokenizer=tokenizer)
-
-
 def _signature(cfg: Config, dist: Distributed, store: Store, teacher, online_teacher) -> dict:
     """What a resumed run must share with the checkpointed one for the losses to continue exactly."""
     train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in RESUMABLE_CHANGES}
@@ -403,199 +316,279 @@ def _signature(cfg: Config, dist: Distributed, store: Store, teacher, online_tea
     }
 
 
-def _target(batch, kind, teacher, train, temperature, teacher_model, tokens, device):
-    if teacher_model is not None:
-        with torch.no_grad():
-            hidden = final_hidden(teacher_model, tokens)
-        weight = head_weight(teacher_model)
-        return DenseTarget(lambda a, b: (hidden[:, a:b] @ weight.to(hidden.dtype).T).float(), temperature)
-    if kind is None:
-        return None
-    ids = torch.from_numpy(batch.teacher_ids).to(device, non_blocking=True)
-    values = torch.from_numpy(batch.teacher_values).to(device, non_blocking=True)
-    if kind == "topk":
-        return TopkTarget(ids, values, train.tail)
-    return SampledTarget(ids, values, teacher.draws)
+# --- fit ---------------------------------------------------------------------------------------------
 
 
-# --- checkpoints ----------------------------------------------------------------------------------
+def fit(run: Run, should_stop: Callable[[Run], bool] | None = None, available: set[int] | None = None) -> Stop:
+    """Train until the run ends or is asked to stop; see :class:`Stop`. ``available``: the training shards the
+    loop may read (default: all); the run stops before a step that needs another one. ``should_stop(run)``
+    is asked between steps."""
+    from tqdm import tqdm
 
-
-def _rng_state() -> dict:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": list(np.random.get_state()),
-        "python": random.getstate(),
-    }
-    state["numpy"][1] = torch.from_numpy(state["numpy"][1].astype(np.int64))
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_checkpoint(out, dist, step, micro, plan, model, optimizer, scheduler, scaler, signature) -> None:
-    """``checkpoints/step-N``: written into a temporary directory, then renamed; the last two are kept.
-
-    A kill before the rename leaves only the temporary directory, which resume ignores (and the
-    next save replaces), so a checkpoint that exists is always whole.
-    """
-    root = out / CHECKPOINTS
-    final = root / f"step-{step:08d}"
-    tmp = root / f".step-{step:08d}.tmp"
-    if final.exists():  # the end of a run resumed at its very end
-        return
-    if dist.main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    _write(tmp / f"rng-rank{dist.rank}.pt", _rng_state())
-    dist.barrier()
-    if dist.main:
-        _write(tmp / "state.pt", {
-            "step": step,
-            "micro_batches": micro,
-            "data_position": {**plan.describe(micro), "shuffle_seed": signature["train.seed"]},
-            "signature": json.dumps(signature, sort_keys=True),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-        })
-        _fsync_dir(tmp)
-        tmp.rename(final)
-        _fsync_dir(root)
-        for old in sorted(root.glob("step-*"))[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old)
-    dist.barrier()
-
-
-def _write(path: Path, obj) -> None:
-    with path.open("wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    train, dist = run.train, run.dist
+    readable = _readable_until(run, available)
+    batches = Prefetcher(
+        iter_batches(run.store, run.plan, run.micro, run.targets.reads_teacher, stop=readable), depth=train.prefetch
+    )
+    bar = tqdm(total=run.total_steps, initial=run.step, unit="step", desc="student-train", disable=not dist.main,
+               dynamic_ncols=True, file=sys.stderr)
+    since_log = {"tokens": 0, "seconds": 0.0}
     try:
-        os.fsync(fd)
+        while True:
+            # Stop only between steps: a checkpoint then holds whole steps, which is what an exact resume needs.
+            run.stop = _end_of_run(run) or _next_step_unreadable(run, readable) or _stop_requested(run, should_stop)
+            if run.stop is not None:
+                return run.stop
+            started, cpu_started = time.perf_counter(), time.process_time()
+            group = [next(batches) for _ in run.next_step_micro_batches()]
+            losses, grad_norm, lr = _train_step(run, group)
+            run.step += 1
+            run.micro += len(group)
+            run.step_seconds.append(time.perf_counter() - started)
+            run.step_cpu_seconds.append(time.process_time() - cpu_started)
+            run.train_seconds += run.step_seconds[-1]
+            since_log["tokens"] += len(group) * run.tokens_per_micro
+            since_log["seconds"] += run.step_seconds[-1]  # training time only: evaluations and checkpoints left out
+            bar.update(1)
+
+            if run.step % train.log_every == 0 or run.step == run.total_steps:
+                _log_step(run, dist.mean(losses.tolist()), grad_norm, lr, since_log)
+                bar.set_postfix(loss=f"{run.last['loss']:.4f}", tok_s=f"{run.last['tokens_per_s']:,.0f}")
+                since_log = {"tokens": 0, "seconds": 0.0}
+            if train.eval_every and run.step % train.eval_every == 0 and run.step < run.total_steps:
+                evaluate(run)
+                if dist.main:
+                    plot_curves(run.out)
+            if train.checkpoint_every and run.step % train.checkpoint_every == 0 and run.step < run.total_steps:
+                checkpoint(run)
     finally:
-        os.close(fd)
+        batches.close()
+        bar.close()
 
 
-def _latest_checkpoint(out: Path) -> Path | None:
-    found = sorted((out / CHECKPOINTS).glob("step-*"))
-    return found[-1] if found else None
-
-
-def _load_checkpoint(path, dist, model, optimizer, scheduler, scaler, signature) -> tuple[int, int]:
-    try:
-        state = torch.load(path / "state.pt", map_location=dist.device, weights_only=True)
-        rng = torch.load(path / f"rng-rank{dist.rank}.pt", weights_only=True)
-    except FileNotFoundError as exc:
-        raise DaramError(f"--resume: {path} lacks {Path(exc.filename).name} (a run with another world size?)") from None
-    except Exception as exc:
-        raise DaramError(f"--resume: cannot read {path}: {type(exc).__name__}: {exc}") from None
-    saved = json.loads(state["signature"])
-    for key in sorted(set(saved) | set(signature)):
-        if saved.get(key) != json.loads(json.dumps(signature.get(key))):
-            raise DaramError(
-                f"--resume: {key} was {saved.get(key)!r} in the checkpointed run and is {signature.get(key)!r} now; "
-                "resume with the same setting, or start a new run in another --out"
+def _train_step(run: Run, group: list) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One optimizer step over ``group``'s micro-batches: (mean loss, KL, CE of this rank, grad norm, lr)."""
+    train, dist = run.train, run.dist
+    losses = torch.zeros(3, dtype=torch.float64, device=dist.device)
+    for i, batch in enumerate(group):
+        tokens = torch.from_numpy(batch.tokens).to(dist.device, non_blocking=True)
+        # Under DDP the gradients are averaged across ranks once, on the step's last micro-batch.
+        with no_sync(run.wrapped, sync=i == len(group) - 1), _autocast(run):
+            objective = DistillObjective(
+                next_token_labels(tokens), run.targets(batch, tokens), run.temperature, train.alpha_kd, train.alpha_ce
             )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    _set_rng_state(rng)
-    return state["step"], state["micro_batches"]
+            loss, kd, ce = run.wrapped(tokens, objective)
+            run.scaler.scale(loss / len(group)).backward()  # backward before the next forward: see StudentWithLoss
+        losses += torch.stack([loss.detach(), kd, ce]).double() / len(group)
+    run.scaler.unscale_(run.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), train.grad_clip)
+    # A non-finite loss would poison the weights for good: stop before the optimizer applies it. (Under fp16 an
+    # infinite gradient is the scaler's business: it skips that step and lowers its scale.)
+    if not torch.isfinite(losses).all() or (not run.scaler.is_enabled() and not torch.isfinite(grad_norm)):
+        shards = sorted({batch.shard for batch in group})
+        raise DaramError(
+            f"step {run.step + 1}: the loss is {float(losses[0]):g} (KL {float(losses[1]):g}, CE {float(losses[2]):g}) "
+            f"on shard{'s' if len(shards) > 1 else ''} {', '.join(map(str, shards))}; training stopped and nothing was "
+            f"exported (the last checkpoint, if any, is intact). Check the teacher dump (`daram verify`, its "
+            f"temperature) and train.lr"
+        )
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    lr = run.scheduler.get_last_lr()[0]
+    run.scheduler.step()
+    return losses, grad_norm, lr
 
 
-# --- outputs --------------------------------------------------------------------------------------
+def _log_step(run: Run, means: list[float], grad_norm: torch.Tensor, lr: float, since_log: dict) -> None:
+    loss, kd, ce = means
+    run.last = {
+        "step": run.step, "loss": loss, "kd": kd if run.train.alpha_kd > 0 else None, "ce": ce,
+        "objective": objective_formula(run.train.alpha_kd, run.train.alpha_ce, run.temperature),
+        "lr": lr, "tokens_per_s": since_log["tokens"] / since_log["seconds"], "grad_norm": float(grad_norm),
+        **{k: v for k, v in run.plan.describe(run.micro).items() if k != "micro_batches"},
+    }
+    run.metrics.write(run.last)
 
 
-def _log(out: Path, record: dict) -> None:
-    with (out / METRICS).open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+def _end_of_run(run: Run) -> Stop | None:
+    """Which limit ended the run, if one did: ``train.max_steps`` or the end of the epochs."""
+    if run.step < run.total_steps:
+        return None
+    train = run.train
+    steps = plural(run.step, "step")
+    if train.max_steps and run.step == train.max_steps and run.micro < run.plan.total_batches:
+        return Stop("max_steps", f"stopped at --max-steps {train.max_steps} (train.max_steps)")
+    epochs = plural(train.epochs, "epoch")
+    note = f"; --max-steps {train.max_steps} was not reached" if train.max_steps and run.step < train.max_steps else ""
+    return Stop("epochs", f"train.epochs = {train.epochs}: the data ended after {steps} ({epochs} of {_shards(run)}){note}")
 
 
-def _trim_metrics(path: Path, step: int) -> None:
-    """On resume, drop records after the checkpoint's step (they will be written again)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+def _shards(run: Run) -> str:
+    return plural(len(run.shards), "shard")
 
 
-def read_metrics(out: Path) -> list[dict]:
-    path = Path(out) / METRICS
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+def _readable_until(run: Run, available: set[int] | None) -> int:
+    """The first micro-batch at or after the current one that reads a shard outside ``available`` (the total
+    when there is none), after checking the teacher dumps of the available shards not checked yet."""
+    if available is None:
+        available = set(run.shards)
+    if run.targets.reads_teacher:
+        unchecked = sorted(set(run.plan.shards_from(run.micro)) & (available - run.checked_shards))
+        if unchecked:
+            run.teacher = run.store.teacher_manifest()  # fresh: shards may have been dumped since setup
+            check_teacher_shards(run.store, run.teacher, unchecked, "train.shards")
+            run.checked_shards |= set(unchecked)
+    micro = run.micro
+    while micro < run.plan.total_batches and run.plan.shard_of(micro) in available:
+        index, within = run.plan.locate(micro)
+        micro += run.plan.passes[index].batches - within  # to the end of this shard's pass
+    return min(micro, run.plan.total_batches)
 
 
-def _plot(out: Path, dist: Distributed) -> None:
-    if not dist.main:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_metrics(out)
-    train = [r for r in records if r.get("split") != "heldout"]
-    heldout = [r for r in records if r.get("split") == "heldout"]
-    steps = [r["step"] for r in train]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot(steps, [r["loss"] for r in train], label="loss")
-    left.plot(steps, [r["ce"] for r in train], label="CE (train)", alpha=0.8)
-    if heldout:
-        left.plot([r["step"] for r in heldout], [r["ce"] for r in heldout], "s-", label="CE (held-out)")
-    left.set_title("loss and next-token CE")
-    kd = [(r["step"], r["kd"]) for r in train if r["kd"] is not None]
-    if kd:
-        right.plot(*zip(*kd), label="KL (train)", alpha=0.8)
-    if heldout:
-        right.plot([r["step"] for r in heldout], [r["kl"] for r in heldout], "o-", label="KL (held-out)")
-    right.set_title(f"KL(teacher || student) at T = {heldout[-1]['temperature']:g}" if heldout else "KL(teacher || student)")
-    for ax in (left, right):
-        ax.set_xlabel("step")
-        ax.set_ylabel("nats per token")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / CURVE, dpi=110)
-    plt.close(fig)
+def _next_step_unreadable(run: Run, readable: int) -> Stop | None:
+    needed = run.next_step_micro_batches()
+    if needed and needed[-1] >= readable:
+        shard = run.plan.shard_of(readable)
+        return Stop("shards", f"step {run.step + 1} needs shard {shard}, which is not available yet")
+    return None
 
 
-def _export(model, tokenizer, out: Path) -> None:
-    """A Hugging Face model directory: safetensors weights, config, generation config, tokenizer files."""
-    model.generation_config.pad_token_id = model.config.pad_token_id
-    model.generation_config.eos_token_id = model.config.eos_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+def _stop_requested(run: Run, should_stop: Callable[[Run], bool] | None) -> Stop | None:
+    # Keep time for the next step and for the checkpoint after it: the run must stop *before* the limit.
+    reserve = 2 * max(run.step_seconds[-20:], default=0.0) + run.checkpoint_seconds
+    reason = run.pause.reason if run.pause.requested(reserve) else None
+    if reason is None and should_stop is not None and should_stop(run):
+        reason = "requested"
+    # Every rank must stop at the same step, or the others would wait forever in the next all-reduce.
+    if run.dist.any(reason is not None):
+        return Stop("paused", reason or "another rank was asked to stop")
+    return None
 
 
-def _summary_line(summary: dict, kind: str) -> str:
-    last = summary["last"] or {}
-    parts = [
-        f"student-train ({kind}): {plural(summary['steps'], 'step')}, {summary['tokens']:,} tokens; this run "
-        f"{summary['tokens_this_run']:,} in {summary['seconds']:.0f} s ({summary['tokens_this_run'] / max(summary['seconds'], 1e-9):,.0f} tokens/s)",
-    ]
-    if last:
-        kd = f", KL {last['kd']:.4f}" if last.get("kd") is not None else ""
-        parts.append(f"loss {last['loss']:.4f}{kd}, CE {last['ce']:.4f}")
-    if summary["heldout"]:
-        h = summary["heldout"]
-        parts.append(f"held-out KL {h['kl']:.4f}, CE {h['ce']:.4f}, top-1 {h['top1_agreement']:.1%}")
-    parts.append(f"model in {summary['out']}")
-    return "; ".join(parts)
+def _autocast(run: Run):
+    if run.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(run.dist.device.type, dtype=run.autocast_dtype)
+
+
+# --- evaluation and checkpoints (fit calls them now and then; finish once more) ---------------------
+
+
+def evaluate(run: Run) -> dict | None:
+    """Held-out metrics of the student on ``train.heldout_shard`` (rank 0 computes, the others wait)."""
+    train = run.train
+    if train.heldout_shard < 0:
+        return None
+    result = None
+    if run.dist.main:
+        with _autocast(run):
+            teacher_model = run.targets.model if isinstance(run.targets, OnlineTeacher) else None
+            result = heldout_metrics(
+                run.model, run.store, train.heldout_shard, run.temperature, train.eval_rows, train.batch_size,
+                run.dist.device, teacher_model=teacher_model,
+            )
+        run.metrics.write({"step": run.step, "split": "heldout", **result})
+        run.heldout = result
+    run.dist.barrier()
+    return result
+
+
+def checkpoint(run: Run) -> Path | None:
+    """The checkpoint of the current step (all ranks call this); None when it already exists."""
+    started = time.perf_counter()
+    path = save_checkpoint(run.out, run.step, run.dist, {
+        "step": run.step,
+        "micro_batches": run.micro,
+        "data_position": {**run.plan.describe(run.micro), "shuffle_seed": run.train.seed},
+        "signature": json.dumps(run.signature, sort_keys=True),
+        "config": json.dumps({s: dataclasses.asdict(getattr(run.cfg, s)) for s in ("store", "train", "student")}),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+    })
+    run.checkpoint_seconds = time.perf_counter() - started
+    return path
+
+
+# --- finish ------------------------------------------------------------------------------------------
+
+
+def finish(run: Run) -> dict:
+    """After :func:`fit`: the last checkpoint; for a finished run also the held-out evaluation, the exported
+    model and the loss curve, each announced as it starts (they take a while on a large student). Returns
+    the summary, also printed as one line; a paused run prints how to continue instead."""
+    stop = run.stop or Stop("paused", "fit was not run")
+    run.say(stop.message if stop.finished else f"stopping: {stop.message}")
+    with _phase(run, f"checkpoint of step {run.step}") as done:
+        path = checkpoint(run)
+        if path is not None and run.dist.main:
+            done(f"{path} ({checkpoint_bytes(path) / 1e6:,.1f} MB)")
+    if stop.finished:
+        if run.train.heldout_shard >= 0:
+            with _phase(run, f"held-out evaluation on shard {run.train.heldout_shard} ({run.train.eval_rows} rows)") as done:
+                result = evaluate(run)
+                if result is not None:
+                    done(f"KL {result['kl']:.4f}, CE {result['ce']:.4f}")
+        if run.dist.main:
+            with _phase(run, f"export of the model to {run.out}"):
+                export_student(run.model, run.tokenizer, run.out)
+            with _phase(run, "loss curve") as done:
+                done(str(plot_curves(run.out)))
+    summary = _summary(run, stop)
+    if stop.finished:
+        run.say(summary_line(summary, run.targets.name))
+    else:
+        run.say(
+            f"paused at step {run.step} of {run.total_steps} ({stop.message}); continue with: "
+            f"daram student-train --resume --out {run.out}"
+        )
+    return summary
+
+
+@contextlib.contextmanager
+def _phase(run: Run, what: str):
+    """``what ...`` before a slow step and ``done in N s: detail`` after, so the console never goes quiet."""
+    started = time.perf_counter()
+    detail: list[str] = []
+    run.say(f"{what} ...")
+    yield detail.append
+    run.say(f"  done in {time.perf_counter() - started:.1f} s" + (f": {detail[0]}" if detail else ""))
+
+
+def _summary(run: Run, stop: Stop) -> dict:
+    return {
+        "steps": run.step,
+        "ended": stop.message,
+        "paused": not stop.finished,
+        "tokens": run.micro * run.tokens_per_micro,
+        "tokens_this_run": (run.micro - run.start_micro) * run.tokens_per_micro,  # less than tokens after a --resume
+        "seconds": run.train_seconds,
+        "step_seconds": run.step_seconds,  # wall time of each step of this process (the first pays for warm-up)
+        "step_cpu_seconds": run.step_cpu_seconds,  # CPU time of this process (all threads) per step: steadier under load
+        "mean_step_s": float(np.mean(run.step_seconds[1:] or run.step_seconds)) if run.step_seconds else 0.0,
+        "last": run.last,
+        "heldout": run.heldout,
+        "out": str(run.out),
+    }
+
+
+# --- the command --------------------------------------------------------------------------------------
+
+
+def run_student_train(cfg: Config, resume: bool = False, online_teacher: str | None = None,
+                      given: set[str] | None = None) -> dict:
+    """setup -> fit -> finish; returns the summary. SIGTERM, SIGINT and ``run.time_limit`` pause the run
+    cleanly (checkpoint, a "paused" line, ``summary["paused"]``); ``--resume`` continues it.
+
+    ``online_teacher`` (a model directory; used by ``benchmarks/fidelity.py``) replaces the stored
+    teacher by that model run in the loop: full-vocabulary KD, the teacher arrays are not read.
+    """
+    run = setup(cfg, resume=resume, online_teacher=online_teacher, given=given)
+    try:
+        with run.pause:
+            fit(run)
+            return finish(run)
+    finally:
+        stop_distributed(run.dist)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from daram.cli import app
 from daram.config import load_config
 from daram.errors import DaramError
-from daram.pipeline.student_train import lr_factor, precision_for, read_metrics, run_student_train
+from daram.pipeline.student_train import finish, fit, read_metrics, run_student_train, setup
 from daram.storage import Store
 
 PROMPT = "오늘 날씨가 정말"
@@ -44,21 +44,6 @@ def train_config(store: Path, out: Path, **settings):
     }
     overrides.update({k.replace("__", "."): v for k, v in settings.items()})
     return load_config(overrides=overrides)
-
-
-def test_lr_schedule_warms_up_then_decays_to_the_floor():
-    cosine = [lr_factor(s, 4, 20, 0.1, "cosine") for s in range(20)]
-    assert cosine[:4] == [0.25, 0.5, 0.75, 1.0] and cosine[4] == 1.0
-    assert all(a >= b for a, b in zip(cosine[4:], cosine[5:]))
-    assert lr_factor(20, 4, 20, 0.1, "cosine") == pytest.approx(0.1)
-    assert lr_factor(12, 4, 20, 0.1, "linear") == pytest.approx(0.1 + 0.9 * 0.5)
-
-
-def test_precision_on_cpu():
-    assert precision_for("auto", torch.device("cpu")) == (None, False)
-    assert precision_for("bf16", torch.device("cpu")) == (torch.bfloat16, False)
-    with pytest.raises(DaramError, match="fp16 needs a CUDA GPU"):
-        precision_for("fp16", torch.device("cpu"))
 
 
 def test_bf16_autocast_trains_on_cpu(kd_store, tmp_path):
@@ -159,6 +144,37 @@ def test_resume_without_a_checkpoint_is_an_error(kd_store, tmp_path):
         run_student_train(train_config(kd_store, tmp_path / "none"), resume=True)
 
 
+def test_fit_stops_where_the_shards_end_or_when_asked_and_continues_exactly(kd_store, tmp_path):
+    """What `daram run` builds on: fit() over only the shards on disk, stopped on request, paused to a checkpoint
+    and resumed in a new run, gives the same losses and weights as one uninterrupted run."""
+    settings = {"train__grad_accum": 4, "student__dropout": 0.1}  # steps straddle the shard boundary; RNG matters
+    whole_out, windows_out = tmp_path / "whole", tmp_path / "windows"
+    whole = run_student_train(train_config(kd_store, whole_out, **settings))
+    assert not whole["paused"] and whole["ended"].startswith("train.epochs = 1: the data ended after 5 steps (1 epoch of 2 shards)")
+
+    run = setup(train_config(kd_store, windows_out, **settings))
+    assert run.shards_ahead() == [0, 1]
+    stop = fit(run, available={0})
+    # 9 micro-batches per shard: the 3rd step would read micro-batches 8-11, and 9 is shard 1's first.
+    assert (stop.kind, run.step, run.micro) == ("shards", 2, 8) and stop.message == "step 3 needs shard 1, which is not available yet"
+    stop = fit(run, should_stop=lambda r: r.step == 4)
+    assert (stop.kind, run.step, run.shards_ahead()) == ("paused", 4, [1])
+    paused = finish(run)
+    assert paused["paused"] and not (windows_out / "model.safetensors").exists()
+
+    resumed = run_student_train(train_config(kd_store, windows_out, **settings), resume=True)
+    assert resumed["steps"] == 5 and resumed["tokens_this_run"] == 2 * 4 * 64  # the last step has 2 micro-batches
+    assert read_metrics(windows_out) == _without_timing(read_metrics(whole_out), read_metrics(windows_out))
+    for name, value in _weights(whole_out).items():
+        assert torch.equal(_weights(windows_out)[name], value), name
+
+
+def _weights(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(out / "model.safetensors")
+
+
 # --- bad inputs: refused before anything is written ------------------------------------------------
 
 
@@ -173,14 +189,16 @@ def test_an_undumped_or_incomplete_shard_is_refused(kd_store, tmp_path, kogpt2_t
     store = Store.open(str(store_path), mode="r+")
     teacher = store.teacher_manifest()
     store.teacher_arrays(1, teacher, create=True)["chunks_done"][1] = 0  # a chunk lost after the shard was recorded
-    with pytest.raises(DaramError, match=r"teacher dump of shard 1 is incomplete \(2/3 chunks\)"):
+    with pytest.raises(DaramError, match=r"lacks 1 shard \(incomplete: 1 \(2/3 chunks\)\); run `daram teacher-dump --shards 1`"):
         run_student_train(train_config(store_path, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
     fresh = prepare_store(tmp_path, kogpt2_tokenizer_dir, ["안녕하세요. 반갑습니다."] * 400,
                           seq_len=64, num_shards=3, name="partial.zarr")
-    write_teacher_dump(fresh, teacher.teacher, width=4, shards=[0, 2])
-    with pytest.raises(DaramError, match="shard 1 is incomplete"):
+    write_teacher_dump(fresh, teacher.teacher, width=4, shards=[2])
+    # Every missing shard in one message, and a shard never started is "not dumped", not "incomplete (0/n)".
+    with pytest.raises(DaramError, match=r"lacks 2 shards \(not dumped: 0-1\); run `daram teacher-dump --shards 0-1` "
+                                         r"to dump them$"):
         run_student_train(train_config(fresh, tmp_path / "out"))
 
 
