@@ -204,7 +204,7 @@ def test_an_undumped_or_incomplete_shard_is_refused(kd_store, tmp_path, kogpt2_t
 
 @pytest.mark.parametrize("array, error", [
     ("tokens/shard-00000/c/1/0", r"tokens/shard-00000 chunk 1 \(rows 16-32 of shard 0\) is missing.*prepare --overwrite"),
-    ("teacher/shard-00000/topk_logprobs/c/1/0/0", r"shard 0 is incomplete \(2/3 chunks\)"),
+    ("teacher/shard-00000/topk_logprobs/c/1/0/0", r"lacks 1 shard \(incomplete: 0 \(2/3 chunks\)\)"),
 ])
 def test_a_deleted_chunk_file_is_refused_not_trained_on_as_zeros(kd_store, tmp_path, array, error):
     store_path = _copy_store(kd_store, tmp_path)
