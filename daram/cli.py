@@ -205,6 +205,29 @@ def teacher_dump(
 
 
 @command
+def plan(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    store: StoreOpt = None,
+    disk_budget: Annotated[Optional[str], setting_option("run.disk_budget")] = None,
+    time_limit: Annotated[Optional[str], setting_option("run.time_limit")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON instead of a table.")] = False,
+    measure: Annotated[
+        bool,
+        typer.Option(help="Measure the teacher's bytes per token on a few hundred rows (loads the teacher); "
+                          "--no-measure uses the estimate from docs/benchmarks.md."),
+    ] = True,
+) -> None:
+    """Forecast the whole job before running it: tokens, bytes of the token and teacher shards, the window of
+    shards that fits --disk-budget, GPU-hours of the dump and of training on P100 / T4 / A100 / H100 (FLOPs
+    per token at an assumed MFU), and the sessions of --time-limit they fill."""
+    cfg = _config(config, set_, **{"store.path": store, "run.disk_budget": disk_budget, "run.time_limit": time_limit})
+    from daram.pipeline.plan import run_plan
+
+    run_plan(cfg, as_json=as_json, measure=measure)
+
+
+@command
 def inspect(
     config: ConfigOpt = None,
     set_: SetOpt = None,

@@ -130,7 +130,7 @@ def setup_dump(cfg: Config, shard: int | None, shards: str | None, all_shards: b
     selection = select_shards(store, shard, shards, all_shards)
     for s in selection:
         store.token_array(s)  # a missing tokens shard fails now, before the teacher loads
-    width = _check_settings(cfg, store)
+    width = dump_width(cfg, store)
     device = resolve_device(_local_device(settings.device))
     wanted = TeacherManifest(
         teacher=resolved_source(settings.model),
@@ -294,8 +294,8 @@ def select_shards(store: Store, shard: int | None, shards: str | None, all_shard
     return selection[rank::world]
 
 
-def _check_settings(cfg: Config, store: Store) -> int:
-    """Settings that must agree with the store; returns the width of the teacher arrays."""
+def dump_width(cfg: Config, store: Store) -> int:
+    """The width of the teacher arrays (k, or S for sampled), after checking the settings against the store."""
     settings = cfg.teacher
     vocab = store.manifest.tokenizer.vocab_size
     if settings.kind == "topk":

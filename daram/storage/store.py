@@ -300,6 +300,20 @@ def check_same_teacher(url: str, existing: TeacherManifest, wanted: TeacherManif
         )
 
 
+def measure_teacher_bytes(ids: np.ndarray, values: np.ndarray, rows_per_chunk: int) -> int:
+    """Bytes that teacher arrays of these rows take stored as a teacher shard is (same chunks and codecs), counted
+    in memory: ``daram plan`` measures the teacher's format on a sample without writing a store."""
+    memory = zarr.storage.MemoryStore()
+    for name, data in (("ids", ids), ("values", values)):
+        array = zarr.create_array(
+            memory, name=name, shape=data.shape, chunks=(rows_per_chunk, *data.shape[1:]), dtype=data.dtype,
+            compressors=compressors(), fill_value=0,
+        )
+        array[:] = data
+    kv = KeyValue(memory)
+    return kv.size_of_prefix("ids/c") + kv.size_of_prefix("values/c")
+
+
 def check_not_foreign(url: str) -> None:
     """Refuse to replace a local path that holds something other than a Zarr group (a typo'd --store)."""
     if not is_local(url):

@@ -1,0 +1,280 @@
+"""``daram plan``: what the whole job will take, before anything heavy runs.
+
+Tokens come from the store when it exists, else from the corpus bytes at 5.74 UTF-8 bytes per token
+(measured with the KoGPT2/Trinity tokenizer on ``shared/data/korean_corpus/sentences.txt``). The teacher's
+bytes per token come, best first, from the teacher shards already in the store, from dumping a few
+hundred rows with the configured teacher into memory (when it loads), or from the per-slot figures of
+``docs/benchmarks.md`` (an estimate, and labelled so). From those: the window of shards that fits
+``run.disk_budget``, and the GPU-hours of the dump and of training on P100, T4, A100 and H100 from FLOPs
+per token and an assumed MFU (:data:`ASSUMED_MFU`: no GPU was measured), and the sessions of
+``run.time_limit`` they fill.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from daram.config import REFERENCE_TEACHER, Config, parse_shards
+from daram.errors import DaramError
+from daram.storage import Store, shard_name
+from daram.units import format_duration, format_size, parse_duration, parse_size
+
+# Measured: UTF-8 bytes per token of the KoGPT2/Trinity tokenizer on shared/data/korean_corpus/sentences.txt.
+CORPUS_BYTES_PER_TOKEN = 5.74
+# docs/benchmarks.md (benchmarks/store_bytes.py, trained teacher at T = 2): stored bytes per kept slot.
+# top-64 took 170.3 B/token (2.66 per id); sampled 50 draws, S = 50, 89.7 (1.79 per slot); 16 / 16, 30.5.
+TOPK_BYTES_PER_ID = 170.3 / 64
+SAMPLED_BYTES_PER_SLOT = 89.7 / 50
+# Dense float16/bfloat16 tensor peaks from the vendors' data sheets (P100 PCIe has no tensor cores: its
+# float16 rate is twice float32). A100 and H100 are the SXM parts.
+PEAK_FLOPS = {"P100": 18.7e12, "T4": 65e12, "A100": 312e12, "H100": 989e12}
+# ASSUMED model FLOPs utilisation, not measured (no GPU was lent when this was written): the dump is a
+# large-batch inference forward, training a small model with a 51,200-way softmax in its loss.
+ASSUMED_MFU = {"dump": 0.40, "train": 0.30}
+# The reference teacher's shape (skt/ko-gpt-trinity-1.2B-v0.5), used when its config cannot be read.
+REFERENCE_SHAPE = {"n_layer": 24, "n_embd": 1920, "vocab_size": 51200, "tied": True}
+MEASURE_ROWS = 256  # rows dumped into memory to measure the teacher's bytes per token
+DISK_MARGIN = 1.05  # a shard's bytes vary a little around the mean: keep 5% of the budget in reserve
+
+
+@dataclass(frozen=True)
+class Plan:
+    tokens: int
+    tokens_source: str
+    shards: int
+    training_shards: list[int]
+    heldout_shard: int
+    training_tokens: int
+    token_bytes: int
+    token_bytes_source: str
+    teacher_bytes_per_token: float
+    teacher_bytes_source: str
+    teacher_bytes: int  # the whole dump
+    largest_shard_teacher_bytes: int
+    disk_budget: int  # 0 = none
+    window_shards: int  # training shards on disk at once (besides the held-out one)
+    dump_flops_per_token: float
+    train_flops_per_token: float
+    mfu: dict[str, float]
+    dump_gpu_hours: dict[str, float]
+    train_gpu_hours: dict[str, float]
+    time_limit_hours: float  # 0 = none
+    sessions: dict[str, int | None]
+    notes: list[str]
+
+
+def make_plan(cfg: Config, measure: bool = True) -> Plan:
+    """The forecast for ``cfg``; ``measure=False`` never loads the teacher (estimates instead)."""
+    notes: list[str] = []
+    store = Store.open(cfg.store.path) if Store.exists(cfg.store.path) else None
+    rows, seq_len, tokens_source = _rows_per_shard(cfg, store)
+    shards = len(rows)
+    heldout = cfg.train.heldout_shard if 0 <= cfg.train.heldout_shard < shards else -1
+    if cfg.train.heldout_shard >= shards:
+        notes.append(f"train.heldout_shard {cfg.train.heldout_shard} is past the last shard ({shards - 1}): none held out")
+    training = [s for s in parse_shards(cfg.train.shards, shards, "train.shards") if s != heldout]
+    shard_tokens = [r * seq_len for r in rows]
+    tokens = sum(shard_tokens)
+
+    if store is not None:
+        token_bytes, token_bytes_source = store.bytes_on_disk("tokens/"), "the store"
+    else:
+        token_bytes, token_bytes_source = tokens * 2, "estimate: 2 bytes per uint16 token, before compression"
+    per_token, teacher_source = teacher_bytes_per_token(cfg, store, measure)
+    shard_bytes = [math.ceil(t * per_token) for t in shard_tokens]
+    budget = parse_size(cfg.run.disk_budget)
+    window = window_size([shard_bytes[s] for s in training], budget, shard_bytes[heldout] if heldout >= 0 else 0)
+    if budget and window == 0:
+        notes.append(
+            f"run.disk_budget {format_size(budget)} does not hold one training shard's teacher arrays "
+            f"({format_size(max(shard_bytes[s] for s in training))})"
+            + (f" beside the held-out shard's ({format_size(shard_bytes[heldout])})" if heldout >= 0 else "")
+            + ": raise it, or prepare more shards"
+        )
+
+    teacher_shape, shape_source = _teacher_shape(cfg)
+    notes.append(f"teacher shape: {shape_source}")
+    dump_flops = forward_flops_per_token(teacher_shape["n_layer"], teacher_shape["n_embd"], teacher_shape["vocab_size"], seq_len)
+    student = cfg.student
+    vocab = teacher_shape["vocab_size"] if store is None else store.manifest.tokenizer.vocab_size
+    train_flops = 3 * forward_flops_per_token(student.n_layer, student.n_embd, vocab, seq_len)  # forward + backward
+    trained_tokens = sum(shard_tokens[s] for s in training) * cfg.train.epochs
+    if cfg.train.max_steps:
+        trained_tokens = min(trained_tokens, cfg.train.max_steps * cfg.train.batch_size * cfg.train.grad_accum * seq_len)
+    dump_hours = {gpu: tokens * dump_flops / (peak * ASSUMED_MFU["dump"]) / 3600 for gpu, peak in PEAK_FLOPS.items()}
+    train_hours = {gpu: trained_tokens * train_flops / (peak * ASSUMED_MFU["train"]) / 3600 for gpu, peak in PEAK_FLOPS.items()}
+    limit_h = parse_duration(cfg.run.time_limit) / 3600
+    sessions = {gpu: (math.ceil((dump_hours[gpu] + train_hours[gpu]) / limit_h) if limit_h else None) for gpu in PEAK_FLOPS}
+    notes.append(f"MFU assumed, not measured: {ASSUMED_MFU['dump']:.0%} for the dump, {ASSUMED_MFU['train']:.0%} for training")
+    return Plan(
+        tokens=tokens, tokens_source=tokens_source, shards=shards, training_shards=training, heldout_shard=heldout,
+        training_tokens=sum(shard_tokens[s] for s in training), token_bytes=int(token_bytes),
+        token_bytes_source=token_bytes_source, teacher_bytes_per_token=round(per_token, 2),
+        teacher_bytes_source=teacher_source, teacher_bytes=sum(shard_bytes),
+        largest_shard_teacher_bytes=max(shard_bytes), disk_budget=budget, window_shards=window,
+        dump_flops_per_token=dump_flops, train_flops_per_token=train_flops, mfu=dict(ASSUMED_MFU),
+        dump_gpu_hours={k: round(v, 3) for k, v in dump_hours.items()},
+        train_gpu_hours={k: round(v, 3) for k, v in train_hours.items()},
+        time_limit_hours=round(limit_h, 4), sessions=sessions, notes=notes,
+    )
+
+
+# --- components ----------------------------------------------------------------------------------------
+
+
+def window_size(shard_bytes: list[int], budget: int, fixed: int = 0) -> int:
+    """How many consecutive training shards (of these sizes, in order) fit beside ``fixed`` bytes (the held-out
+    shard) in ``budget``, whichever run of them is taken: the largest ones decide. 0 = budget too small;
+    ``budget`` 0 = no limit, all of them."""
+    if not budget:
+        return len(shard_bytes)
+    room = budget / DISK_MARGIN - fixed
+    largest = sorted(shard_bytes, reverse=True)
+    n = 0
+    while n < len(largest) and sum(largest[: n + 1]) <= room:
+        n += 1
+    return n
+
+
+def forward_flops_per_token(n_layer: int, n_embd: int, vocab: int, seq_len: int) -> float:
+    """A GPT-2 forward per token: 2 FLOPs per weight of the blocks (12 d^2 per layer) and of the LM head
+    (V d), plus causal attention over the context (2 L T d, Kaplan et al. 2020)."""
+    return 2 * 12 * n_layer * n_embd**2 + 2 * vocab * n_embd + 2 * n_layer * seq_len * n_embd
+
+
+def teacher_bytes_per_token(cfg: Config, store: Store | None, measure: bool) -> tuple[float, str]:
+    """(bytes per token of the teacher arrays at the configured format, where the figure comes from)."""
+    teacher = store.teacher_manifest() if store is not None else None
+    if teacher is not None and teacher.shards:
+        done = [int(s) for s in teacher.shards]
+        stored = sum(store.bytes_on_disk(f"teacher/{shard_name(s)}/") for s in done)
+        tokens = sum(store.shard_rows(s) for s in done) * store.manifest.seq_len
+        return stored / tokens, f"measured: {len(done)} dumped shard{'s' if len(done) > 1 else ''} in the store"
+    if store is not None and measure:
+        try:
+            return _measure_sample(cfg, store)
+        except DaramError as exc:
+            estimate, source = _estimate_bytes(cfg)
+            return estimate, f"{source} (the teacher could not be measured: {exc})"
+    return _estimate_bytes(cfg)
+
+
+def _estimate_bytes(cfg: Config) -> tuple[float, str]:
+    settings = cfg.teacher
+    if settings.kind == "topk":
+        return settings.top_k * TOPK_BYTES_PER_ID, f"estimate: {TOPK_BYTES_PER_ID:.2f} B per top-k id (docs/benchmarks.md)"
+    width = settings.sample_width or settings.draws
+    return width * SAMPLED_BYTES_PER_SLOT, f"estimate: {SAMPLED_BYTES_PER_SLOT:.2f} B per sampled slot (docs/benchmarks.md)"
+
+
+def _measure_sample(cfg: Config, store: Store) -> tuple[float, str]:
+    """Dump the first rows of the first training shard with the configured teacher into memory, stored with
+    the store's own chunking and codecs, and count the bytes."""
+    import torch
+
+    from daram.pipeline.hf import load_causal_lm, resolve_device
+    from daram.pipeline.teacher_dump import TeacherRunner, chunk_uniforms, dump_width, resolve_dtype
+    from daram.storage.store import measure_teacher_bytes
+
+    settings, manifest = cfg.teacher, store.manifest
+    width = dump_width(cfg, store)
+    device = resolve_device(settings.device)
+    model = load_causal_lm(settings.model, resolve_dtype(settings.dtype, device), str(device), settings.revision)
+    runner = TeacherRunner(model, settings.kind, width, settings.temperature, device, settings.batch_size, manifest)
+    shard = 0 if cfg.train.heldout_shard != 0 else 1 % manifest.num_shards
+    rows = min(MEASURE_ROWS, store.shard_rows(shard))
+    ids, values = [], []
+    with torch.inference_mode():
+        for chunk, (lo, hi) in enumerate(store.chunk_ranges(shard)):
+            if lo >= rows:
+                break
+            tokens = store.read_tokens(shard, lo, hi)
+            uniforms = chunk_uniforms(settings.seed, shard, chunk, tokens.size, settings.draws) if settings.kind == "sampled" else None
+            result = runner.run_chunk(tokens, uniforms)
+            ids.append(result.ids)
+            values.append(result.values)
+    ids_all, values_all = np.concatenate(ids), np.concatenate(values)
+    stored = measure_teacher_bytes(ids_all, values_all, manifest.rows_per_chunk)
+    return stored / ids_all[..., 0].size, f"measured: {len(ids_all)} rows of shard {shard} dumped into memory"
+
+
+def _rows_per_shard(cfg: Config, store: Store | None) -> tuple[list[int], int, str]:
+    if store is not None:
+        return list(store.manifest.rows_per_shard), store.manifest.seq_len, "the store"
+    from daram.pipeline.sources import resolve_files
+
+    if not cfg.prepare.sources:
+        raise DaramError(
+            f"no store at {cfg.store.path} and no [[prepare.sources]] to estimate from; list the corpus in daram.toml"
+        )
+    corpus = sum(p.stat().st_size for source in cfg.prepare.sources for p in resolve_files(source))
+    tokens = int(corpus / CORPUS_BYTES_PER_TOKEN)
+    seq_len, shards = cfg.prepare.seq_len, cfg.prepare.num_shards
+    rows = tokens // seq_len
+    per_shard = [rows // shards + (1 if s < rows % shards else 0) for s in range(shards)]
+    if min(per_shard) == 0:
+        raise DaramError(f"the corpus ({format_size(corpus)}) is too small for {shards} shards of rows of {seq_len}")
+    source = f"estimate: {format_size(corpus)} of corpus at {CORPUS_BYTES_PER_TOKEN} bytes per token (Korean, KoGPT2 tokenizer)"
+    return per_shard, seq_len, source
+
+
+def _teacher_shape(cfg: Config) -> tuple[dict[str, Any], str]:
+    """The teacher's layers, width and vocabulary from its config (no weights loaded), else the reference's."""
+    from daram.pipeline.hf import _quiet_transformers
+
+    _quiet_transformers()
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.teacher.model, revision=cfg.teacher.revision)
+        shape = {
+            "n_layer": config.num_hidden_layers, "n_embd": config.hidden_size, "vocab_size": config.vocab_size,
+        }
+        return shape, f"{cfg.teacher.model} ({shape['n_layer']} layers, width {shape['n_embd']})"
+    except (OSError, ValueError, AttributeError):
+        which = "the reference teacher" if cfg.teacher.model == REFERENCE_TEACHER else f"unknown ({cfg.teacher.model!r} not readable here)"
+        return REFERENCE_SHAPE, f"{which}: assumed {REFERENCE_TEACHER}'s 24 layers, width 1920"
+
+
+# --- output ----------------------------------------------------------------------------------------------
+
+
+def run_plan(cfg: Config, as_json: bool = False, measure: bool = True) -> Plan:
+    plan = make_plan(cfg, measure)
+    print(json.dumps(asdict(plan), indent=2) if as_json else plan_table(plan))
+    return plan
+
+
+def plan_table(plan: Plan) -> str:
+    budget = format_size(plan.disk_budget) if plan.disk_budget else "none"
+    held = f"shard {plan.heldout_shard} held out" if plan.heldout_shard >= 0 else "none held out"
+    window = f"{plan.window_shards} of {len(plan.training_shards)} training shards at once"
+    lines = [
+        f"tokens            {plan.tokens:,} in {plan.shards} shards, {held}  ({plan.tokens_source})",
+        f"token shards      {format_size(plan.token_bytes)}  ({plan.token_bytes_source})",
+        f"teacher dump      {plan.teacher_bytes_per_token:.1f} B/token: {format_size(plan.teacher_bytes)} in all, "
+        f"largest shard {format_size(plan.largest_shard_teacher_bytes)}  ({plan.teacher_bytes_source})",
+        f"disk budget       {budget}: {window}",
+        f"FLOPs per token   dump {plan.dump_flops_per_token:.3g}, training {plan.train_flops_per_token:.3g}",
+        "",
+        f"{'GPU':<6} {'dump h':>10} {'train h':>10} {'sessions':>9}",
+    ]
+    for gpu in plan.dump_gpu_hours:
+        sessions = plan.sessions[gpu]
+        lines.append(
+            f"{gpu:<6} {_hours(plan.dump_gpu_hours[gpu]):>10} {_hours(plan.train_gpu_hours[gpu]):>10} "
+            f"{sessions if sessions is not None else '-':>9}"
+        )
+    if plan.time_limit_hours:
+        lines.append(f"(sessions of {format_duration(plan.time_limit_hours * 3600)}, run.time_limit)")
+    lines += [""] + [f"note: {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:,.0f}" if hours >= 100 else f"{hours:.3g}"
