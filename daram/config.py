@@ -378,7 +378,7 @@ class RunConfig:
         "", "Stop cleanly before this much wall time (e.g. 11h30m, 90m) and say how to continue; empty = no limit."
     )
     disk_budget: str = setting(
-        "", "daram run: the most bytes of teacher shards on disk at any moment (e.g. 18GB, 40MB); empty = no limit."
+        "", "The most bytes of teacher shards on disk at any moment of a windowed run (e.g. 18GB, 40MB); empty = no limit."
     )
 
     def __post_init__(self) -> None:
