@@ -15,6 +15,7 @@ import typing
 from typing import Any
 
 from daram.config import Config, SourceConfig, setting_default
+from daram.text import plural
 
 WIDTH = 100
 # Sections `daram init` leaves out: [demo] configures `daram demo`, which reads its own file.
@@ -35,8 +36,8 @@ def render() -> str:
     cfg = Config()
     lines = [
         "# daram.toml: the reference setup, as `daram init` writes it (every value is the built-in default).",
-        f"# Teacher {cfg.teacher.model} -> a GPT-2 student with {cfg.student.n_layer} layers, "
-        f"{cfg.student.n_embd} wide, {cfg.student.n_head} heads.",
+        f"# Teacher {cfg.teacher.model} -> a GPT-2 student with {plural(cfg.student.n_layer, 'layer')}, "
+        f"{cfg.student.n_embd} wide, {plural(cfg.student.n_head, 'head')}.",
         "# Point [[prepare.sources]] at your corpus; everything else can stay as it is.",
         "# Every key can also be set with a flag (`--top-k 32`) or `--set section.key=value`;",
         "# `daram <command> --help` lists the flags and docs/cli.md every key.",

@@ -25,6 +25,7 @@ from typing import Any
 
 from daram.config import Config, parse_shards
 from daram.errors import DaramError
+from daram.text import plural
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 # --quick: a smaller run for the test suite (under about a minute on two cores). Applied between
@@ -165,7 +166,7 @@ def _run_stages(cfg: Config, paths: DemoPaths) -> dict[str, Any]:
     train_shards, heldout = parse_shards(cfg.train.shards, manifest.num_shards), cfg.train.heldout_shard
 
     # 4. the teacher
-    started = stage(4, "teacher", f"GPT-2 {demo.teacher_n_layer}x{demo.teacher_n_embd}, {demo.teacher_steps} steps on shards {cfg.train.shards}")
+    started = stage(4, "teacher", f"GPT-2 {demo.teacher_n_layer}x{demo.teacher_n_embd}, {plural(demo.teacher_steps, 'step')} on shards {cfg.train.shards}")
     teacher_curve = train_teacher(cfg, train_shards, paths.teacher)
     timings["teacher training"] = time.perf_counter() - started
 
@@ -187,7 +188,7 @@ def _run_stages(cfg: Config, paths: DemoPaths) -> dict[str, Any]:
         timings[f"student-train, {name}"] = time.perf_counter() - started
 
     # 7. held-out metrics of all three against the stored teacher
-    started = stage(7, "held-out evaluation", f"shard {heldout}, {manifest.rows_per_shard[heldout]} rows")
+    started = stage(7, "held-out evaluation", f"shard {heldout}, {plural(manifest.rows_per_shard[heldout], 'row')}")
     models = {"teacher": paths.teacher, "CE-only student": paths.student_ce, "KD student": paths.student_kd}
     metrics = heldout_table(cfg, models, heldout)
     timings["held-out evaluation"] = time.perf_counter() - started
@@ -377,10 +378,10 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"Corpus: {s['corpus']} ({s['corpus_lines']:,} lines). Tokenizer: {s['tokenizer']} ({s['vocab_size']:,} ids). "
         f"Store: {store['tokens']:,} tokens in {s['num_shards']} shards of rows of {s['seq_len']}; "
         f"training shards {s['train_shards']}, held-out shard {report['heldout_shard']}.",
-        f"Teacher: GPT-2 {s['teacher_shape']} ({m['teacher']['parameters']:,} parameters), trained {s['teacher_steps']} steps "
+        f"Teacher: GPT-2 {s['teacher_shape']} ({m['teacher']['parameters']:,} parameters), trained {plural(s['teacher_steps'], 'step')} "
         f"(final loss {report['teacher_curve'][-1]['loss']:.3f}); dumped as top-{s['top_k']} log-probs at T = {s['temperature']:g}.",
-        f"Students: GPT-2 {s['student_shape']} ({kd['parameters']:,} parameters), {report['students']['KD student']['steps']} "
-        f"steps each, same data order and seed; KD: loss = T^2 KL + {s['alpha_ce']:g} CE; CE-only: alpha_kd = 0.",
+        f"Students: GPT-2 {s['student_shape']} ({kd['parameters']:,} parameters), {plural(report['students']['KD student']['steps'], 'step')} "
+        f"each, same data order and seed; KD: loss = T^2 KL + {s['alpha_ce']:g} CE; CE-only: alpha_kd = 0.",
         "",
         f"## Held-out shard {report['heldout_shard']} ({kd['tokens']:,} next-token positions)",
         "",
@@ -451,11 +452,11 @@ def _settings(cfg: Config, corpus: dict[str, Any], manifest) -> dict[str, Any]:
         "seq_len": manifest.seq_len,
         "num_shards": manifest.num_shards,
         "train_shards": cfg.train.shards,
-        "teacher_shape": f"{d.teacher_n_layer} layers x {d.teacher_n_embd} wide, {d.teacher_n_head} heads",
+        "teacher_shape": f"{plural(d.teacher_n_layer, 'layer')} x {d.teacher_n_embd} wide, {plural(d.teacher_n_head, 'head')}",
         "teacher_steps": d.teacher_steps,
         "top_k": cfg.teacher.top_k,
         "temperature": cfg.teacher.temperature,
-        "student_shape": f"{st.n_layer} layers x {st.n_embd} wide, {st.n_head} heads",
+        "student_shape": f"{plural(st.n_layer, 'layer')} x {st.n_embd} wide, {plural(st.n_head, 'head')}",
         "alpha_ce": cfg.train.alpha_ce,
         "threads": d.threads,
     }

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from daram.errors import DaramError
+from daram.text import plural
 
 SPLITS = ("train", "test")
 HUB_KOBEST = "skt/kobest_v1"
@@ -83,7 +84,7 @@ def read_tsv(path: Path, columns: tuple[str, ...], csv_quoting: bool = False) ->
                 if not fields:
                     continue
                 if len(fields) != len(header):
-                    raise DaramError(f"{path}:{reader.line_num}: {len(fields)} fields, the header has {len(header)}")
+                    raise DaramError(f"{path}:{reader.line_num}: {plural(len(fields), 'field')}, the header has {len(header)}")
                 rows.append(dict(zip(header, fields)))
         except (UnicodeDecodeError, csv.Error) as exc:
             raise DaramError(f"{path}:{reader.line_num}: cannot read ({type(exc).__name__}: {exc})") from None

@@ -22,7 +22,7 @@ def run_inspect(cfg: Config, sample: bool = True) -> None:
     print(f"tokenizer    {m.tokenizer.name_or_path}  vocab {m.tokenizer.vocab_size:,}  eos {m.tokenizer.eos_id}  "
           f"pad {m.tokenizer.pad_id}  sha256 {m.tokenizer.vocab_sha256[:12]}")
     print(f"tokens       {m.total_tokens:,} in {plural(m.num_shards, 'shard')}, rows of {m.seq_len} ({m.token_dtype}), "
-          f"{m.rows_per_chunk} rows per chunk, packing {m.packing}, {m.dropped_tail_tokens} tail tokens dropped")
+          f"{plural(m.rows_per_chunk, 'row')} per chunk, packing {m.packing}, {plural(m.dropped_tail_tokens, 'tail token')} dropped")
     print(f"fingerprint  {m.tokens_fingerprint[:16]}")
     print("sources (curriculum order):")
     for s in m.sources:
