@@ -65,6 +65,7 @@ from daram.units import parse_duration
 
 CHUNK_STATS_ATTR = "daram_chunk_stats"  # on teacher/shard-N: per-chunk sums that only the forward can see
 CPU_BATCH_TOKENS = 4096  # automatic batch size on CPU: rows of about this many tokens per forward
+HELD_POLL_S = 2.0  # --all: how often to look at shards other processes hold
 MASS_BINS = 10_000  # resolution of the captured-mass percentile
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
@@ -96,7 +97,8 @@ class DumpJob:
 class DumpOutcome:
     completed: list[dict[str, Any]] = field(default_factory=list)  # stats of the shards this run completed
     skipped: list[int] = field(default_factory=list)  # complete before this run got to them
-    held: list[int] = field(default_factory=list)  # another process is writing them
+    held: list[int] = field(default_factory=list)  # another process is writing them (only left when paused)
+    by_others: list[int] = field(default_factory=list)  # completed by other processes while this run waited
     paused: str = ""  # why the run stopped early ("SIGTERM", "time limit 11h30m"); empty when it did not
     seconds: float = 0.0
     device_name: str = ""
@@ -160,8 +162,6 @@ def setup_dump(cfg: Config, shard: int | None, shards: str | None, all_shards: b
     job.held = [s for s in todo if _held_by_another(store, s)]
     if job.held and len(selection) == 1:
         store.shard_lock(selection[0]).acquire()  # raises LockHeld, naming the holder
-    if job.held == todo:
-        raise DaramError(f"other processes are writing shards {_ranges(job.held)}; rerun later to finish them")
     return job
 
 
@@ -190,7 +190,7 @@ def dump_shards(job: DumpJob) -> DumpOutcome:
             except LockHeld as exc:
                 if len(job.selection) == 1:
                     raise
-                print(f"shard {s}: skipped: {exc}", file=sys.stderr)  # another process is on it; go on with the rest
+                print(f"shard {s}: held by another process, back to it after the others ({exc})", file=sys.stderr)
                 outcome.held.append(s)
                 continue
             if stats is None:
@@ -199,17 +199,42 @@ def dump_shards(job: DumpJob) -> DumpOutcome:
                 break
             else:
                 outcome.completed.append(stats)
+        _wait_for_others(store, teacher, runner, job.pause, outcome)
     outcome.paused = job.pause.reason
     outcome.seconds = time.perf_counter() - started
     return outcome
 
 
+def _wait_for_others(store: Store, teacher: TeacherManifest, runner, pause: Pause, outcome: DumpOutcome) -> None:
+    """Shards another process was writing: wait until each is complete, or finish one whose writer stopped
+    (its lock freed or stale). Two ``--all`` runs share the work this way."""
+    import random
+
+    if outcome.held:
+        print(f"waiting for shards {_ranges(outcome.held)}, held by other processes", file=sys.stderr)
+    while outcome.held and not pause.requested():
+        time.sleep(HELD_POLL_S * random.uniform(0.5, 1.5))
+        for s in list(outcome.held):
+            try:
+                stats = dump_shard(store, s, teacher, runner, pause)
+            except LockHeld:
+                continue  # still being written
+            if stats is not None and stats.get("paused"):
+                return
+            outcome.held.remove(s)
+            if stats is None:
+                outcome.by_others.append(s)
+            else:
+                outcome.completed.append(stats)  # its writer stopped before the end; this run finished it
+
+
 def finish_dump(job: DumpJob, outcome: DumpOutcome) -> DumpOutcome:
-    """One summary line; a clean pause says how to continue; shards held by others are an error."""
+    """One summary line; a clean pause says how to continue."""
     tokens = sum(st["tokens_computed"] for st in outcome.completed)
     line = (
         f"teacher-dump: {job.store.url}: {plural(len(outcome.completed), 'shard')} dumped, "
         f"{len(outcome.skipped)} already complete"
+        + (f", {plural(len(outcome.by_others), 'shard')} dumped by other processes ({_ranges(outcome.by_others)})" if outcome.by_others else "")
         + (f", {plural(len(outcome.held), 'shard')} held by other processes ({_ranges(outcome.held)})" if outcome.held else "")
     )
     if outcome.completed:
@@ -224,8 +249,6 @@ def finish_dump(job: DumpJob, outcome: DumpOutcome) -> DumpOutcome:
             f"teacher-dump: paused ({outcome.paused}) with {plural(len(left), 'shard')} left ({_ranges(left)}); "
             "every written chunk is kept and the shard locks are released: run the same command again to continue"
         )
-    if outcome.held:
-        raise DaramError(f"other processes are writing shards {_ranges(outcome.held)}; rerun later to finish them")
     return outcome
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 
 from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
@@ -36,6 +37,37 @@ class KeyValue:
 
     def delete(self, key: str) -> None:
         sync(self.store.delete(key))
+
+    def delete_if_equal(self, key: str, expected: bytes) -> bool:
+        """Delete ``key`` only if it still holds ``expected``; True when this call deleted it.
+
+        On local disk this is race-free: the file is moved aside atomically, and put back if it turns
+        out to be another writer's. Elsewhere it is a read, a compare and a delete (best effort).
+        """
+        if not isinstance(self.store, LocalStore):
+            if self.get(key) != expected:
+                return False
+            self.delete(key)
+            return True
+        path = os.path.join(self.store.root, key)
+        aside = f"{path}.{uuid.uuid4().hex}.removing"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        with open(aside, "rb") as f:
+            mine = f.read() == expected
+        if not mine:
+            try:
+                os.link(aside, path)  # not ours to delete: put it back (fails only if a new one appeared)
+            except FileExistsError:
+                pass
+        os.unlink(aside)
+        try:
+            os.rmdir(os.path.dirname(path))  # tidy the lock's directory when it is now empty
+        except OSError:
+            pass
+        return mine
 
     def delete_dir(self, prefix: str) -> None:
         sync(self.store.delete_dir(prefix))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import sys
 import time
@@ -22,6 +23,7 @@ from daram.errors import DaramError
 from daram.storage.keyvalue import KeyValue
 
 STALE_AFTER_S = 15 * 60.0
+POLL_FIRST_S, POLL_MAX_S = 0.01, 0.5  # waiting for a lock: jittered polls, doubling up to this
 
 
 class LockHeld(DaramError):
@@ -41,12 +43,13 @@ def _pid_alive(pid: int) -> bool:
 class StoreLock:
     """``with StoreLock(kv, "teacher-shard-00003", what="teacher shard 3"): ...``"""
 
-    def __init__(self, kv: KeyValue, name: str, what: str, stale_after: float = STALE_AFTER_S) -> None:
+    def __init__(self, kv: KeyValue, name: str, what: str, stale_after: float = STALE_AFTER_S, wait: float = 0.0) -> None:
         self.kv = kv
         self.prefix = f"locks/{name}"
         self.key = f"{self.prefix}/zarr.json"
         self.what = what
         self.stale_after = stale_after
+        self.wait = wait  # for ``with``: how long to wait for a live holder
         self.record: dict[str, Any] = {}
 
     def _new_record(self) -> dict[str, Any]:
@@ -65,11 +68,13 @@ class StoreLock:
 
     def holder(self) -> dict[str, Any] | None:
         raw = self.kv.get(self.key)
-        if raw is None:
-            return None
+        return None if raw is None else self._decode(raw)
+
+    @staticmethod
+    def _decode(raw: bytes) -> dict[str, Any]:
         try:
             return json.loads(raw)["attributes"]["daram_lock"]
-        except (ValueError, KeyError, TypeError):  # a torn lock is as good as none
+        except (ValueError, KeyError, TypeError):  # a damaged lock is as good as none
             return {}
 
     def is_stale(self, record: dict[str, Any]) -> bool:
@@ -79,23 +84,32 @@ class StoreLock:
             return not _pid_alive(int(record.get("pid", -1)))
         return time.time() - float(record.get("heartbeat", 0)) > self.stale_after
 
-    def acquire(self) -> "StoreLock":
+    def acquire(self, wait: float = 0.0) -> "StoreLock":
+        """Take the lock; while a live process holds it, poll for up to ``wait`` seconds, then raise LockHeld."""
         record = self._new_record()
-        for _ in range(3):
+        deadline = time.monotonic() + wait
+        pause = POLL_FIRST_S
+        while True:
             if self.kv.set_if_absent(self.key, self._encode(record)):
                 self.record = record
                 return self
-            held = self.holder()
-            if held is None:
-                continue  # released in between; try again
-            if not self.is_stale(held):
+            raw = self.kv.get(self.key)
+            if raw is None:
+                continue  # released in between; try again at once
+            held = self._decode(raw)
+            if self.is_stale(held):
+                self.kv.delete_if_equal(self.key, raw)  # its process is gone: take it over (unless another did)
+                continue
+            if time.monotonic() >= deadline:
                 raise LockHeld(
                     f"{self.what} is being written by pid {held.get('pid')} on {held.get('host')} "
                     f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(held.get('started', 0)))} "
                     f"({held.get('command', '?')}); lock {self.key}"
+                    + (f" (waited {wait:g}s)" if wait else "")
                 )
-            self.kv.delete_dir(self.prefix)  # stale: its process is gone; take it over
-        raise LockHeld(f"{self.what}: could not take lock {self.key}; another process keeps taking it")
+            # jitter spreads many waiters out, so they do not all retry in the same instant
+            time.sleep(min(pause * random.uniform(0.5, 1.5), max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, POLL_MAX_S)
 
     def refresh(self) -> None:
         """Renew the heartbeat (call between chunks) so other hosts do not judge the lock stale."""
@@ -103,13 +117,12 @@ class StoreLock:
         self.kv.set(self.key, self._encode(self.record))
 
     def release(self) -> None:
-        held = self.holder()
-        if held is not None and held.get("pid") == self.record.get("pid") and held.get("host") == self.record.get("host"):
-            self.kv.delete_dir(self.prefix)
+        if self.record:  # only our own record is removed, never a later holder's
+            self.kv.delete_if_equal(self.key, self._encode(self.record))
         self.record = {}
 
     def __enter__(self) -> "StoreLock":
-        return self.acquire()
+        return self.acquire(self.wait)
 
     def __exit__(self, *exc: object) -> None:
         self.release()

@@ -32,6 +32,7 @@ CHUNKS_DONE = "chunks_done"
 # zarr skips writing a chunk that equals the fill value, and reads an absent chunk as the fill value:
 # store every chunk, so that an absent one always means damage (see ``Store.missing_chunks``).
 WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
+MANIFEST_LOCK_WAIT_S = 60.0  # each holder keeps it for milliseconds; 60 s covers hundreds of racing workers
 
 
 def shard_name(shard: int) -> str:
@@ -185,17 +186,17 @@ class Store:
 
     def init_teacher(self, wanted: TeacherManifest) -> TeacherManifest:
         """Create the teacher group, or check that the dump already there has the same settings."""
-        with self.lock("teacher-manifest", "the teacher manifest"):
+        with self.manifest_lock():
             existing = self.teacher_manifest()
-            if existing is None:
-                self.root.create_group("teacher", attributes={TEACHER_ATTR: wanted.to_dict()}, overwrite=True)
+            if existing is None:  # never overwrite the group: its shards may hold chunks worth keeping
+                self.root.require_group("teacher").attrs[TEACHER_ATTR] = wanted.to_dict()
                 return wanted
             check_same_teacher(self.url, existing, wanted)
             return existing
 
     def record_teacher_shard(self, shard: int, stats: dict) -> TeacherManifest:
         """Mark a shard complete in the teacher manifest with its statistics (read-modify-write under a lock)."""
-        with self.lock("teacher-manifest", "the teacher manifest"):
+        with self.manifest_lock():
             group = zarr.open_group(self.root.store, path="teacher", mode="r+", use_consolidated=False)
             data = dict(group.attrs[TEACHER_ATTR])
             data["shards"] = {**data.get("shards", {}), str(shard): stats}
@@ -273,8 +274,12 @@ class Store:
 
     # --- locks and sizes --------------------------------------------------------------------
 
-    def lock(self, name: str, what: str) -> StoreLock:
-        return StoreLock(self.kv, name, what)
+    def lock(self, name: str, what: str, wait: float = 0.0) -> StoreLock:
+        return StoreLock(self.kv, name, what, wait=wait)
+
+    def manifest_lock(self) -> StoreLock:
+        """Held for a read-modify-write of the teacher manifest: a short section, so waiters wait instead of failing."""
+        return self.lock("teacher-manifest", f"the teacher manifest of {self.url}", wait=MANIFEST_LOCK_WAIT_S)
 
     def shard_lock(self, shard: int) -> StoreLock:
         return self.lock(f"teacher-{shard_name(shard)}", f"teacher shard {shard} of {self.url}")

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +23,7 @@ from daram.cli import app
 from daram.config import load_config
 from daram.errors import DaramError
 from daram.pipeline.inspect import run_inspect, run_verify
+from daram.pipeline import teacher_dump
 from daram.pipeline.teacher_dump import CHUNK_STATS_ATTR, run_teacher_dump, select_shards
 from daram.storage import Store, shard_name
 from daram.storage.store import CHUNKS_DONE
@@ -209,11 +211,35 @@ def test_a_held_lock_stops_a_second_writer(store_path, tiny_teacher_dir):
         result = dump(store_path, tiny_teacher_dir, "--shard", "1")
     assert result.exit_code == 2
     assert f"error: teacher shard 1 of {store_path} is being written by pid {os.getpid()}" in result.stderr
-    # with several shards selected, the free ones are done and the run still fails, naming the held one
-    with store.shard_lock(1):
-        result = dump(store_path, tiny_teacher_dir, "--all")
-    assert result.exit_code == 2 and "other processes are writing shards 1" in result.stderr
-    assert store.teacher_manifest().is_complete(0) and not store.teacher_manifest().is_complete(1)
+
+
+def test_all_dumps_the_free_shards_then_waits_for_a_held_one(store_path, tiny_teacher_dir, monkeypatch):
+    """Another writer holds shard 1 until shard 0 is done, then stops: --all takes shard 1 over, exit 0."""
+    monkeypatch.setattr(teacher_dump, "HELD_POLL_S", 0.2)
+    store = Store.open(str(store_path), mode="r+")
+    other_writer = store.shard_lock(1).acquire()
+
+    def stop_after_shard_0():
+        while (m := store.teacher_manifest()) is None or not m.is_complete(0):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        other_writer.release()
+
+    threading.Thread(target=stop_after_shard_0, daemon=True).start()
+    result = dump(store_path, tiny_teacher_dir, "--all")
+    assert result.exit_code == 0, result.output
+    assert "waiting for shards 1, held by other processes" in result.stderr
+    assert store.teacher_manifest().is_complete(0) and store.teacher_manifest().is_complete(1)
+
+
+@pytest.mark.slow
+def test_two_all_runs_at_once_share_the_work(store_path, dumped, tiny_teacher_dir):
+    code = f"import sys\nfrom daram.cli import main\nsys.argv = ['daram'] + {dump_args(store_path, tiny_teacher_dir, '--all')!r}\nmain()\n"
+    runs = [run_daram(code) for _ in range(2)]
+    errors = [run.communicate(timeout=600)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors
+    for shard in (0, 1):
+        assert shard_files(store_path, shard) == shard_files(dumped, shard)
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(store_path, tiny_teacher_dir):

@@ -1,8 +1,10 @@
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 
 import numpy as np
@@ -18,14 +20,14 @@ from daram.storage.store import CHUNKS_DONE
 SEQ, ROWS, RPC, K, VOCAB = 8, 10, 4, 3, 100
 
 
-def make_store(url: str) -> Store:
+def make_store(url: str, num_shards: int = 2) -> Store:
     store = Store.create(url)
-    shards = [np.random.default_rng(s).integers(0, VOCAB, size=(ROWS, SEQ)).astype(np.uint16) for s in range(2)]
+    shards = [np.random.default_rng(s).integers(0, VOCAB, size=(ROWS, SEQ)).astype(np.uint16) for s in range(num_shards)]
     for s, rows in enumerate(shards):
         store.create_token_shard(s, ROWS, SEQ, RPC, "uint16")[:] = rows
     fps = [fingerprint_rows(r) for r in shards]
     store.write_manifest(StoreManifest(
-        tokenizer=TokenizerInfo("tok", VOCAB, "abc", 1, 3), seq_len=SEQ, rows_per_shard=(ROWS, ROWS),
+        tokenizer=TokenizerInfo("tok", VOCAB, "abc", 1, 3), seq_len=SEQ, rows_per_shard=(ROWS,) * num_shards,
         rows_per_chunk=RPC, sources=(), shard_fingerprints=tuple(fps), tokens_fingerprint=tokens_fingerprint(SEQ, fps),
     ))
     return store
@@ -212,3 +214,35 @@ def test_chunks_equal_to_the_fill_value_are_written(url):
     store = make_store(url)
     store.create_token_shard(2, ROWS, SEQ, RPC, "uint16")[:] = np.zeros((ROWS, SEQ), np.uint16)
     assert store.missing_chunks(store.root["tokens/shard-00002"]) == []
+
+
+def _record_completion(url: str, shard: int, start) -> None:
+    start.wait()  # all workers leave the barrier together and race for the manifest lock
+    Store.open(url, mode="r+").record_teacher_shard(shard, {"rows": ROWS, "by": os.getpid()})
+
+
+def test_racing_completions_all_wait_their_turn_and_are_all_recorded(tmp_path):
+    # a job array finishing many shards at once: every completion must land, none may fail
+    workers = 32
+    store = Store.open(make_store(str(tmp_path / "s.zarr"), num_shards=workers).url, mode="r+")
+    store.init_teacher(teacher_manifest(store))
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(workers)
+    processes = [context.Process(target=_record_completion, args=(store.url, s, start)) for s in range(workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0] * workers
+    recorded = store.teacher_manifest().shards
+    assert sorted(map(int, recorded)) == list(range(workers))
+    assert {recorded[str(s)]["by"] for s in range(workers)} == {p.pid for p in processes}
+
+
+def test_a_waiting_lock_gets_it_once_released_and_gives_up_after_its_bound(url):
+    store = make_store(url)
+    holder = store.lock("teacher-manifest", "the manifest").acquire()
+    with pytest.raises(LockHeld, match=r"waited 0.2s"):
+        store.lock("teacher-manifest", "the manifest").acquire(wait=0.2)
+    threading.Timer(0.3, holder.release).start()
+    assert store.lock("teacher-manifest", "the manifest").acquire(wait=30).record["pid"] == os.getpid()
