@@ -100,7 +100,7 @@ def init(
     if path.exists() and not force:
         raise DaramError(f"{path} already exists; pass --force to overwrite it")
     path.write_text(template.render(), encoding="utf-8")
-    typer.echo(f"wrote {path}: edit [prepare.sources] to point at your corpus, then run `daram prepare`")
+    typer.echo(f"wrote {path}: list your corpus under [[prepare.sources]] (the examples there are commented out), then run `daram prepare`")
 
 
 @command

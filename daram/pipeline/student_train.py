@@ -172,7 +172,9 @@ def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None,
     manifest = store.manifest
     shards = parse_shards(train.shards, manifest.num_shards, "train.shards")
     if train.heldout_shard >= 0:
-        store.check_shard(train.heldout_shard)
+        if train.heldout_shard >= manifest.num_shards:
+            raise DaramError(f"train.heldout_shard: shard {train.heldout_shard} is out of range; the store has shards "
+                             f"0-{manifest.num_shards - 1} (-1 = none)")
         if train.heldout_shard in shards:
             raise DaramError(f"train.heldout_shard {train.heldout_shard} is also in train.shards ({train.shards})")
     check_token_shards(store, shards + ([train.heldout_shard] if train.heldout_shard >= 0 else []))

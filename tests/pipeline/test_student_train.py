@@ -269,6 +269,9 @@ def test_cli_errors_are_one_line_with_exit_code_2(kd_store, tmp_path):
     result = CliRunner().invoke(app, ["student-train", "--store", str(kd_store), "--shards", "0-5", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ["error: train.shards: shard 3 is out of range; the store has shards 0-2"]
+    # the default held-out shard (63) on a smaller store: the message names the setting to change
+    result = CliRunner().invoke(app, ["student-train", "--store", str(kd_store), "--shards", "0-1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.output.startswith("error: train.heldout_shard: shard 63 is out of range")
 
 
 def test_ce_only_never_needs_the_teacher_dump(tmp_path, kogpt2_tokenizer_dir, korean_lines):
