@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 import types
 import typing
@@ -79,20 +80,76 @@ class StoreConfig:
     )
 
 
+_AMOUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB|lines?)\s*$")
+_BYTE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def parse_amount(text: str, key: str) -> tuple[int, str]:
+    """``"300MB"`` -> ``(300_000_000, "bytes")``; ``"20000 lines"`` -> ``(20000, "lines")``."""
+    match = _AMOUNT.match(text)
+    if not match:
+        raise DaramError(f'{key} must be an amount like "300MB", "1.5GiB" or "20000 lines"; got {text!r}')
+    number, unit = match.groups()
+    if unit.startswith("line"):
+        if "." in number:
+            raise DaramError(f"{key}: a count of lines is a whole number; got {text!r}")
+        return int(number), "lines"
+    return int(float(number) * _BYTE_UNITS[unit]), "bytes"
+
+
 @dataclass(frozen=True)
 class SourceConfig:
-    path: str = setting(help="A file, a directory (every file in it, sorted) or a glob.")
+    path: str = setting(help="A file, a directory (every file under it, sorted) or a glob. The same path may "
+                             "appear many times, sliced with skip/take.")
     format: str = setting(
         "text",
         "text (one unit per line, or blank-line-separated paragraphs) | jsonl | modu (document[].paragraph[].form).",
     )
-    unit: str = setting("paragraph", "sentence (Korean sentence splitting, see prepare.sentence_splitter) | paragraph | line.")
+    unit: str = setting(
+        "line",
+        "What goes between two EOS tokens. line: each non-empty line (the default: most text dumps hold one "
+        "document, paragraph or sentence per line, and a line never glues a whole file into one unit); "
+        "paragraph: blank-line-separated blocks of a text file, a whole JSONL record or Modu paragraph; "
+        "sentence: Korean sentences (see prepare.sentence_splitter).",
+    )
     text_field: str = setting("text", "The JSONL key that holds the text.")
-    name: str = setting("", "Shown in the manifest; empty = the path.")
+    name: str = setting("", "Shown in the manifest and by inspect; empty = the path (and the slice).")
+    skip: str = setting("", 'How much of the source to pass over first: "600MB" (bytes of the files; of the paragraph '
+                            'text for modu) or "20000 lines" (lines; Modu paragraphs). Empty = none.')
+    take: str = setting("", 'How much to read after skip, in the same measure: "300MB" or "20000 lines". A line '
+                            "belongs to the slice in which it starts. Empty = to the end.")
+    repeat: bool = setting(False, "Let this entry overlap an earlier entry of the same path (text repeated on purpose); "
+                                  "without it an overlap is an error.")
 
     def __post_init__(self) -> None:
         _check_choice("prepare.sources.format", self.format, ("text", "jsonl", "modu"))
         _check_choice("prepare.sources.unit", self.unit, ("sentence", "paragraph", "line"))
+        measures = {parse_amount(v, f"prepare.sources.{k}")[1] for k, v in (("skip", self.skip), ("take", self.take)) if v}
+        if len(measures) > 1:
+            raise DaramError(f"source {self.path}: skip and take must use one measure (both bytes or both lines)")
+
+    @property
+    def measure(self) -> str:
+        """``"bytes"`` or ``"lines"``: how skip and take count; ``""`` for a whole source."""
+        for text, key in ((self.take, "take"), (self.skip, "skip")):
+            if text:
+                return parse_amount(text, f"prepare.sources.{key}")[1]
+        return ""
+
+    @property
+    def span(self) -> tuple[int, int | None]:
+        """``(start, stop)`` in :attr:`measure`; ``stop`` None = to the end."""
+        start = parse_amount(self.skip, "prepare.sources.skip")[0] if self.skip else 0
+        return start, start + parse_amount(self.take, "prepare.sources.take")[0] if self.take else None
+
+    @property
+    def label(self) -> str:
+        """The name shown for this entry: its name, else its path with its slice."""
+        if self.name:
+            return self.name
+        cut = ", ".join(f"{k} {v}" for k, v in (("skip", self.skip), ("take", self.take)) if v)
+        return f"{self.path} [{cut}]" if cut else self.path
 
 
 @dataclass(frozen=True)
@@ -101,7 +158,7 @@ class PrepareConfig:
         REFERENCE_TEACHER,
         "The teacher's tokenizer (hub id or local directory): the student inherits it, so ids line up with the stored logits.",
     )
-    seq_len: int = setting(512, "Tokens per row: the context both models see.")
+    seq_len: int = setting(512, "Tokens per row: the context both models see (at least 2).")
     num_shards: int = setting(64, "Shards the ordered token stream is split into, contiguously: the units of dumping and of the curriculum.")
     rows_per_chunk: int = setting(64, "Rows per Zarr chunk: the unit of atomic writes, checksums and resume.")
     sources: tuple[SourceConfig, ...] = setting(
@@ -109,19 +166,22 @@ class PrepareConfig:
         "The corpus, read in this order: the curriculum. Shards split the ordered stream contiguously, so "
         "`student-train --shards all` sees the sources in exactly this order.",
     )
-    workers: int = setting(2, "Tokenizer threads.")
+    workers: int = setting(0, "Processes that split and tokenize blocks of text in parallel; 0 = every core. "
+                              "The store is byte-identical for any number.")
     sentence_splitter: str = setting(
         "kiwi",
-        "For unit = \"sentence\": kiwi (kiwipiepy's morphological splitter: accurate, about 0.05 MB/s on 2 cores) "
+        "For unit = \"sentence\": kiwi (kiwipiepy's morphological splitter: accurate, about 0.065 MB/s per core) "
         "| regex (split after . ? ! …: fast, misses sentences without punctuation).",
     )
 
     def __post_init__(self) -> None:
         _check_choice("prepare.sentence_splitter", self.sentence_splitter, ("kiwi", "regex"))
-        _check_positive("prepare.seq_len", self.seq_len)
+        if self.seq_len < 2:
+            raise DaramError(f"prepare.seq_len must be >= 2 (a row predicts each next token), got {self.seq_len}")
         _check_positive("prepare.num_shards", self.num_shards)
         _check_positive("prepare.rows_per_chunk", self.rows_per_chunk)
-        _check_positive("prepare.workers", self.workers)
+        if self.workers < 0:
+            raise DaramError(f"prepare.workers must be >= 0 (0 = every core), got {self.workers}")
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,10 @@ def run_inspect(cfg: Config, sample: bool = True) -> None:
           f"{plural(m.rows_per_chunk, 'row')} per chunk, packing {m.packing}, {plural(m.dropped_tail_tokens, 'tail token')} dropped")
     print(f"fingerprint  {m.tokens_fingerprint[:16]}")
     print("sources (curriculum order):")
-    for s in m.sources:
+    for s in m.sources:  # one line per entry: a source read in slices shows each slice
+        cut = ", ".join(f"{k} {v}" for k, v in (("skip", s.skip), ("take", s.take)) if v)
         print(f"  {s.name}: {plural(s.files, 'file')}, {s.bytes / 1e6:.2f} MB, {plural(s.units, s.unit)}, {s.tokens:,} tokens, "
-              f"{plural(s.skipped_lines, 'skipped line')}  [{s.format}]")
+              f"{plural(s.skipped_lines, 'skipped line')}  [{s.format}{'; ' + cut if cut else ''}]")
 
     teacher = store.teacher_manifest()
     if teacher is None:

@@ -55,6 +55,8 @@ class SourceStats:
     units: int
     tokens: int  # including the EOS after each unit
     skipped_lines: int  # lines that were not valid UTF-8 (or JSONL lines that were not valid JSON)
+    skip: str = ""  # the slice of the source this entry read (prepare.sources.skip / take); "" = whole
+    take: str = ""
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,11 @@ class Store:
         root.create_group("locks")  # holds one small group per held lock (see storage/lock.py)
         return cls(url, root, None)
 
+    @classmethod
+    def resume_unfinished(cls, url: str) -> "Store":
+        """A store that prepare was filling when it stopped (no manifest yet), to go on filling it."""
+        return cls(url, zarr.open_group(url, mode="r+", use_consolidated=False), None)
+
     @staticmethod
     def exists(url: str) -> bool:
         return _group_exists(url)
@@ -129,6 +134,7 @@ class Store:
             compressors=compressors(),
             fill_value=0,
             config=WRITE_EVERY_CHUNK,
+            overwrite=True,  # a shard half written by a killed prepare is written again whole
         )
 
     def token_array(self, shard: int) -> zarr.Array:

@@ -1,4 +1,12 @@
+import dataclasses
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +16,7 @@ from conftest import prepare_store
 from daram.config import load_config
 from daram.errors import DaramError
 from daram.pipeline.hf import load_tokenizer
-from daram.pipeline.prepare import run_prepare
+from daram.pipeline.prepare import WorkDir, _work_path, run_prepare
 from daram.pipeline.sources import regex_sentences
 from daram.storage import Store
 
@@ -136,3 +144,123 @@ def test_existing_store_needs_overwrite_and_is_kept_on_failure(tmp_path, kogpt2_
     assert second.tokens_fingerprint != first.tokens_fingerprint
     assert Store.open(cfg.store.path).manifest == second
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left behind
+
+
+# --- every core, resumable, atomic -----------------------------------------------------------
+
+
+def store_files(path) -> dict[str, bytes]:
+    """Every file of a store by relative path: what "byte-identical" compares."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("unit,splitter", [
+    ("line", "regex"), ("sentence", "regex"), ("paragraph", "regex"),
+    pytest.param("sentence", "kiwi", marks=pytest.mark.slow),  # seconds to load kiwi in each worker
+])
+def test_any_number_of_workers_gives_the_same_bytes(tmp_path, kogpt2_tokenizer_dir, korean_lines, monkeypatch, unit, splitter):
+    # Catches blocks coming back out of order (or being dropped or doubled) when several processes encode them.
+    monkeypatch.setattr("daram.pipeline.prepare.BLOCK_CHARS", 1500)  # many blocks, so order matters
+    corpus = tmp_path / "c.txt"
+    lines = korean_lines[:400] if splitter == "regex" else korean_lines[:120]
+    corpus.write_text("\n\n".join(" ".join(lines[i : i + 4]) for i in range(0, len(lines), 4)) + "\n")
+    stores = {}
+    for workers in (1, 3):
+        cfg = config(tmp_path, kogpt2_tokenizer_dir, [{"path": str(corpus), "unit": unit}], workers=workers,
+                     sentence_splitter=splitter, seq_len=16, **{"num_shards": 3})
+        cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, path=str(tmp_path / f"w{workers}.zarr")))
+        manifest = run_prepare(cfg)
+        stores[workers] = store_files(tmp_path / f"w{workers}.zarr")
+    # four sentences a line, blank lines between: one unit per line, or about four after splitting
+    assert manifest.sources[0].units == len(lines) // 4 if unit != "sentence" else manifest.sources[0].units > len(lines) * 0.8
+    assert stores[1] == stores[3]
+
+
+def test_one_prepare_at_a_time_per_store(tmp_path, kogpt2_tokenizer_dir, korean_lines):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(korean_lines[:300]))
+    cfg = config(tmp_path, kogpt2_tokenizer_dir, [{"path": str(corpus)}])
+    held = WorkDir.claim(cfg.store.path, "someone else's", "")
+    try:
+        with pytest.raises(DaramError, match="another `daram prepare` is writing"):
+            run_prepare(cfg)
+    finally:
+        held.release()
+    run_prepare(cfg)  # the journal of a different recipe is thrown away, not resumed
+    assert not _work_path(cfg.store.path).exists()
+
+
+RUN_PREPARE = """
+import sys
+import daram.pipeline.prepare as prepare
+prepare.BLOCK_CHARS = 400  # many small blocks: many moments to be killed at
+sys.argv = ["daram", "prepare", *sys.argv[1:]]
+from daram.cli import main
+main()
+"""
+
+
+def _prepare_command(tmp_path, tokenizer_dir, corpus, store) -> list[str]:
+    return [sys.executable, "-c", RUN_PREPARE, "--store", str(store), "--tokenizer", str(tokenizer_dir),
+            "--source", str(corpus), "--unit", "sentence", "--seq-len", "16", "--num-shards", "6", "--rows-per-chunk", "4",
+            "--set", "prepare.sentence_splitter=regex", "--set", "prepare.workers=2"]
+
+
+def _killed(command, when) -> bool:
+    """Run ``command``; SIGKILL it (and its workers) once ``when()`` holds. True when it was killed."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    while process.poll() is None:
+        if when():
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return True
+        time.sleep(0.01)
+    assert process.returncode == 0, process.stderr.read().decode()
+    return False
+
+
+def _journal(store) -> dict:
+    try:
+        return json.loads((store.parent / f".{store.name}.preparing" / "journal.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def test_sigkilled_prepare_resumes_to_the_same_bytes(tmp_path, kogpt2_tokenizer_dir, korean_lines, monkeypatch, capsys):
+    # Catches a resume that re-tokenizes from the wrong place (a block doubled or lost), keeps a torn
+    # block, or re-writes shards out of order: the store would differ from a clean run's.
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(korean_lines[:1500]) + "\n")
+    store = tmp_path / "resumed.zarr"
+    # killed while tokenizing, then while writing shards
+    assert _killed(_prepare_command(tmp_path, kogpt2_tokenizer_dir, corpus, store), lambda: _journal(store).get("blocks", 0) >= 5)
+    assert not store.exists()  # nothing half-made where the store goes
+    assert _killed(_prepare_command(tmp_path, kogpt2_tokenizer_dir, corpus, store), lambda: len(_journal(store).get("shards", [])) >= 2)
+    assert not store.exists()
+    # the same settings in this process (one worker instead of two: the journal does not care)
+    monkeypatch.setattr("daram.pipeline.prepare.BLOCK_CHARS", 400)
+    settings = {"unit": "sentence"}, {"seq_len": 16, "num_shards": 6, "rows_per_chunk": 4, "sentence_splitter": "regex", "workers": 1}
+    for path in (store, tmp_path / "clean.zarr"):
+        cfg = config(tmp_path, kogpt2_tokenizer_dir, [{"path": str(corpus), **settings[0]}], **settings[1])
+        run_prepare(dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, path=str(path))))
+        if path == store:
+            assert "resuming the interrupted prepare" in capsys.readouterr().err
+    assert store_files(store) == store_files(tmp_path / "clean.zarr")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_resumes_to_the_same_bytes(tmp_path, kogpt2_tokenizer_dir, korean_lines):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(korean_lines[:3000]) + "\n")
+    clean, store = tmp_path / "clean.zarr", tmp_path / "resumed.zarr"
+    started = time.monotonic()
+    subprocess.run(_prepare_command(tmp_path, kogpt2_tokenizer_dir, corpus, clean), check=True, capture_output=True)
+    seconds = time.monotonic() - started
+    chance = random.Random(14)
+    kills = 0
+    while not store.exists():
+        deadline = time.monotonic() + chance.uniform(0.1, 0.9) * seconds
+        kills += _killed(_prepare_command(tmp_path, kogpt2_tokenizer_dir, corpus, store), lambda: time.monotonic() > deadline)
+    assert kills >= 2
+    assert store_files(store) == store_files(clean)

@@ -1,0 +1,138 @@
+"""Sentence splitting and tokenizing of text blocks, on every core, in order.
+
+A block is a run of consecutive units (about :data:`BLOCK_CHARS` characters). Each worker process
+holds its own single-threaded tokenizer and splitter and turns a block into ``ids + [EOS]`` per
+unit. Results come back in submission order, so the token stream does not depend on the number
+of workers: one worker or sixteen give the same bytes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+
+from daram.errors import DaramError
+
+BLOCK_CHARS = 1 << 17  # characters per block: ~0.3 MB of Korean; a few seconds of kiwi, tens of ms of tokenizer
+
+
+@dataclass(frozen=True)
+class EncodeSpec:
+    """What each worker needs to rebuild the tokenizer and splitter (sent once, at start)."""
+
+    tokenizer_json: str  # the Rust tokenizer, serialized: no transformers import in the workers
+    eos_id: int
+    dtype: str
+    splitter: str  # kiwi | regex
+
+
+@dataclass(frozen=True)
+class EncodedBlock:
+    tokens: np.ndarray  # ids + [EOS] for every unit of the block, in order
+    units: int  # units after sentence splitting
+    longest: int  # tokens of the longest unit (EOS included)
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity, as a job scheduler sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class _Encoder:
+    """One core's tokenizer and splitter."""
+
+    def __init__(self, spec: EncodeSpec) -> None:
+        os.environ["RAYON_NUM_THREADS"] = "1"  # one core per worker; before the tokenizer's pool starts
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(spec.tokenizer_json)
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.spec = spec
+        self.split = None  # the splitter loads on the first sentence block (kiwi takes seconds)
+
+    def encode(self, texts: list[str], sentences: bool) -> EncodedBlock:
+        if sentences and self.split is None:
+            from daram.pipeline.sources import sentence_splitter
+
+            self.split = sentence_splitter(self.spec.splitter)
+        units = [s for sents in self.split(texts) for s in sents] if sentences else texts
+        ids = [e.ids for e in self.tokenizer.encode_batch_fast(units, add_special_tokens=False)]
+        for unit in ids:
+            unit.append(self.spec.eos_id)
+        lengths = [len(unit) for unit in ids]
+        tokens = np.fromiter(chain.from_iterable(ids), dtype=self.spec.dtype, count=sum(lengths))
+        return EncodedBlock(tokens, len(units), max(lengths, default=0))
+
+
+_worker: _Encoder | None = None
+
+
+def _start_worker(spec: EncodeSpec) -> None:
+    global _worker
+    _worker = _Encoder(spec)
+
+
+def _encode_in_worker(texts: list[str], sentences: bool) -> EncodedBlock:
+    assert _worker is not None
+    return _worker.encode(texts, sentences)
+
+
+class BlockEncoder:
+    """Encodes ``(texts, split_into_sentences)`` blocks in order with ``workers`` processes.
+
+    At most ``2 * workers`` blocks are in flight, so memory stays flat however large the corpus.
+    One worker encodes in this process (no pool, nothing to pickle).
+    """
+
+    def __init__(self, spec: EncodeSpec, workers: int) -> None:
+        self.workers = workers
+        self.local = _Encoder(spec) if workers == 1 else None
+        self.pool = None
+        if workers > 1:
+            # fork, not spawn: spawn re-runs the caller's main module in each worker (a script without a
+            # __main__ guard would prepare again, recursively); the parent has started no tokenizer threads
+            # (TOKENIZERS_PARALLELISM is off there) and each worker builds its own tokenizer
+            context = multiprocessing.get_context("fork")
+            self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(spec,))
+
+    def map(self, blocks: Iterator[tuple[list[str], bool]]) -> Iterator[EncodedBlock]:
+        if self.local is not None:
+            for texts, sentences in blocks:
+                yield self.local.encode(texts, sentences)
+            return
+        assert self.pool is not None
+        pending: deque[Future] = deque()
+        try:
+            for texts, sentences in blocks:
+                pending.append(self.pool.submit(_encode_in_worker, texts, sentences))
+                if len(pending) >= 2 * self.workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise DaramError(
+                "a prepare worker process died (out of memory? killed?); rerun the same command to resume, "
+                "with fewer prepare.workers if memory is short"
+            ) from None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "BlockEncoder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
