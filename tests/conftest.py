@@ -1,4 +1,10 @@
-"""Shared fixtures. Real data comes from ../shared/data (or $DARAM_SHARED_DATA); tests skip without it."""
+"""Shared fixtures.
+
+What tests can build they build here, once per session, as `daram demo` does: Korean sentences from the
+demo's generator, a byte-level BPE trained on them, tiny teachers over that vocabulary. So a clone without
+../shared still prepares, dumps, trains and resumes. Real data (the KoGPT2 tokenizer, real sentences,
+KoBEST/NSMC) comes from ../shared/data (or $DARAM_SHARED_DATA); the tests that need it skip without it.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ def _shared_data() -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     path = _shared_data()
-    if not path.is_dir():
+    if not path.is_dir() or not any(path.iterdir()):  # an empty directory: a clone's placeholder
         pytest.skip(f"shared data not found at {path} (set DARAM_SHARED_DATA)")
     return path
 
@@ -41,20 +47,54 @@ def korean_sentences(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_teacher_dir(tmp_path_factory, kogpt2_tokenizer_dir: Path) -> Path:
-    """A tiny random GPT-2 over the real KoGPT2 vocabulary, saved with its tokenizer like a hub model."""
+def corpus_lines() -> list[str]:
+    """4,000 sentences from the demo's Korean generator (seeded): text for stores and tiny teachers alike."""
+    from daram.pipeline.demo_corpus import demo_sentences
+
+    return demo_sentences(4000, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, corpus_lines: list[str]) -> Path:
+    """The demo's byte-level BPE with 2,048 ids, trained here on ``corpus_lines`` (well under a second).
+
+    About 10 tokens a sentence, like KoGPT2's 7 on real text, at a 25th of KoGPT2's logits per position.
+    """
+    from daram.pipeline.demo import train_tokenizer
+
+    tmp = tmp_path_factory.mktemp("tokenizer")
+    corpus = tmp / "corpus.txt"
+    corpus.write_text("\n".join(corpus_lines) + "\n", encoding="utf-8")
+    return train_tokenizer(corpus, tmp / "bpe-2048", vocab_size=2048)
+
+
+def save_tiny_gpt2(out: Path, tokenizer_dir: Path, seed: int = 0, n_embd: int = 32, n_layer: int = 2,
+                   init_std: float = 0.02, train_lines: list[str] | None = None, steps: int = 0):
+    """A tiny GPT-2 over ``tokenizer_dir``'s vocabulary (``steps`` of `train_small_teacher` on ``train_lines``
+    when given), saved with its tokenizer like a hub model. Returns ``out``."""
+    import numpy as np
     import torch
     from transformers import AutoTokenizer
 
-    from daram.pipeline.models import gpt2
+    from daram.pipeline.models import gpt2, train_small_teacher
 
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(kogpt2_tokenizer_dir)
-    model = gpt2(len(tokenizer), n_embd=32, n_head=2, n_layer=2, n_positions=256, tokenizer=tokenizer)
-    out = tmp_path_factory.mktemp("tiny_teacher")
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = gpt2(len(tokenizer), n_embd=n_embd, n_head=2, n_layer=n_layer, n_positions=256, tokenizer=tokenizer,
+                 init_std=init_std)
+    if steps:
+        ids = [i for line in train_lines for i in tokenizer(line)["input_ids"] + [tokenizer.eos_token_id]]
+        rows = np.array(ids[: len(ids) // 64 * 64]).reshape(-1, 64)
+        train_small_teacher(model, rows, steps=steps, batch_size=8, lr=3e-2, seed=seed, desc="tests: train teacher")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, tokenizer_dir: Path) -> Path:
+    """A tiny random GPT-2 (2 layers, 32 wide) over the session tokenizer, saved with it like a hub model."""
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny_teacher"), tokenizer_dir)
 
 
 @pytest.fixture(scope="session")
@@ -83,32 +123,17 @@ def prepare_store(tmp: Path, tokenizer_dir: Path, lines: list[str], seq_len: int
 
 
 @pytest.fixture
-def prepared_store(tmp_path: Path, kogpt2_tokenizer_dir: Path, korean_lines: list[str]) -> Path:
-    """A fresh store per test: 600 real sentences, KoGPT2 tokens, rows of 64, 2 shards, 16-row chunks."""
-    return prepare_store(tmp_path, kogpt2_tokenizer_dir, korean_lines[:600])
+def prepared_store(tmp_path: Path, tokenizer_dir: Path, corpus_lines: list[str]) -> Path:
+    """A fresh store per test: 600 sentences, session-tokenizer tokens, rows of 64, 2 shards, 16-row chunks."""
+    return prepare_store(tmp_path, tokenizer_dir, corpus_lines[:600])
 
 
 @pytest.fixture(scope="session")
-def trained_tiny_teacher_dir(tmp_path_factory, kogpt2_tokenizer_dir: Path, korean_lines: list[str]) -> Path:
-    """The tiny teacher's shape (2 layers, 32 wide, KoGPT2 vocab) trained 40 steps on real Korean sentences
-    (the last 1,000 of ``korean_lines``, which stores built from the first ones do not contain), so its
-    distributions are real ones: something for distillation to transfer. About 20 s on 2 idle CPU cores."""
-    import numpy as np
-    import torch
-    from transformers import AutoTokenizer
-
-    from daram.pipeline.models import gpt2, train_small_teacher
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(kogpt2_tokenizer_dir)
-    model = gpt2(len(tokenizer), n_embd=32, n_head=2, n_layer=2, n_positions=256, tokenizer=tokenizer)
-    ids = [i for line in korean_lines[-1000:] for i in tokenizer(line)["input_ids"] + [tokenizer.eos_token_id]]
-    rows = np.array(ids[: len(ids) // 64 * 64]).reshape(-1, 64)
-    train_small_teacher(model, rows, steps=40, batch_size=8, lr=3e-2)
-    out = tmp_path_factory.mktemp("trained_tiny_teacher")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+def trained_tiny_teacher_dir(tmp_path_factory, tokenizer_dir: Path, corpus_lines: list[str]) -> Path:
+    """The tiny teacher's shape trained 50 steps on the last 1,000 of ``corpus_lines`` (stores are built from the
+    first ones), so its distributions are real ones: something for distillation to transfer."""
+    return save_tiny_gpt2(tmp_path_factory.mktemp("trained_tiny_teacher"), tokenizer_dir,
+                          train_lines=corpus_lines[-1000:], steps=50)
 
 
 def write_teacher_dump(store_path: Path, teacher_dir: Path, kind: str = "topk", width: int = 16,

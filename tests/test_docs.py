@@ -74,12 +74,12 @@ def test_command_lines_in_the_docs_name_real_commands_and_options():
 
 
 @pytest.fixture(scope="module")
-def dumped_stores(tmp_path_factory, kogpt2_tokenizer_dir, korean_lines, tiny_teacher_dir) -> dict[str, Path]:
-    """Real stores of 4 shards (KoGPT2 tokens), one per kind of dump by the tiny teacher (top-8, 20 draws)."""
+def dumped_stores(tmp_path_factory, tokenizer_dir, corpus_lines, tiny_teacher_dir) -> dict[str, Path]:
+    """Real stores of 4 shards (session-tokenizer tokens), one per kind of dump by the tiny teacher (top-8, 20 draws)."""
     from daram.config import load_config
     from daram.pipeline.teacher_dump import run_teacher_dump
 
-    prepared = prepare_store(tmp_path_factory.mktemp("docs-prepared"), kogpt2_tokenizer_dir, korean_lines[:300],
+    prepared = prepare_store(tmp_path_factory.mktemp("docs-prepared"), tokenizer_dir, corpus_lines[:300],
                              seq_len=32, num_shards=4, rows_per_chunk=16)
     stores = {}
     for kind in KINDS:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_teacher_dump
+from conftest import save_tiny_gpt2, write_teacher_dump
 from daram.cli import app
 from daram.config import load_config
 from daram.pipeline.downstream import TASKS, Example, load_split, subsample
@@ -88,7 +88,7 @@ def test_encode_and_collate(tiny_teacher_dir: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    question = "오리엔트는 인도와 중국을 지칭하는가?"
+    question = "서울은 한국의 수도인가?"
     examples = [
         Example((("긴 본문이다. " * 40, question),), 1),
         Example((("맥락", "짧은 답"), ("맥락", "조금 더 긴 두 번째 답")), 0),
@@ -213,21 +213,6 @@ def _empty_config(tmp_path: Path) -> Path:
 # --- held-out fidelity --------------------------------------------------------------------------
 
 
-def save_random_tiny(tmp_path: Path, tokenizer_dir: Path, seed: int, init_std: float) -> Path:
-    import torch
-    from transformers import AutoTokenizer
-
-    from daram.pipeline.models import gpt2
-
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = gpt2(len(tokenizer), n_embd=32, n_head=2, n_layer=2, n_positions=256, init_std=init_std)
-    out = tmp_path / f"tiny-{seed}"
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 def save_model_with_own_tokenizer(tmp_path: Path) -> Path:
     """A tiny GPT-2 whose tokenizer is a 300-id BPE trained here: not the store's vocabulary."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -246,11 +231,11 @@ def save_model_with_own_tokenizer(tmp_path: Path) -> Path:
     return out
 
 
-def test_heldout_against_a_stored_teacher(prepared_store: Path, kogpt2_tokenizer_dir: Path, tmp_path: Path) -> None:
+def test_heldout_against_a_stored_teacher(prepared_store: Path, tokenizer_dir: Path, tmp_path: Path) -> None:
     # Peaked random models (init std 1): a flat one would put nearly all its mass in the tail bucket,
     # where any two models look alike.
-    teacher = save_random_tiny(tmp_path, kogpt2_tokenizer_dir, seed=0, init_std=1.0)
-    other = save_random_tiny(tmp_path, kogpt2_tokenizer_dir, seed=1, init_std=1.0)
+    teacher = save_tiny_gpt2(tmp_path / "tiny-0", tokenizer_dir, seed=0, init_std=1.0)
+    other = save_tiny_gpt2(tmp_path / "tiny-1", tokenizer_dir, seed=1, init_std=1.0)
     out = tmp_path / "heldout"
     args = ["eval", "--heldout", "--store", str(prepared_store), "--model", str(teacher), "--out", str(out)]
 

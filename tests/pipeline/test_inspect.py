@@ -14,11 +14,11 @@ def cfg_for(store):
     return load_config(overrides={"store.path": str(store)})
 
 
-def test_inspect_shows_manifest_shards_and_a_decoded_sample(prepared_store, tiny_teacher_dir, capsys):
+def test_inspect_shows_manifest_shards_and_a_decoded_sample(prepared_store, tokenizer_dir, tiny_teacher_dir, capsys):
     write_teacher_dump(prepared_store, tiny_teacher_dir, width=4, shards=[0])
     run_inspect(cfg_for(prepared_store))
     out = capsys.readouterr().out
-    assert "kogpt2-base-v2" in out and "vocab 51,200" in out and "2 shards" in out
+    assert str(tokenizer_dir) in out and "vocab 2,048" in out and "2 shards" in out
     assert f"teacher      {tiny_teacher_dir} @ main" in out and "T=2" in out and "top-4" in out
     assert "teacher complete" in out and re.search(r"captured_mass_mean [0-9.e-]+\b", out)
     assert "teacher 0/" in out  # shard 1 not dumped: 0 of its chunks
