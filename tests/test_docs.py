@@ -79,7 +79,7 @@ def dumped_stores(tmp_path_factory, tokenizer_dir, corpus_lines, tiny_teacher_di
     from daram.config import load_config
     from daram.pipeline.teacher_dump import run_teacher_dump
 
-    prepared = prepare_store(tmp_path_factory.mktemp("docs-prepared"), tokenizer_dir, corpus_lines[:300],
+    prepared = prepare_store(tmp_path_factory.mktemp("docs-prepared"), tokenizer_dir, corpus_lines[:208],
                              seq_len=32, num_shards=4, rows_per_chunk=16)
     stores = {}
     for kind in KINDS:

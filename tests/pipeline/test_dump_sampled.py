@@ -32,7 +32,7 @@ def dump(store: Path, teacher: Path, *extra: str):
 
 
 def small_store(tmp: Path, tokenizer_dir: Path, lines: list[str], name: str = "store.zarr") -> Path:
-    return prepare_store(tmp, tokenizer_dir, lines[:200], seq_len=32, num_shards=2, rows_per_chunk=4, name=name)
+    return prepare_store(tmp, tokenizer_dir, lines[:138], seq_len=32, num_shards=2, rows_per_chunk=4, name=name)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_kill_then_resume_is_bit_identical(tmp_path, tokenizer_dir, corpus_lines
     store = Store.open(str(path))
     assert store.teacher_arrays(0, store.teacher_manifest())[CHUNKS_DONE][:].tolist()[:3] == [1, 1, 0]
     result = dump(path, tiny_teacher_dir, "--shard", "0")
-    assert result.exit_code == 0 and f"resuming: 2/{len(store.chunk_ranges(0))} chunks" in result.stderr
+    assert result.exit_code == 0 and "resuming: 2/7 chunks" in result.stderr
     assert shard_files(path, 0) == shard_files(sampled, 0)
 
 

@@ -23,12 +23,12 @@ PROMPT = "오늘 날씨가 정말"
 
 @pytest.fixture(scope="module")
 def kd_store(tmp_path_factory, tokenizer_dir, corpus_lines, tiny_teacher_dir) -> Path:
-    """~170 rows of 64 session-tokenizer tokens in 3 shards of 16-row chunks, with the tiny teacher's top-16 at T = 2."""
+    """~120 rows of 64 session-tokenizer tokens in 3 shards of 16-row chunks, with the tiny teacher's top-16 at T = 2."""
     return _store_with_dump(tmp_path_factory.mktemp("kd_store"), tokenizer_dir, corpus_lines, tiny_teacher_dir)
 
 
 def _store_with_dump(tmp: Path, tokenizer_dir: Path, lines: list[str], teacher_dir: Path, **dump) -> Path:
-    path = prepare_store(tmp, tokenizer_dir, lines[:900], seq_len=64, num_shards=3, rows_per_chunk=16)
+    path = prepare_store(tmp, tokenizer_dir, lines[:656], seq_len=64, num_shards=3, rows_per_chunk=16)
     write_teacher_dump(path, teacher_dir, **dump)
     return path
 
@@ -275,7 +275,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(kd_store, tmp_path):
 
 
 def test_ce_only_never_needs_the_teacher_dump(tmp_path, tokenizer_dir, corpus_lines):
-    store = prepare_store(tmp_path, tokenizer_dir, corpus_lines[:300], seq_len=64, num_shards=2)
+    store = prepare_store(tmp_path, tokenizer_dir, corpus_lines[:205], seq_len=64, num_shards=2)
     assert Store.open(str(store)).teacher_manifest() is None
     out = tmp_path / "ce"
     result = CliRunner().invoke(app, [

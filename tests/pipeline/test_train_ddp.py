@@ -15,7 +15,7 @@ from daram.pipeline.student_train import read_metrics
 
 @pytest.mark.slow
 def test_two_process_ddp_run_on_cpu(tmp_path, tokenizer_dir, corpus_lines, tiny_teacher_dir):
-    store = prepare_store(tmp_path, tokenizer_dir, corpus_lines[:900], seq_len=64, num_shards=3, rows_per_chunk=16)
+    store = prepare_store(tmp_path, tokenizer_dir, corpus_lines[:656], seq_len=64, num_shards=3, rows_per_chunk=16)
     write_teacher_dump(store, tiny_teacher_dir, width=16)
     out = tmp_path / "student"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
