@@ -105,25 +105,25 @@ def test_regex_sentence_fallback():
     (lambda p: str(p / "*.nothing"), "matches no files"),
     (lambda p: (p / "empty.txt").write_text("\n \n") and str(p / "empty.txt"), "holds no text"),
 ])
-def test_bad_sources(tmp_path, kogpt2_tokenizer_dir, make, message):
-    cfg = config(tmp_path, kogpt2_tokenizer_dir, [{"path": make(tmp_path)}])
+def test_bad_sources(tmp_path, tokenizer_dir, make, message):
+    cfg = config(tmp_path, tokenizer_dir, [{"path": make(tmp_path)}])
     with pytest.raises(DaramError, match=message):
         run_prepare(cfg)
     assert not (tmp_path / "s.zarr").exists()
 
 
-def test_no_sources_and_too_little_text(tmp_path, kogpt2_tokenizer_dir):
+def test_no_sources_and_too_little_text(tmp_path, tokenizer_dir):
     with pytest.raises(DaramError, match="no sources"):
-        run_prepare(config(tmp_path, kogpt2_tokenizer_dir, []))
+        run_prepare(config(tmp_path, tokenizer_dir, []))
     small = tmp_path / "small.txt"
     small.write_text("짧은 문장.\n")
     with pytest.raises(DaramError, match="fewer than num_shards"):
-        run_prepare(config(tmp_path, kogpt2_tokenizer_dir, [{"path": str(small)}]))
+        run_prepare(config(tmp_path, tokenizer_dir, [{"path": str(small)}]))
 
 
-def test_bad_tokenizer_is_one_line(tmp_path, korean_lines):
+def test_bad_tokenizer_is_one_line(tmp_path, corpus_lines):
     corpus = tmp_path / "c.txt"
-    corpus.write_text("\n".join(korean_lines[:50]))
+    corpus.write_text("\n".join(corpus_lines[:50]))
     with pytest.raises(DaramError, match="cannot load tokenizer"):
         run_prepare(config(tmp_path, tmp_path / "no-tokenizer", [{"path": str(corpus)}]))
 
