@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 
 from daram.config import load_config
 from daram.pipeline.downstream import TASKS, load_split, subsample
-from daram.pipeline.evaluate import finetune_task
+from daram.pipeline.finetune import TaskData, finetune_task
 from daram.pipeline.hf import resolve_device
 from daram.pipeline.models import gpt2
 
@@ -40,8 +40,9 @@ def main() -> None:
     device = resolve_device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(Path(args.data, "tokenizers", "kogpt2-base-v2"))
     task = TASKS["nsmc"]
-    train = subsample(load_split(task, "train", args.data), args.examples, 0)
-    test = subsample(load_split(task, "test", args.data), 16, 0)  # scoring is not timed; keep it short
+    # scoring is not timed; keep dev and test short
+    data = TaskData(*(subsample(load_split(task, split, args.data), n, 0)
+                      for split, n in (("train", args.examples), ("dev", 16), ("test", 16))))
     settings = load_config(overrides={
         "eval.epochs": 1, "eval.batch_size": args.batch_size, "eval.max_length": args.max_length,
     }).eval
@@ -59,11 +60,11 @@ def main() -> None:
             del model
         for _ in range(args.rounds):
             for name in SHAPES:
-                entry = finetune_task(str(paths[name]), tokenizer, task, train, test, settings, device, name)
+                entry = finetune_task(str(paths[name]), tokenizer, task, data, settings, 0, device, name)
                 seconds[name].append(entry["seconds"])
 
     print(f"device        {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
-    print(f"subset        NSMC: {len(train)} examples, max length {args.max_length}, batch {args.batch_size}, "
+    print(f"subset        NSMC: {len(data.train)} examples, max length {args.max_length}, batch {args.batch_size}, "
           f"{args.rounds} epochs per shape (alternating)")
     for name in SHAPES:
         per_epoch = ", ".join(f"{s:.2f}" for s in seconds[name])

@@ -269,6 +269,10 @@ def eval(  # noqa: A001 - the command's name
         Optional[str], setting_option("eval.data")
     ] = None,
     out: Annotated[Optional[str], setting_option("eval.out")] = None,
+    protocol: Annotated[Optional[str], setting_option("eval.protocol")] = None,
+    runs: Annotated[Optional[int], setting_option("eval.runs")] = None,
+    shots: Annotated[Optional[str], setting_option("eval.shots", note="As a flag: comma-separated, e.g. 0,5.")] = None,
+    finetune: Annotated[Optional[bool], setting_option("eval.finetune", "--finetune/--no-finetune")] = None,
     epochs: Annotated[Optional[int], setting_option("eval.epochs")] = None,
     batch_size: Annotated[Optional[int], setting_option("eval.batch_size")] = None,
     micro_batch_size: Annotated[
@@ -276,6 +280,7 @@ def eval(  # noqa: A001 - the command's name
     ] = None,
     max_length: Annotated[Optional[int], setting_option("eval.max_length")] = None,
     max_train: Annotated[Optional[int], setting_option("eval.max_train")] = None,
+    max_dev: Annotated[Optional[int], setting_option("eval.max_dev")] = None,
     max_test: Annotated[Optional[int], setting_option("eval.max_test")] = None,
     seed: Annotated[Optional[int], setting_option("eval.seed")] = None,
     lr: Annotated[
@@ -300,11 +305,16 @@ def eval(  # noqa: A001 - the command's name
         "eval.tasks": tasks,
         "eval.data": data,
         "eval.out": out,
+        "eval.protocol": protocol,
+        "eval.runs": runs,
+        "eval.shots": _shot_counts(shots),
+        "eval.finetune": finetune,
         "eval.epochs": epochs,
         "eval.batch_size": batch_size,
         "eval.micro_batch_size": micro_batch_size,
         "eval.max_length": max_length,
         "eval.max_train": max_train,
+        "eval.max_dev": max_dev,
         "eval.max_test": max_test,
         "eval.seed": seed,
         "eval.device": device,
@@ -327,6 +337,16 @@ def eval(  # noqa: A001 - the command's name
     from daram.pipeline.evaluate import run_eval
 
     run_eval(cfg)
+
+
+def _shot_counts(text: str | None) -> list[int] | None:
+    """``--shots 0,5`` -> [0, 5]; an empty string -> [] (no zero/few-shot scoring)."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise DaramError(f"--shots expects comma-separated numbers of shots, e.g. 0,5; got {text!r}") from None
 
 
 @command

@@ -14,12 +14,14 @@ import textwrap
 import typing
 from typing import Any
 
-from daram.config import Config, SourceConfig, setting_default
+from daram.config import EVAL_PROTOCOLS, Config, SourceConfig, setting_default
 from daram.text import plural
 
 WIDTH = 100
 # Sections `daram init` leaves out: [demo] configures `daram demo`, which reads its own file.
 SKIPPED_SECTIONS = ("demo",)
+# Keys eval.protocol sets: written commented out, or a file's own value would hide the protocol's.
+PROTOCOL_KEYS = {key for preset in EVAL_PROTOCOLS.values() for key in preset}
 
 # What a real curriculum looks like: web text first, then books, Wikipedia, edited prose.
 EXAMPLE_SOURCES = (
@@ -76,11 +78,15 @@ def _section(name: str, values: Any) -> list[str]:
     hints = typing.get_type_hints(type(values))
     for f in dataclasses.fields(values):
         value = getattr(values, f.name)
+        by_protocol = "# " if name == "eval" and f.name in PROTOCOL_KEYS else ""
         if typing.get_origin(hints[f.name]) is dict:
             tables += ["", *comment(f.metadata["help"]), f"[{name}.{f.name}]"]
-            tables += [f"{k} = {toml_value(v)}" for k, v in value.items()]
+            tables += [f"{by_protocol}{k} = {toml_value(v)}" for k, v in value.items()]
         elif f.name == "sources" and name == "prepare":
             tables += ["", *comment(f.metadata["help"]), *_sources_example(f"{name}.{f.name}")]
+        elif by_protocol:
+            lines += [*comment(f.metadata["help"] + " Set by protocol; uncomment to change it."),
+                      f"{by_protocol}{f.name} = {toml_value(value)}"]
         else:
             lines += [*comment(f.metadata["help"]), f"{f.name} = {toml_value(value)}"]
     return lines + tables

@@ -23,6 +23,7 @@ def test_the_template_parses_back_to_exactly_the_defaults(tmp_path):
 def test_the_template_names_every_key_of_its_sections_with_its_help():
     text = template.render()
     keys = re.findall(r"^(\w+) = ", text, re.M) + re.findall(r"^#? ?\[+\w+\.(\w+)\]+$", text, re.M)
+    keys += [key for key in template.PROTOCOL_KEYS if re.search(rf"^# {key} = ", text, re.M)]  # commented out
     for name, section in typing.get_type_hints(Config).items():
         if not dataclasses.is_dataclass(section) or name in template.SKIPPED_SECTIONS:
             continue

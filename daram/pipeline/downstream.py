@@ -6,9 +6,15 @@ with EOS (see ``evaluate.encode_examples``):
 - classification tasks (BoolQ, WiC, SentiNeg, NSMC) have one sequence and ``num_labels`` classes;
 - multiple-choice tasks (COPA, HellaSwag) have one sequence per choice; the label is the right choice.
 
+Every example also keeps its record under the hub dataset's field names (``Example.doc``): zero- and
+few-shot scoring (``daram.pipeline.fewshot``) builds lm-evaluation-harness's prompts from it.
+
 Data comes from a directory laid out like ``shared/data`` (``kobest/<Task>/{train,test}.tsv``,
 ``nsmc/ratings_test.txt`` and ``nsmc/ratings_train.txt`` or ``nsmc/raw/*.json``) or, without one, from
 the Hugging Face datasets ``skt/kobest_v1`` and ``e9t/nsmc`` (the hub's current id of ``nsmc``).
+
+Splits are train, dev and test. KoBEST ships a dev split; NSMC has none, so its dev split is a fixed draw
+of ``NSMC_DEV_SIZE`` training examples, which its train split then leaves out.
 """
 
 from __future__ import annotations
@@ -18,14 +24,17 @@ import json
 import random
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from daram.errors import DaramError
 from daram.text import plural
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "dev", "test")
+HUB_SPLIT_NAMES = {"train": "train", "dev": "validation", "test": "test"}
+NSMC_DEV_SIZE = 3000  # 9% of the 33,128 training reviews built from raw/ (a drawn subset, the same every run)
+NSMC_DEV_SEED = 0
 HUB_KOBEST = "skt/kobest_v1"
 HUB_NSMC = "e9t/nsmc"
 
@@ -38,6 +47,7 @@ COPA_CONNECTIVES = {"원인": "왜냐하면", "결과": "그래서"}
 class Example:
     sequences: tuple[tuple[str, ...], ...]  # one per choice (multiple choice) or exactly one (classification)
     label: int
+    doc: Mapping[str, str] = field(default_factory=dict, compare=False)  # the record, hub field names
 
 
 @dataclass(frozen=True)
@@ -47,9 +57,10 @@ class Task:
     kind: str  # "classify": a num_labels-way head on one sequence; "choice": a scalar per choice, softmax over choices
     num_labels: int  # classes, or choices per example
     metric: str  # "f1" (macro) or "accuracy": selects the best epoch and fills the report's score table
-    read_files: Callable[[Path, str], list[Example]]  # (data dir, split) -> examples
+    read_files: Callable[[Path, str], list[Example]]  # (data dir, split) -> examples; split train, dev or test
     hub_dataset: tuple[str, str | None]  # (dataset id, config name) on the Hugging Face hub
     from_hub: Callable[[Mapping[str, Any]], Example]  # one hub record -> example
+    dev_from_train: int = 0  # no dev split of its own: this many train examples become one
 
     @property
     def head_outputs(self) -> int:
@@ -117,7 +128,8 @@ def _copa_example(premise: str, question: str, alternatives: tuple[str, str], la
     connective = COPA_CONNECTIVES.get(question.strip())  # 6 train rows carry a trailing space
     if connective is None:
         raise DaramError(f"{where}: COPA question must be 원인 or 결과, got {question!r}")
-    return Example(tuple((premise, f"{connective} {alt}") for alt in alternatives), label)
+    doc = {"premise": premise, "question": question, "alternative_1": alternatives[0], "alternative_2": alternatives[1]}
+    return Example(tuple((premise, f"{connective} {alt}") for alt in alternatives), label, doc)
 
 
 # --- KoBEST -------------------------------------------------------------------------------------
@@ -126,9 +138,13 @@ def _copa_example(premise: str, question: str, alternatives: tuple[str, str], la
 def read_boolq(data: Path, split: str) -> list[Example]:
     path = _kobest_file(data, "BoolQ", split)
     return [
-        Example(((row["Text"], row["Question"]),), parse_bool(row["Answer"], f"{path} ID {row['ID']}"))
+        _boolq_example(row["Text"], row["Question"], parse_bool(row["Answer"], f"{path} ID {row['ID']}"))
         for row in read_tsv(path, ("ID", "Text", "Question", "Answer"))
     ]
+
+
+def _boolq_example(paragraph: str, question: str, label: int) -> Example:
+    return Example(((paragraph, question),), label, {"paragraph": paragraph, "question": question})
 
 
 def read_copa(data: Path, split: str) -> list[Example]:
@@ -145,12 +161,13 @@ def read_wic(data: Path, split: str) -> list[Example]:
     # The target word is marked [like this] in both sentences; the marks stay, they point the model at it.
     path = _kobest_file(data, "WiC", split)
     return [
-        Example(
-            ((row["Target"], row["SENTENCE1"], row["SENTENCE2"]),),
-            parse_bool(row["ANSWER"], f"{path} ID {row['ID']}"),
-        )
+        _wic_example(row["Target"], row["SENTENCE1"], row["SENTENCE2"], parse_bool(row["ANSWER"], f"{path} ID {row['ID']}"))
         for row in read_tsv(path, ("ID", "Target", "SENTENCE1", "SENTENCE2", "ANSWER"))
     ]
+
+
+def _wic_example(word: str, context_1: str, context_2: str, label: int) -> Example:
+    return Example(((word, context_1, context_2),), label, {"word": word, "context_1": context_1, "context_2": context_2})
 
 
 def read_hellaswag(data: Path, split: str) -> list[Example]:
@@ -160,18 +177,26 @@ def read_hellaswag(data: Path, split: str) -> list[Example]:
     columns = ("context", "choice1", "choice2", "choice3", "choice4", "label")
     for i, row in enumerate(read_tsv(path, columns, csv_quoting=True)):
         endings = (row["choice1"], row["choice2"], row["choice3"], row["choice4"])
-        label = parse_int(row["label"], range(4), f"{path} row {i + 1}")
-        examples.append(Example(tuple((row["context"], ending) for ending in endings), label))
+        examples.append(_hellaswag_example(row["context"], endings, parse_int(row["label"], range(4), f"{path} row {i + 1}")))
     return examples
+
+
+def _hellaswag_example(context: str, endings: tuple[str, ...], label: int) -> Example:
+    doc = {"context": context, **{f"ending_{k}": ending for k, ending in enumerate(endings, 1)}}
+    return Example(tuple((context, ending) for ending in endings), label, doc)
 
 
 def read_sentineg(data: Path, split: str) -> list[Example]:
     # train/dev have ID, Text, Label; test has 6 columns, where Text/Label is the negated sentence to classify.
     path = _kobest_file(data, "SentiNeg", split)
     return [
-        Example(((row["Text"],),), parse_int(row["Label"], range(2), f"{path} ID {row['ID']}"))
+        _sentence_example(row["Text"], parse_int(row["Label"], range(2), f"{path} ID {row['ID']}"))
         for row in read_tsv(path, ("ID", "Text", "Label"))
     ]
+
+
+def _sentence_example(sentence: str, label: int) -> Example:
+    return Example(((sentence,),), label, {"sentence": sentence})
 
 
 # --- NSMC ---------------------------------------------------------------------------------------
@@ -228,7 +253,7 @@ def read_nsmc(data: Path, split: str) -> list[Example]:
     else:
         test_ids = {row_id for row_id, _, _ in read_nsmc_ratings(test_file)}
         rows = build_nsmc_train_from_raw(folder / "raw", test_ids)
-    return [Example(((document,),), label) for _, document, label in rows]
+    return [Example(((document,),), label, {"document": document}) for _, document, label in rows]
 
 
 # --- the tasks ----------------------------------------------------------------------------------
@@ -238,7 +263,7 @@ TASKS: dict[str, Task] = {
     for task in (
         Task(
             "boolq", "BoolQ", "classify", 2, "f1", read_boolq, (HUB_KOBEST, "boolq"),
-            lambda r: Example(((r["paragraph"], r["question"]),), int(r["label"])),
+            lambda r: _boolq_example(r["paragraph"], r["question"], int(r["label"])),
         ),
         Task(
             "copa", "COPA", "choice", 2, "f1", read_copa, (HUB_KOBEST, "copa"),
@@ -246,19 +271,20 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "wic", "WiC", "classify", 2, "f1", read_wic, (HUB_KOBEST, "wic"),
-            lambda r: Example(((r["word"], r["context_1"], r["context_2"]),), int(r["label"])),
+            lambda r: _wic_example(r["word"], r["context_1"], r["context_2"], int(r["label"])),
         ),
         Task(
             "hellaswag", "HellaSwag", "choice", 4, "f1", read_hellaswag, (HUB_KOBEST, "hellaswag"),
-            lambda r: Example(tuple((r["context"], r[f"ending_{k}"]) for k in range(1, 5)), int(r["label"])),
+            lambda r: _hellaswag_example(r["context"], tuple(r[f"ending_{k}"] for k in range(1, 5)), int(r["label"])),
         ),
         Task(
             "sentineg", "SentiNeg", "classify", 2, "f1", read_sentineg, (HUB_KOBEST, "sentineg"),
-            lambda r: Example(((r["sentence"],),), int(r["label"])),
+            lambda r: _sentence_example(r["sentence"], int(r["label"])),
         ),
         Task(
             "nsmc", "NSMC", "classify", 2, "accuracy", read_nsmc, (HUB_NSMC, None),
-            lambda r: Example(((r["document"] or "",),), int(r["label"])),
+            lambda r: Example(((r["document"] or "",),), int(r["label"]), {"document": r["document"] or ""}),
+            dev_from_train=NSMC_DEV_SIZE,
         ),
     )
 }
@@ -277,16 +303,30 @@ def get_tasks(names: tuple[str, ...] | list[str]) -> list[Task]:
 
 
 def load_split(task: Task, split: str, data: str) -> list[Example]:
-    """A task's ``train`` or ``test`` split from ``data`` (a shared/data-like directory), or from the hub if empty."""
+    """A task's train, dev or test split from ``data`` (a shared/data-like directory), or from the hub if empty."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if task.dev_from_train and split != "test":
+        return split_off_dev(_read_split(task, "train", data), task.dev_from_train)[split == "dev"]
+    return _read_split(task, split, data)
+
+
+def split_off_dev(examples: list[Example], size: int) -> tuple[list[Example], list[Example]]:
+    """(train, dev): ``size`` examples (at most a tenth) drawn with a fixed seed become dev, the rest stay train;
+    both keep file order."""
+    size = min(size, len(examples) // 10)  # a small train file (a test's) keeps 90% for training
+    chosen = set(random.Random(NSMC_DEV_SEED).sample(range(len(examples)), size))
+    return ([e for i, e in enumerate(examples) if i not in chosen], [e for i, e in enumerate(examples) if i in chosen])
+
+
+def _read_split(task: Task, split: str, data: str) -> list[Example]:
     if data:
         root = Path(data)
         if not root.is_dir():
             raise DaramError(f"eval data directory not found: {root}")
         examples = task.read_files(root, split)
     else:
-        examples = [task.from_hub(record) for record in _hub_records(task, split)]
+        examples = [task.from_hub(record) for record in _hub_records(task, HUB_SPLIT_NAMES[split])]
     if not examples:
         raise DaramError(f"{task.title} {split} split is empty")
     return examples

@@ -15,6 +15,7 @@ from daram.pipeline.downstream import (
     build_nsmc_train_from_raw,
     get_tasks,
     load_split,
+    NSMC_DEV_SIZE,
     nsmc_label,
     parse_bool,
     read_nsmc_ratings,
@@ -33,8 +34,12 @@ README_COUNTS = {
     ("hellaswag", "test"): {0: 124, 1: 137, 2: 121, 3: 118},
     ("sentineg", "train"): {0: 1811, 1: 1838},
     ("sentineg", "test"): {0: 197, 1: 200},
-    ("nsmc", "train"): {0: 16560, 1: 16568},  # built from raw/*.json without the test ids
     ("nsmc", "test"): {0: 24827, 1: 25173},
+    ("boolq", "dev"): {0: 374, 1: 326},
+    ("copa", "dev"): {0: 248, 1: 252},
+    ("wic", "dev"): {1: 261, 0: 349},
+    ("hellaswag", "dev"): {0: 111, 1: 125, 2: 145, 3: 119},
+    ("sentineg", "dev"): {0: 200, 1: 200},
 }
 
 
@@ -46,6 +51,17 @@ def test_loader_counts_match_readme(shared_data: Path, task: str, split: str) ->
     for example in examples:
         assert len(example.sequences) == (spec.num_labels if spec.kind == "choice" else 1)
         assert all(isinstance(segment, str) for sequence in example.sequences for segment in sequence)
+
+
+def test_nsmc_dev_is_a_fixed_part_of_train(shared_data: Path) -> None:
+    # NSMC has no dev split: 3,000 of the 33,128 reviews built from raw/ become one, and train leaves them out.
+    train, dev = (load_split(TASKS["nsmc"], split, str(shared_data)) for split in ("train", "dev"))
+    assert len(dev) == NSMC_DEV_SIZE and len(train) == 33128 - NSMC_DEV_SIZE
+    nsmc = shared_data / "nsmc"
+    built = build_nsmc_train_from_raw(nsmc / "raw", {i for i, _, _ in read_nsmc_ratings(nsmc / "ratings_test.txt")})
+    # train + dev is every built review exactly once: none is in both, none is lost
+    assert Counter((e.sequences[0][0], e.label) for e in train + dev) == Counter((d, y) for _, d, y in built)
+    assert load_split(TASKS["nsmc"], "dev", str(shared_data)) == dev  # the same draw every time
 
 
 def test_boolq_keeps_leading_quotes(shared_data: Path) -> None:
