@@ -389,7 +389,7 @@ def _train_step(run: Run, group: list) -> tuple[torch.Tensor, torch.Tensor, floa
     if not torch.isfinite(losses).all() or (not run.scaler.is_enabled() and not torch.isfinite(grad_norm)):
         shards = sorted({batch.shard for batch in group})
         raise DaramError(
-            f"step {run.step + 1}: the loss is {float(losses[0]):g} (KL {float(losses[1]):g}, CE {float(losses[2]):g}) "
+            f"step {run.step + 1}: the loss is {float(losses[0]):.4g} (KL {float(losses[1]):.4g}, CE {float(losses[2]):.4g}) "
             f"on shard{'s' if len(shards) > 1 else ''} {', '.join(map(str, shards))}; training stopped and nothing was "
             f"exported (the last checkpoint, if any, is intact). Check the teacher dump (`daram verify`, its "
             f"temperature) and train.lr"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -60,11 +61,37 @@ def short_run(kd_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("short_run") / "student"
     cfg = train_config(kd_store, out, train__max_steps=6, train__checkpoint_every=3, train__eval_every=3,
                        student__dropout=0.1, train__grad_accum=2)
-    return cfg, run_student_train(cfg)
+    run = setup(cfg)  # the recipe's parts, so the trained model in memory can be compared with the export
+    fit(run)
+    return cfg, finish(run), run.model
+
+
+# Losses, KL, CE and gradient norms of short_run's 6 steps, recorded on CPU (torch 2.13; runs on 1 and 2 threads
+# agree to 1e-7 relative, the tolerance is 1e-4). The session tokenizer and corpus come from seeds, so they hold on
+# any clone. The tiny teacher is random, so KL is small; CE and the gradient norm carry most of the check. A change
+# of data order, schedule, loss scaling, dropout or accumulation moves them by far more than the tolerance; an
+# intended change must record them again (print read_metrics(out) and paste it here).
+RECORDED = [  # loss, KL, CE, grad norm
+    [0.76310578, 0.0001119705, 7.6265788, 0.11959992],
+    [0.75937214, 0.00011223883, 7.5892317, 0.10291992],
+    [0.75115696, 0.00011635377, 7.5069153, 0.087889187],
+    [0.74672991, 0.00012579232, 7.4622672, 0.079015233],
+    [0.74218124, 0.00013239714, 7.4165163, 0.073134713],
+    [0.73845959, 0.00013986867, 7.3790011, 0.074479081],
+]
+PINNED_RTOL = 1e-4
+
+
+def test_short_run_losses_match_the_recorded_values(short_run):
+    cfg, _, _ = short_run
+    records = [r for r in read_metrics(Path(cfg.train.out)) if r.get("split") != "heldout"]
+    got = [[r["loss"], r["kd"], r["ce"], r["grad_norm"]] for r in records]
+    for step, (values, recorded) in enumerate(zip(got, RECORDED, strict=True), 1):
+        assert values == pytest.approx(recorded, rel=PINNED_RTOL), f"step {step}: loss, KL, CE, grad norm"
 
 
 def test_run_writes_metrics_curve_checkpoints_and_summary(short_run):
-    cfg, summary = short_run
+    cfg, summary, _ = short_run
     out = Path(cfg.train.out)
     records = read_metrics(out)
     steps = [r for r in records if r.get("split") != "heldout"]
@@ -80,12 +107,12 @@ def test_run_writes_metrics_curve_checkpoints_and_summary(short_run):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]
 
 
-def test_export_loads_offline_and_generates_korean(short_run, kd_store):
+def test_export_reloads_to_the_trained_model(short_run, kd_store):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from daram.pipeline.hf import vocab_sha256
 
-    cfg, _ = short_run
+    cfg, _, trained = short_run
     out = Path(cfg.train.out)
     assert (out / "model.safetensors").is_file()
     model = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -96,16 +123,20 @@ def test_export_loads_offline_and_generates_korean(short_run, kd_store):
     state = torch.load(out / "checkpoints" / "step-00000006" / "state.pt", weights_only=True)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, state["model"][name], rtol=0, atol=0)
+    # The reloaded model computes what the trained one computes, on the exported tokenizer's ids.
     inputs = tokenizer(PROMPT, return_tensors="pt")
+    trained.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, trained(**inputs).logits, rtol=0, atol=0)
     generated = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    assert generated.shape[1] > inputs["input_ids"].shape[1]
-    assert tokenizer.decode(generated[0]).startswith(PROMPT.split()[0])
+    assert generated[0].tolist() == trained.generate(**inputs, max_new_tokens=8, do_sample=False,
+                                                     pad_token_id=tokenizer.pad_token_id)[0].tolist()
 
 
 def test_resume_after_a_kill_continues_exactly(short_run, tmp_path):
     """Kill after the step-3 checkpoint, in the middle of writing step 6's: the resumed steps 4-6 equal the
     uninterrupted run's exactly (losses, gradient norms, learning rates, final weights)."""
-    cfg, _ = short_run
+    cfg, _, _ = short_run
     first = Path(cfg.train.out)
     second = tmp_path / "student"
     shutil.copytree(first, second)
@@ -131,7 +162,7 @@ def _without_timing(expected: list[dict], actual: list[dict]) -> list[dict]:
 
 
 def test_resume_refuses_other_settings_and_a_new_run_refuses_a_used_out(short_run):
-    cfg, _ = short_run
+    cfg, _, _ = short_run
     changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1e-3))
     with pytest.raises(DaramError, match="train.lr was 0.003"):
         run_student_train(changed, resume=True)
@@ -274,27 +305,124 @@ def test_cli_errors_are_one_line_with_exit_code_2(kd_store, tmp_path):
     assert result.exit_code == 2 and result.output.startswith("error: train.heldout_shard: shard 63 is out of range")
 
 
-def test_ce_only_never_needs_the_teacher_dump(tmp_path, tokenizer_dir, corpus_lines):
+def test_ce_only_never_needs_the_teacher_dump_and_says_what_its_loss_is(tmp_path, tokenizer_dir, corpus_lines):
     store = prepare_store(tmp_path, tokenizer_dir, corpus_lines[:205], seq_len=64, num_shards=2)
     assert Store.open(str(store)).teacher_manifest() is None
     out = tmp_path / "ce"
     result = CliRunner().invoke(app, [
-        "student-train", "--store", str(store), "--out", str(out), "--shards", "0-1", "--heldout-shard", "-1", "--alpha-kd", "0", "--alpha-ce", "1",
+        "student-train", "--store", str(store), "--out", str(out), "--shards", "0-1", "--heldout-shard", "-1",
+        "--alpha-kd", "0", "--alpha-ce", "0.1",
         "--n-embd", "32", "--n-head", "2", "--n-layer", "2", "--batch-size", "4", "--max-steps", "2",
         "--set", "train.grad_accum=1", "--set", "train.log_every=1", "--set", "train.loss_slice=64",
     ])
     assert result.exit_code == 0, result.output
     records = read_metrics(out)
     assert [r["step"] for r in records] == [1, 2] and all(r["kd"] is None for r in records)
-    assert "student-train (ce-only): 2 steps" in result.output
+    # The CE-only baseline's "loss" is alpha_ce x CE (0.1 x CE by default), and says so.
+    assert all(r["objective"] == "0.1 x CE" and r["loss"] == pytest.approx(0.1 * r["ce"]) for r in records)
+    assert "student-train (ce-only): 2 steps" in result.output and "(= 0.1 x CE)" in result.output
+
+
+def test_the_console_says_which_limit_ended_the_run_and_what_follows_the_bar(kd_store, tmp_path):
+    def train(out, *flags):
+        result = CliRunner().invoke(app, [
+            "student-train", "--store", str(kd_store), "--out", str(tmp_path / out), "--shards", "0", "--heldout-shard", "2",
+            "--n-embd", "32", "--n-head", "2", "--n-layer", "2", "--batch-size", "4", "--set", "train.grad_accum=4",
+            "--set", "train.loss_slice=64", "--set", "train.eval_rows=4", *flags,
+        ])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    output = train("capped", "--max-steps", "1")
+    assert "stopped at --max-steps 1 (train.max_steps)" in output
+    # Shard 0 holds 9 micro-batches of 4 rows: 3 steps of 4 accumulated ones, the last with 1.
+    output = train("epochs", "--max-steps", "5")
+    assert "train.epochs = 1: the data ended after 3 steps (1 epoch of 1 shard); --max-steps 5 was not reached" in output
+    # After the progress bar, every slow step is announced as it starts and reported when done.
+    lines = output.splitlines()
+    order = [next(i for i, line in enumerate(lines) if line.startswith(start)) for start in (
+        "checkpoint of step 3 ...", "held-out evaluation on shard 2 (4 rows) ...", "export of the model to",
+        "loss curve ...", "student-train (topk): 3 steps")]
+    assert order == sorted(order)
+    assert lines[order[0] + 1].startswith("  done in") and " MB)" in lines[order[0] + 1]
+
+
+# --- failures: one line naming what is wrong, nothing written or exported ---------------------------------
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step_and_shard(kd_store, tmp_path):
+    store_path = _copy_store(kd_store, tmp_path)
+    store = Store.open(str(store_path), mode="r+")
+    teacher = store.teacher_manifest()
+    values = store.teacher_arrays(1, teacher, create=True)[teacher.array_names[1]]  # create: opened for writing
+    values[0:16] = float("nan")  # what a teacher dumped at T = inf left behind (dumps now refuse it)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "student-train", "--store", str(store_path), "--out", str(out), "--shards", "0-1", "--heldout-shard", "2",
+        "--n-embd", "32", "--n-head", "2", "--n-layer", "2", "--batch-size", "4", "--set", "train.grad_accum=1",
+        "--set", "train.shuffle=false", "--set", "train.checkpoint_every=2",
+    ])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "error: step 10: the loss is nan (KL nan, CE 7.616) on shard 1; training stopped and nothing was exported (the "
+        "last checkpoint, if any, is intact). Check the teacher dump (`daram verify`, its temperature) and train.lr")
+    assert not (out / "model.safetensors").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000006", "step-00000008"]
+
+
+def test_token_arrays_whose_shape_or_dtype_changed_are_refused(kd_store, tmp_path):
+    import json
+
+    for field, value, shown in (("shape", [16, 64], "(16, 64)"), ("data_type", "int32", "int32")):
+        store_path = tmp_path / field / "store.zarr"
+        shutil.copytree(kd_store, store_path)
+        meta_path = store_path / "tokens" / "shard-00001" / "zarr.json"
+        meta = json.loads(meta_path.read_text())
+        meta[field] = value
+        meta_path.write_text(json.dumps(meta))
+        with pytest.raises(DaramError, match=rf"tokens of shard 1 are .*{re.escape(shown)}.* but the manifest says"):
+            run_student_train(train_config(store_path, tmp_path / field / "out"))
+        assert not (tmp_path / field / "out").exists()
+
+
+@pytest.mark.parametrize("blocked", ["a file in the way", "read-only directory"])
+def test_an_out_that_cannot_be_written_is_one_line_before_training(kd_store, tmp_path, blocked):
+    import os
+
+    if blocked == "a file in the way":
+        (tmp_path / "taken").write_text("")
+        out = tmp_path / "taken" / "student"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only directories")
+        (tmp_path / "ro").mkdir(mode=0o555)
+        out = tmp_path / "ro" / "student"
+    result = CliRunner().invoke(app, [
+        "student-train", "--store", str(kd_store), "--out", str(out), "--shards", "0", "--heldout-shard", "-1",
+        "--n-embd", "32", "--n-head", "2", "--n-layer", "2",
+    ])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: train.out {out}: cannot write there ("
+                                                   + ("Not a directory)" if blocked == "a file in the way" else "Permission denied)")]
 
 
 # --- distillation works: a short run lowers the held-out KL to the teacher well below CE-only ----------------
 
 
+TOPK_ON_A_FLAT_TEACHER = pytest.mark.xfail(strict=True, reason=(
+    "top-16 of 2,048 ids holds about 6% of this weak teacher's mass at T = 2, and the bucket tail says nothing about "
+    "how the rest is spread: measured after 15 steps, KD's own stored top-k KL is lower than CE-only's (0.008 vs "
+    "0.021) while the full KL at T = 1 is higher (0.97 vs 0.83), held-out CE too (6.58 vs 6.41) and top-1 agreement "
+    "far lower (0.21 vs 0.68). Strict: when top-k KD starts winning here, this test says so."))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["topk", "sampled"])
-def test_kd_lowers_heldout_kl_well_below_ce_only(kind, tmp_path, tokenizer_dir, corpus_lines, trained_tiny_teacher_dir):
+@pytest.mark.parametrize("kind", [pytest.param("topk", marks=TOPK_ON_A_FLAT_TEACHER), "sampled"])
+def test_kd_brings_the_student_closer_to_the_teacher_than_ce_only(kind, tmp_path, tokenizer_dir, corpus_lines,
+                                                                 trained_tiny_teacher_dir):
+    """Judged on the exact full-vocabulary KL(teacher || student) at T = 1 from the teacher model itself: not the
+    stored top-k KL at T = 2 that top-k KD minimises directly (and that would reward matching 16 ids and
+    nothing else), and not a sampled store's KL estimate, which carries an entropy bias."""
     from transformers import AutoModelForCausalLM
 
     from daram.pipeline.heldout import heldout_metrics
@@ -302,19 +430,15 @@ def test_kd_lowers_heldout_kl_well_below_ce_only(kind, tmp_path, tokenizer_dir, 
     dump = {"kind": "topk", "width": 16} if kind == "topk" else {"kind": "sampled", "width": 50, "draws": 50}
     store = _store_with_dump(tmp_path, tokenizer_dir, corpus_lines, trained_tiny_teacher_dir, **dump)
     teacher = AutoModelForCausalLM.from_pretrained(trained_tiny_teacher_dir).eval()
-    kl = {}
+    full_kl = {}
     for name, alpha_kd, alpha_ce in (("kd", 1.0, 0.1), ("ce", 0.0, 1.0)):
         summary = run_student_train(train_config(
             store, tmp_path / name, train__alpha_kd=alpha_kd, train__alpha_ce=alpha_ce, train__max_steps=15,
             train__lr=3e-2, train__eval_rows=16, train__log_every=5,
         ))
         assert summary["heldout"]["teacher"] == kind  # the kind comes from the store's manifest
-        if kind == "topk":  # the held-out KL from the stored logits, as student-train reports it
-            kl[name] = summary["heldout"]["kl"]
-        else:  # a sampled store's KL estimate carries an entropy bias: use the exact KL to the teacher model
-            student = AutoModelForCausalLM.from_pretrained(tmp_path / name)
-            kl[name] = heldout_metrics(student, Store.open(str(store)), 2, max_rows=16, teacher_model=teacher)["kl"]
-    # Measured: 0.0070 with KD vs 0.018 CE-only (top-k, stored KL) and 0.10 vs 0.29 (sampled, exact KL) after 15
-    # steps. The stored top-k KL is the quantity KD minimises; the full-vocabulary KL moves much less with top-16,
-    # as benchmarks/fidelity.py shows at scale.
-    assert kl["kd"] < 0.5 * kl["ce"], kl
+        student = AutoModelForCausalLM.from_pretrained(tmp_path / name)
+        full_kl[name] = heldout_metrics(student, Store.open(str(store)), 2, temperature=1.0, max_rows=16,
+                                        teacher_model=teacher)["kl"]
+    # Measured after 15 steps: CE-only 0.83; KD from 50 draws 0.40 (0.48 of it); from top-16, see the xfail.
+    assert full_kl["kd"] < 0.6 * full_kl["ce"], full_kl

@@ -1,4 +1,5 @@
-"""``student-train`` under ``torchrun --nproc_per_node 2`` on CPU (gloo): ranks read disjoint rows, rank 0 writes."""
+"""``student-train`` under ``torchrun --nproc_per_node 2`` on CPU (gloo): ranks read disjoint rows, DDP averages
+their gradients, rank 0 writes."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import prepare_store, write_teacher_dump
 
 from daram.pipeline.student_train import read_metrics
+from daram.storage import Store
 
 
 @pytest.mark.slow
@@ -36,3 +39,56 @@ def test_two_process_ddp_run_on_cpu(tmp_path, tokenizer_dir, corpus_lines, tiny_
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
     assert sorted(p.name for p in (out / "checkpoints" / "step-00000004").iterdir()) == ["rng-rank0.pt", "rng-rank1.pt", "state.pt"]
     assert (Path(out) / "model.safetensors").is_file()
+
+    # Each step's gradient must be the mean over both ranks' micro-batches. Without DDP (or with each rank's
+    # gradient kept to itself) rank 0 would step on its own rows only: other gradient norms, other weights.
+    from safetensors.torch import load_file
+
+    norms, weights = _two_ranks_in_one_process(store, steps=4, grad_accum=2, batch_size=2)
+    assert [r["grad_norm"] for r in records] == pytest.approx(norms, rel=1e-4)
+    trained = load_file(out / "model.safetensors")
+    for name, value in weights.items():
+        if name in trained:  # the tied LM head is saved once
+            torch.testing.assert_close(trained[name], value, rtol=0, atol=1e-4, msg=name)
+
+
+def _two_ranks_in_one_process(store_path: Path, steps: int, grad_accum: int, batch_size: int):
+    """What the torchrun job above must compute, in one process: both ranks' micro-batches of each step, each
+    rank's in its own data order, their gradients averaged, one AdamW step. Returns (grad norms, weights)."""
+    from daram.config import load_config
+    from daram.pipeline.batches import BatchPlan, iter_batches
+    from daram.pipeline.hf import load_tokenizer
+    from daram.pipeline.losses import DistillObjective, next_token_labels
+    from daram.pipeline.training.model import StudentWithLoss, build_student
+    from daram.pipeline.training.optim import build_optimizer
+    from daram.pipeline.training.targets import StoredTargets
+
+    cfg = load_config(overrides={"student.n_embd": 32, "student.n_head": 2, "student.n_layer": 2,
+                                 "train.batch_size": batch_size, "train.grad_accum": grad_accum})
+    store = Store.open(str(store_path))
+    teacher = store.teacher_manifest()
+    torch.manual_seed(cfg.train.seed)
+    model = build_student(cfg.student, store, load_tokenizer(store.manifest.tokenizer.name_or_path))
+    optimizer, scheduler = build_optimizer(model, cfg.train, steps)
+    student = StudentWithLoss(model, 64, torch.float32)
+    targets = StoredTargets(teacher.kind, cfg.train.tail, teacher.draws, torch.device("cpu"))
+    streams = [
+        iter_batches(store, BatchPlan({s: store.chunk_ranges(s) for s in (0, 1)}, [0, 1], 1, batch_size,
+                                      True, cfg.train.seed, rank, 2))
+        for rank in (0, 1)
+    ]
+    norms = []
+    for _ in range(steps):
+        for stream in streams:
+            for _ in range(grad_accum):
+                batch = next(stream)
+                tokens = torch.from_numpy(batch.tokens)
+                objective = DistillObjective(next_token_labels(tokens), targets(batch, tokens), teacher.temperature,
+                                             cfg.train.alpha_kd, cfg.train.alpha_ce)
+                loss, _, _ = student(tokens, objective)
+                (loss / grad_accum / 2).backward()  # the mean over this rank's micro-batches, then over the ranks
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)))
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+    return norms, model.state_dict()
