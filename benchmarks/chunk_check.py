@@ -3,8 +3,8 @@
 A store of one token shard and one top-16 teacher shard (random ids and log-probs; the check looks
 at file names, not at values) is read the way ``student-train`` reads it: chunk by chunk, tokens
 and both teacher arrays. One side calls ``Store.read_tokens`` / ``read_teacher`` as they are; the
-other replaces ``Store.require_chunks`` with a no-op. Rounds alternate which side goes first after
-a warm-up; the median of the per-round ratios and its spread are printed.
+other replaces ``Store.require_chunks`` with a no-op. benchmarks/harness.py times them (warm-up,
+alternating rounds, medians, spread, the ratio); then the check alone, with the same calls.
 
     .venv/bin/python benchmarks/chunk_check.py                 # 4096 rows of 512, chunks of 64, 5 rounds
 """
@@ -12,7 +12,6 @@ a warm-up; the median of the per-round ratios and its spread are printed.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from daram.storage import Store, StoreManifest, TeacherManifest, TokenizerInfo, fingerprint_rows, tokens_fingerprint
+from harness import add_timing_arguments, compare
 
 
 def build(path: str, rows: int, seq_len: int, rows_per_chunk: int, k: int) -> Store:
@@ -60,46 +60,38 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--rows-per-chunk", type=int, default=64)
     parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=5)
+    add_timing_arguments(parser, rounds=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         store = build(str(Path(tmp, "s.zarr")), args.rows, args.seq_len, args.rows_per_chunk, args.k)
         checked = store.require_chunks
-        sides = {"checked": lambda: read_all(store), "unchecked": lambda: unchecked(store)}
 
-        def unchecked(s: Store) -> float:
-            s.require_chunks = lambda *a, **kw: None
+        def unchecked() -> float:
+            store.require_chunks = lambda *a, **kw: None
             try:
-                return read_all(s)
+                return read_all(store)
             finally:
-                s.require_chunks = checked
+                store.require_chunks = checked
 
-        for side in sides.values():  # warm-up: page cache, codec pools
-            side()
-        times: dict[str, list[float]] = {name: [] for name in sides}
-        for r in range(args.rounds):
-            for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-                times[name].append(sides[name]())
-        checks = []
         teacher_arrays = store.teacher_arrays(0, store.teacher_manifest())
         arrays = [store.token_array(0), *(teacher_arrays[n] for n in store.teacher_manifest().array_names)]
-        for _ in range(args.rounds):  # the check alone, same calls as the reads make
-            started = time.perf_counter()
+        chunks = len(store.chunk_ranges(0))
+
+        def check_alone() -> None:  # the same calls as the reads make, without the reads
             for lo, hi in store.chunk_ranges(0):
                 for array in arrays:
                     store.require_chunks(array, 0, lo, hi, repair="")
-            checks.append(time.perf_counter() - started)
-        ratios = [c / u for c, u in zip(times["checked"], times["unchecked"])]
-        chunks = len(store.chunk_ranges(0))
-        print(f"{args.rows} rows of {args.seq_len} ({chunks} chunks of {args.rows_per_chunk} rows), top-{args.k} teacher, {args.rounds} rounds")
-        for name, values in times.items():
-            print(f"  {name:9s} median {statistics.median(values) * 1e3:8.1f} ms  (min {min(values) * 1e3:.1f}, max {max(values) * 1e3:.1f})")
-        print(f"  checked / unchecked: median {statistics.median(ratios):.3f}  (min {min(ratios):.3f}, max {max(ratios):.3f}); "
-              f"check cost per chunk read {(statistics.median(times['checked']) - statistics.median(times['unchecked'])) / (3 * chunks) * 1e6:.0f} us")
-        per_check = statistics.median(checks) / (3 * chunks)
-        print(f"  the check alone: {per_check * 1e6:.1f} us per chunk (min {min(checks) / (3 * chunks) * 1e6:.1f}, "
-              f"max {max(checks) / (3 * chunks) * 1e6:.1f}) = {per_check * 3 * chunks / statistics.median(times['unchecked']):.2%} of the unchecked read")
 
+        print(f"{args.rows} rows of {args.seq_len} ({chunks} chunks of {args.rows_per_chunk} rows), top-{args.k} teacher")
+        # the warm-up fills the page cache and the codec pools
+        reads = compare({"unchecked": unchecked, "checked": lambda: read_all(store)}, rounds=args.rounds,
+                        warmup=args.warmup, unit="s", clocks=("measured",))
+        alone = compare({"check alone": check_alone}, rounds=args.rounds, warmup=args.warmup, clocks=("measured",))
+        per_check = alone.median("check alone") / (3 * chunks)
+        checks = alone.times("check alone")
+        print(f"the check alone: {per_check * 1e6:.1f} us per chunk and array (min {min(checks) / (3 * chunks) * 1e6:.1f}, "
+              f"max {max(checks) / (3 * chunks) * 1e6:.1f}) = {per_check * 3 * chunks / reads.median('unchecked'):.2%} "
+              "of the unchecked read")
 
 if __name__ == "__main__":
     main()

@@ -3,8 +3,9 @@
 The bare forward is what any user of the teacher pays: ``model(input_ids).logits`` over the same
 rows in batches of the same size. The dump adds the tempered full-vocabulary softmax statistics,
 top-k (or draws), the float16 conversion, compression and the chunk writes (on a background
-thread). Rounds alternate which of the two runs first; each round dumps a fresh shard. Both wall
-time and process CPU time (all threads) are reported: on a shared machine the CPU-time ratio is
+thread). benchmarks/harness.py times them: a warm-up call each, then rounds that alternate which of
+the two runs first; each call dumps a fresh shard. Both wall time and process CPU time (all threads)
+are reported: on a shared machine the CPU-time ratio is
 the steadier of the two, the wall ratio what a user waits.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/dump_overhead.py                 # 12 x 768, k = 64
@@ -15,20 +16,18 @@ the steadier of the two, the wall ratio what a user waits.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from daram.config import load_config
 from daram.pipeline.prepare import run_prepare
+from daram.pipeline.pause import Pause
 from daram.pipeline.teacher_dump import TeacherRunner, dump_shard
 from daram.storage import Store, TeacherManifest
+from harness import SHARED, add_timing_arguments, compare
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def build_store(path: Path, rows: int, seq_len: int, shards: int, rows_per_chunk: int, data: Path = SHARED) -> Store:
@@ -72,13 +71,6 @@ def bare_forward(model, tokens: torch.Tensor, batch: int, device) -> None:
         model(input_ids=tokens[lo : lo + batch].to(device), use_cache=False).logits.sum().item()
 
 
-def timed(fn, *args) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds over all threads) of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn(*args)
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=16)
@@ -91,45 +83,38 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--rounds", type=int, default=6)
+    add_timing_arguments(parser, rounds=6)
     args = parser.parse_args()
 
     device = torch.device("cpu")
     model = random_teacher(args.layers, args.width, args.heads)
     params = sum(p.numel() for p in model.parameters())
+    calls = args.warmup + args.rounds  # each call dumps a fresh shard; the bare forward reads the same one
     with tempfile.TemporaryDirectory() as tmp:
-        store = build_store(Path(tmp, "bench.zarr"), args.rows, args.seq_len, args.rounds, args.rows_per_chunk)
+        store = build_store(Path(tmp, "bench.zarr"), args.rows, args.seq_len, calls, args.rows_per_chunk)
         width = args.k if args.kind == "topk" else args.draws
         teacher = store.init_teacher(teacher_manifest(store, args.kind, width, args.draws))
         runner = TeacherRunner(model, args.kind, width, 2.0, device, args.batch, store.manifest)
-        wall_ratios, cpu_ratios = [], []
+        print(f"{store.shard_rows(0)} rows x {args.seq_len} tokens per shard, batch {args.batch}")
+        shards = {"bare forward": iter(range(calls)), "dump": iter(range(calls))}
+
+        def bare() -> None:
+            shard = next(shards["bare forward"])
+            bare_forward(model, torch.from_numpy(store.read_tokens(shard).astype("int64")), args.batch, device)
+
+        def dump() -> None:
+            dump_shard(store, next(shards["dump"]), teacher, runner, Pause())
+
         with torch.inference_mode():
-            bare_forward(model, torch.from_numpy(store.read_tokens(0, 0, args.batch).astype("int64")), args.batch, device)
-            for shard in range(args.rounds):
-                rows = store.shard_rows(shard)
-                tokens = torch.from_numpy(store.read_tokens(shard).astype("int64"))
-                timings = {}
-                for name in (("bare", "dump") if shard % 2 == 0 else ("dump", "bare")):
-                    if name == "bare":
-                        timings[name] = timed(bare_forward, model, tokens, args.batch, device)
-                    else:
-                        timings[name] = timed(dump_shard, store, shard, teacher, runner)
-                (bare_wall, bare_cpu), (dump_wall, dump_cpu) = timings["bare"], timings["dump"]
-                wall_ratios.append(dump_wall / bare_wall)
-                cpu_ratios.append(dump_cpu / bare_cpu)
-                print(
-                    f"round {shard}: {rows} rows x {args.seq_len} tokens, batch {args.batch}: bare forward "
-                    f"{bare_wall:.2f}s wall / {bare_cpu:.2f}s CPU, dump {dump_wall:.2f}s / {dump_cpu:.2f}s, "
-                    f"ratio {wall_ratios[-1]:.3f} wall / {cpu_ratios[-1]:.3f} CPU  (load average {os.getloadavg()[0]:.1f})"
-                )
+            result = compare({"bare forward": bare, "dump": dump}, rounds=args.rounds, warmup=args.warmup)
     what = f"top-{args.k}" if args.kind == "topk" else f"sampled, {args.draws} draws"
+    wall, cpu = result.round_ratios("dump"), result.round_ratios("dump", "cpu")
     print(
         f"teacher {args.layers} layers x {args.width} wide, vocab 51200 ({params / 1e6:.0f}M params), float32, "
-        f"{torch.get_num_threads()} threads, {what}: dump / bare forward = {statistics.median(wall_ratios):.3f} wall "
-        f"(median of {len(wall_ratios)}; min {min(wall_ratios):.3f}, max {max(wall_ratios):.3f}), "
-        f"{statistics.median(cpu_ratios):.3f} CPU time (min {min(cpu_ratios):.3f}, max {max(cpu_ratios):.3f})"
+        f"{torch.get_num_threads()} threads, {what}: dump / bare forward = {result.ratio('dump'):.3f} wall "
+        f"(same-round min {min(wall):.3f}, max {max(wall):.3f}), {result.ratio('dump', 'cpu'):.3f} CPU time "
+        f"(min {min(cpu):.3f}, max {max(cpu):.3f})"
     )
-
 
 if __name__ == "__main__":
     main()

@@ -1,17 +1,17 @@
 """Fine-tune seconds per epoch of the reference student shape (768/8/4) over the KoGPT2 shape (768/12/12).
 
 Both models are randomly initialised GPT-2s over the KoGPT2 vocabulary (51,200 ids), fine-tuned by the
-same loop `daram eval` uses (``finetune_task``) on the same NSMC subset. Rounds alternate the two shapes so
-load from other jobs hits both alike; the ratio of the median epoch times is printed. The reference study
+same loop `daram eval` uses (``finetune_task``) on the same NSMC subset, timed by benchmarks/harness.py: a
+warm-up epoch each, then rounds that alternate the two shapes so load from other jobs hits both alike; the
+ratio of the median epoch times is printed with its spread. The reference study
 measured 0.37-0.50 on a GPU.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/eval_speed.py [--examples 64] [--max-length 64] [--rounds 3]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/eval_speed.py [--examples 64] [--max-length 64] [--rounds 3] [--warmup 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -23,17 +23,18 @@ from daram.pipeline.downstream import TASKS, load_split, subsample
 from daram.pipeline.finetune import TaskData, finetune_task
 from daram.pipeline.hf import resolve_device
 from daram.pipeline.models import gpt2
+from harness import SHARED, add_timing_arguments, compare
 
 SHAPES = {"student 768/8/4": (768, 8, 4), "KoGPT2 768/12/12": (768, 12, 12)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--data", default=str(SHARED))
     parser.add_argument("--examples", type=int, default=64, help="NSMC training examples per epoch")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3, help="one epoch per shape per round")
+    add_timing_arguments(parser)  # a round: one epoch per shape
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
@@ -47,7 +48,6 @@ def main() -> None:
         "eval.epochs": 1, "eval.batch_size": args.batch_size, "eval.max_length": args.max_length,
     }).eval
 
-    seconds: dict[str, list[float]] = {name: [] for name in SHAPES}
     with tempfile.TemporaryDirectory() as tmp:
         paths, params = {}, {}
         for name, (n_embd, n_head, n_layer) in SHAPES.items():
@@ -58,20 +58,17 @@ def main() -> None:
             model.save_pretrained(paths[name])
             tokenizer.save_pretrained(paths[name])
             del model
-        for _ in range(args.rounds):
-            for name in SHAPES:
-                entry = finetune_task(str(paths[name]), tokenizer, task, data, settings, 0, device, name)
-                seconds[name].append(entry["seconds"])
+        print(f"device        {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+        print(f"subset        NSMC: {len(data.train)} examples, max length {args.max_length}, batch {args.batch_size}; "
+              + ", ".join(f"{name} {params[name] / 1e6:.1f}M params" for name in SHAPES))
 
-    print(f"device        {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
-    print(f"subset        NSMC: {len(data.train)} examples, max length {args.max_length}, batch {args.batch_size}, "
-          f"{args.rounds} epochs per shape (alternating)")
-    for name in SHAPES:
-        per_epoch = ", ".join(f"{s:.2f}" for s in seconds[name])
-        print(f"{name:17} {params[name] / 1e6:6.1f}M params  epoch seconds [{per_epoch}]  "
-              f"median {statistics.median(seconds[name]):.2f} s")
-    student, kogpt2 = (statistics.median(seconds[name]) for name in SHAPES)
-    print(f"ratio         student / KoGPT2 = {student / kogpt2:.2f} (reference study, GPU: 0.37-0.50)")
+        def epoch_of(name: str):
+            # the epoch's own seconds, as finetune_task records them: model loading and scoring are not timed
+            return lambda: finetune_task(str(paths[name]), tokenizer, task, data, settings, 0, device, name)["seconds"]
+
+        # KoGPT2 first: it is the ratio's baseline
+        result = compare({name: epoch_of(name) for name in reversed(SHAPES)}, rounds=args.rounds, warmup=args.warmup)
+    print(f"ratio         student / KoGPT2 = {result.ratio(next(iter(SHAPES))):.2f} (reference study, GPU: 0.37-0.50)")
 
 
 if __name__ == "__main__":

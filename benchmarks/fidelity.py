@@ -32,14 +32,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from harness import SHARED, compare
+
 TRAIN_SHARDS, TEACHER_SHARDS, HELDOUT = "0", range(2, 7), 7
 
 
@@ -174,23 +174,24 @@ def main() -> None:
               f"ECE {metrics['ece']:.4f}", flush=True)
     reference = heldout_metrics(teacher, store, HELDOUT, args.temperature, args.heldout_rows, 16, "cpu", teacher_model=teacher)
 
-    # --- step times: short runs in round-robin, so that every student sees the same machine load ----------
+    # --- step times: short runs in round-robin (benchmarks/harness.py), so every student sees the same load -----
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    step_times: dict[str, list[float]] = {label: [] for label, *_ in runs}
-    for round_ in range(args.timing_rounds):
-        order = runs[round_ % len(runs):] + runs[: round_ % len(runs)]
-        for label, store_path, settings, online in order:
+    def short_run(store_path, settings, online):
+        def run() -> float:
             out = work / "timing"
             shutil.rmtree(out, ignore_errors=True)
             summary = run_student_train(student_config(store_path, out, args.timing_steps + 1, settings), online_teacher=online)
-            step_times[label] += summary["step_cpu_seconds"][1:]
-        print(f"timing round {round_ + 1}/{args.timing_rounds} done (load average {os.getloadavg()[0]:.1f})", flush=True)
+            return statistics.median(summary["step_cpu_seconds"][1:])  # CPU time: the work, not the machine's load
+        return run
+
+    timing = compare({label: short_run(*rest) for label, *rest in runs}, rounds=args.timing_rounds, warmup=1,
+                     unit="s/step (CPU)", clocks=("measured",))
     torch.set_num_threads(threads)
     for label in results:
-        results[label]["step_s"] = statistics.median(step_times[label])
+        results[label]["step_s"] = timing.median(label)
 
     # --- the table -------------------------------------------------------------------------------------------
     ce_only, online = results["CE-only"], results["online KD (full logits)"]
@@ -212,7 +213,7 @@ def main() -> None:
         f"teacher {args.teacher_layers}x{args.teacher_width} ({args.teacher_steps} steps): held-out CE {reference['ce']:.3f}, "
         f"ECE {reference['ece']:.4f}; T = {args.temperature}; students {args.n_layer}x{args.n_embd}, {args.steps} steps of "
         f"{args.batch_size} x {args.seq_len} tokens; held-out {reference['kl_tokens']} positions of shard {HELDOUT}; "
-        f"CE-only step {ce_only['step_s']:.3f} s of CPU time on one thread (median of {len(step_times['CE-only'])})"
+        f"CE-only step {ce_only['step_s']:.3f} s of CPU time on one thread (median of {args.timing_rounds} runs)"
     )
     for name, info in format_info.items():
         extra = ", ".join(f"{k} {v:.3f}" for k, v in info.items() if k != "bytes_per_token")

@@ -4,9 +4,10 @@ Both runs are the same `run_student_train` call on the same store, rows, seed an
 reference shape 768/8/4, vocabulary 51,200); the CE-only run sets alpha_kd = 0, so it never opens
 the teacher arrays. The store is built by the real `prepare` from the shared Korean sentences and
 dumped by the real `teacher-dump` (a small random GPT-2 teacher over the KoGPT2 vocabulary; its
-quality does not change the student's step time). Rounds alternate which run goes first so both
-see the same machine load; the ratio is of the medians of per-step times (each run's first step,
-which pays for allocations and the first reads, is left out).
+quality does not change the student's step time). benchmarks/harness.py times them: a warm-up run
+each, then rounds that alternate which run goes first so both see the same machine load; a run counts
+its median step time (its first step, which pays for allocations and the first reads, left out), and
+the ratio is of the medians over the rounds.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/kd_step.py                  # batch 2 x 256, 6 steps, 3 rounds
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/kd_step.py --n-embd 64 --n-layer 2 --n-head 2 --steps 4   # quick
@@ -15,13 +16,12 @@ which pays for allocations and the first reads, is left out).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from harness import SHARED, add_timing_arguments, compare
+
 
 
 def build_store(work: Path, seq_len: int, rows: int, top_k: int) -> Path:
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_timing_arguments(parser)  # a round: one run of each
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument("--loss-slice", type=int, default=128)
     args = parser.parse_args()
@@ -76,11 +76,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kd_step-") as tmp:
         work = Path(tmp)
         store = build_store(work, args.seq_len, args.batch_size * args.steps, args.top_k)
-        times: dict[str, list[float]] = {"kd": [], "ce": []}
-        cpu_times: dict[str, list[float]] = {"kd": [], "ce": []}
-        for round_ in range(args.rounds):
-            for name in ("kd", "ce") if round_ % 2 == 0 else ("ce", "kd"):
-                out = work / f"{name}-{round_}"
+        runs = iter(range(10**6))
+
+        def train(name: str):
+            def run() -> tuple[float, float]:
+                out = work / f"{name}-{next(runs)}"
                 cfg = load_config(overrides={
                     "store.path": str(store), "train.out": str(out), "train.shards": "0", "train.heldout_shard": -1,
                     "student.n_embd": args.n_embd, "student.n_head": args.n_head, "student.n_layer": args.n_layer,
@@ -89,27 +89,24 @@ def main() -> None:
                     "train.loss_slice": args.loss_slice, "train.alpha_kd": 1.0 if name == "kd" else 0.0,
                     "train.alpha_ce": 0.1 if name == "kd" else 1.0, "train.shuffle": False,
                 })
-                started = time.perf_counter()
                 summary = run_student_train(cfg)
+                # the first step pays for allocations and the first reads: left out
                 steps, cpu = summary["step_seconds"][1:], summary["step_cpu_seconds"][1:]
-                times[name] += steps
-                cpu_times[name] += cpu
-                print(
-                    f"round {round_} {name}: {summary['steps']} steps in {time.perf_counter() - started:.1f} s, "
-                    f"per step (first left out) {', '.join(f'{s:.2f}' for s in steps)} s wall, "
-                    f"{', '.join(f'{s:.2f}' for s in cpu)} s CPU  (load average {os.getloadavg()[0]:.1f})", flush=True,
-                )
-    kd, ce = statistics.median(times["kd"]), statistics.median(times["ce"])
-    kd_cpu, ce_cpu = statistics.median(cpu_times["kd"]), statistics.median(cpu_times["ce"])
+                return statistics.median(steps), statistics.median(cpu)
+            return run
+
+        result = compare({"CE-only": train("ce"), "KD, stored top-k": train("kd")}, rounds=args.rounds,
+                         warmup=args.warmup, unit="s/step")
     import torch
 
+    kd, ce = result.median("KD, stored top-k"), result.median("CE-only")
+    kd_cpu, ce_cpu = result.median("KD, stored top-k", "cpu"), result.median("CE-only", "cpu")
     print(
         f"student {args.n_embd}/{args.n_head}/{args.n_layer}, vocab 51200, batch {args.batch_size} x {args.seq_len}, "
         f"top-{args.top_k} bucket, fp32 on CPU ({torch.get_num_threads()} threads): step with stored logits / CE-only = "
         f"{kd:.3f} / {ce:.3f} s = {kd / ce:.3f} wall, {kd_cpu:.3f} / {ce_cpu:.3f} s = {kd_cpu / ce_cpu:.3f} CPU time "
-        f"(medians of {len(times['kd'])} steps each; target <= 1.15)"
+        f"(medians over {args.rounds} runs of each run's median step; target <= 1.15)"
     )
-
 
 if __name__ == "__main__":
     main()

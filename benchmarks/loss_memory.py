@@ -4,7 +4,8 @@ The dense loss is what a plain implementation does: ``logits = hidden @ W^T`` fo
 micro-batch in float32, then the same bucket KL and CE as daram's, then ``backward``. The sliced
 loss is `daram.pipeline.losses.sliced_distill_loss`. Both start from the same final hidden states
 (B, L, H) and head weight (V, H), both with gradients, and the same stored top-k targets; the loss
-values are printed to show they agree. Each variant runs in its own process; the peak is the rise
+values are printed to show they agree. Each call runs one variant in its own process, timed by
+benchmarks/harness.py (warm-up, alternating rounds, medians and spread); the peak is the rise
 of the resident set (VmHWM after resetting it through /proc/self/clear_refs) over the resident set
 once the inputs exist, so it counts the loss's own working memory.
 
@@ -16,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from harness import add_timing_arguments, compare
 
 
 def _status_kib(field: str) -> int:
@@ -70,32 +74,39 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--loss-slice", type=int, default=128)
     parser.add_argument("--variant", choices=("dense", "sliced"), help=argparse.SUPPRESS)  # the child process
+    add_timing_arguments(parser)
     args = parser.parse_args()
     shape = (args.batch, args.seq_len, args.hidden, args.vocab, args.k, args.loss_slice)
     if args.variant:
         print(json.dumps(measure(args.variant, *shape)))
         return
 
-    results = {}
-    for variant in ("dense", "sliced"):
-        child = subprocess.run(
-            [sys.executable, __file__, "--variant", variant, *sum(([f"--{n}", str(v)] for n, v in zip(
-                ("batch", "seq-len", "hidden", "vocab", "k", "loss-slice"), shape)), [])],
-            capture_output=True, text=True, check=True,
-        )
-        results[variant] = json.loads(child.stdout.strip().splitlines()[-1])
-        r = results[variant]
-        print(f"{variant:>6}: peak {r['peak_mib']:8.1f} MiB over the inputs, {r['seconds']:.2f} s, loss {r['loss']:.6f}, "
-              f"|grad hidden| {r['grad_norm']:.6f}")
+    results: dict[str, list[dict]] = {"dense": [], "sliced": []}
+
+    def child(variant: str):
+        def run() -> float:
+            done = subprocess.run(
+                [sys.executable, __file__, "--variant", variant, *sum(([f"--{n}", str(v)] for n, v in zip(
+                    ("batch", "seq-len", "hidden", "vocab", "k", "loss-slice"), shape)), [])],
+                capture_output=True, text=True, check=True,
+            )
+            results[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            r = results[variant][-1]
+            print(f"  {variant:>6}: peak {r['peak_mib']:8.1f} MiB over the inputs, {r['seconds']:.2f} s, "
+                  f"loss {r['loss']:.6f}, |grad hidden| {r['grad_norm']:.6f}")
+            return r["seconds"]  # the loss's forward and backward, not the child's start-up
+        return run
+
+    timing = compare({"dense": child("dense"), "sliced": child("sliced")}, rounds=args.rounds, warmup=args.warmup,
+                     clocks=("measured",))
     logits_mib = args.batch * args.seq_len * args.vocab * 4 / 2**20
-    dense, sliced = results["dense"], results["sliced"]
+    dense, sliced = (statistics.median(r["peak_mib"] for r in results[v][args.warmup:]) for v in ("dense", "sliced"))
     print(
         f"batch {args.batch} x {args.seq_len}, hidden {args.hidden}, vocab {args.vocab}, top-{args.k} bucket + CE, "
         f"slice {args.loss_slice} positions (float32 logits of the micro-batch: {logits_mib:.0f} MiB): "
-        f"peak sliced / dense = {sliced['peak_mib']:.0f} / {dense['peak_mib']:.0f} MiB = "
-        f"{sliced['peak_mib'] / dense['peak_mib']:.3f}; time sliced / dense = {sliced['seconds'] / dense['seconds']:.2f}"
+        f"peak sliced / dense = {sliced:.0f} / {dense:.0f} MiB = {sliced / dense:.3f} (medians); "
+        f"time sliced / dense = {timing.ratio('sliced'):.2f}"
     )
-
 
 if __name__ == "__main__":
     main()

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from daram.pipeline.hf import load_tokenizer
+from daram.pipeline.pause import Pause
 from daram.pipeline.teacher_dump import TeacherRunner, dump_shard
 from daram.storage import Store, shard_name
 from dump_overhead import SHARED, build_store, random_teacher, teacher_manifest
@@ -88,7 +89,7 @@ def main() -> None:
             teacher = store.init_teacher(teacher_manifest(store, kind, width, draws, temperature=T))
             runner = TeacherRunner(teachers[name], kind, width, T, torch.device("cpu"), 8, store.manifest)
             with torch.inference_mode():
-                stats = dump_shard(store, 0, teacher, runner)
+                stats = dump_shard(store, 0, teacher, runner, Pause())
             raw = width * (4 if kind == "topk" else 3)
             disk = store.bytes_on_disk(f"teacher/{shard_name(0)}/") / positions
             if kind == "topk":
