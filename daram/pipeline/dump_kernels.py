@@ -44,10 +44,6 @@ class TemperedHead:
         bias = None if head.bias is None else head.bias.detach().float() / temperature
         return cls(head.weight.detach(), bias, temperature)
 
-    @property
-    def vocab_size(self) -> int:
-        return self.weight.shape[0]
-
     def __call__(self, hidden: Tensor, out: Tensor) -> Tensor:
         """``logits / T`` of ``hidden`` [n, hidden] as float32, written into ``out[:n]``."""
         z = out[: hidden.shape[0]]

@@ -72,9 +72,6 @@ class KeyValue:
     def delete_dir(self, prefix: str) -> None:
         sync(self.store.delete_dir(prefix))
 
-    def exists(self, key: str) -> bool:
-        return sync(self.store.exists(key))
-
     def exist(self, keys: list[str]) -> list[bool]:
         """Whether each key exists: a stat per key on local disk, else asked concurrently (one round trip)."""
         if isinstance(self.store, LocalStore):  # skips the event loop: about 100x cheaper per key here

@@ -14,7 +14,6 @@ One writer per teacher shard is enforced by a :class:`~daram.storage.lock.StoreL
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -293,11 +292,6 @@ class Store:
     def bytes_on_disk(self, prefix: str) -> int:
         """Stored bytes under a path in the store, e.g. ``teacher/shard-00003/``."""
         return self.kv.size_of_prefix(prefix)
-
-    def iter_chunks(self, array: zarr.Array) -> Iterator[tuple[int, slice]]:
-        step = array.chunks[0]
-        for i, lo in enumerate(range(0, array.shape[0], step)):
-            yield i, slice(lo, min(lo + step, array.shape[0]))
 
 
 def check_same_teacher(url: str, existing: TeacherManifest, wanted: TeacherManifest) -> None:
