@@ -414,6 +414,52 @@ def student_train(
         raise typer.Exit(130) from None
 
 
+@command
+def run(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    store: StoreOpt = None,
+    out: Annotated[Optional[str], setting_option("train.out")] = None,
+    disk_budget: Annotated[Optional[str], setting_option("run.disk_budget")] = None,
+    time_limit: Annotated[Optional[str], setting_option("run.time_limit")] = None,
+    teacher: Annotated[Optional[str], setting_option("teacher.model", "--teacher")] = None,
+    kind: Annotated[Optional[str], setting_option("teacher.kind")] = None,
+    top_k: Annotated[Optional[int], setting_option("teacher.top_k")] = None,
+    draws: Annotated[Optional[int], setting_option("teacher.draws")] = None,
+    temperature: Annotated[Optional[float], setting_option("teacher.temperature")] = None,
+    dtype: Annotated[Optional[str], setting_option("teacher.dtype")] = None,
+    shards: Annotated[Optional[str], setting_option("train.shards")] = None,
+    heldout_shard: Annotated[Optional[int], setting_option("train.heldout_shard")] = None,
+    epochs: Annotated[Optional[int], setting_option("train.epochs")] = None,
+    batch_size: Annotated[Optional[int], setting_option("train.batch_size")] = None,
+    grad_accum: Annotated[Optional[int], setting_option("train.grad_accum")] = None,
+    lr: Annotated[Optional[float], setting_option("train.lr")] = None,
+    max_steps: Annotated[Optional[int], setting_option("train.max_steps")] = None,
+    seed: Annotated[Optional[int], setting_option("train.seed")] = None,
+    device: Annotated[
+        Optional[str], setting_option("train.device", note="Also the teacher's device [teacher.device].")
+    ] = None,
+) -> None:
+    """The whole job from daram.toml, idempotent: prepare (when the store is missing), then windows of teacher
+    dump + training + release that keep the teacher shards under --disk-budget, then export.
+
+    Training is one run (one schedule, optimizer and data order): its student equals student-train's over a
+    complete dump. SIGTERM, Ctrl-C and --time-limit pause it cleanly; the same command continues it.
+    Run `daram plan` first to see what fits.
+    """
+    cfg = _config(config, set_, **{
+        "store.path": store, "train.out": out, "run.disk_budget": disk_budget, "run.time_limit": time_limit,
+        "teacher.model": teacher, "teacher.kind": kind, "teacher.top_k": top_k, "teacher.draws": draws,
+        "teacher.temperature": temperature, "teacher.dtype": dtype, "teacher.device": device,
+        "train.shards": shards, "train.heldout_shard": heldout_shard, "train.epochs": epochs,
+        "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.lr": lr, "train.max_steps": max_steps,
+        "train.seed": seed, "train.device": device,
+    })
+    from daram.pipeline.run import run_pipeline
+
+    run_pipeline(cfg)
+
+
 def _given_settings(cfg, sets: Optional[list[str]], flags: dict) -> set[str]:
     """The ``section.key`` settings the user gave: flags, ``--set`` and the config file's keys."""
     import tomllib

@@ -118,8 +118,8 @@ def make_plan(cfg: Config, measure: bool = True) -> Plan:
         teacher_bytes_source=teacher_source, teacher_bytes=sum(shard_bytes),
         largest_shard_teacher_bytes=max(shard_bytes), disk_budget=budget, window_shards=window,
         dump_flops_per_token=dump_flops, train_flops_per_token=train_flops, mfu=dict(ASSUMED_MFU),
-        dump_gpu_hours={k: round(v, 3) for k, v in dump_hours.items()},
-        train_gpu_hours={k: round(v, 3) for k, v in train_hours.items()},
+        dump_gpu_hours={k: float(f"{v:.4g}") for k, v in dump_hours.items()},
+        train_gpu_hours={k: float(f"{v:.4g}") for k, v in train_hours.items()},
         time_limit_hours=round(limit_h, 4), sessions=sessions, notes=notes,
     )
 

@@ -138,6 +138,7 @@ class TeacherManifest:
     seed: int = 0  # sampled: the draws' seed
     shards: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # "3" -> stats of a completed shard
     format_version: int = FORMAT_VERSION
+    released: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # "3" -> stats of a shard whose arrays were deleted to free disk
     teacher_given: str = ""  # the teacher as the user gave it (may be relative to where the dump ran)
     commit: str = ""  # the hub commit the teacher was loaded from, when known
 
@@ -159,7 +160,7 @@ class TeacherManifest:
     def settings(self) -> dict[str, Any]:
         """The fields a resumed or parallel dump must agree on: what is computed, not how. The dtype and
         the spelling of the teacher's path are left out; the commit is compared only when both know it."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("shards", "dtype", "teacher_given", "commit")}
+        return {k: v for k, v in self.to_dict().items() if k not in ("shards", "released", "dtype", "teacher_given", "commit")}
 
     def difference(self, wanted: "TeacherManifest") -> tuple[str, Any, Any] | None:
         """(field, this dump's value, the wanted value) of the first setting that differs, or None."""
@@ -179,6 +180,7 @@ class TeacherManifest:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["shards"] = {k: dict(v) for k, v in self.shards.items()}
+        data["released"] = {k: dict(v) for k, v in self.released.items()}
         return data
 
     @classmethod

@@ -205,9 +205,27 @@ class Store:
             group = zarr.open_group(self.root.store, path="teacher", mode="r+", use_consolidated=False)
             data = dict(group.attrs[TEACHER_ATTR])
             data["shards"] = {**data.get("shards", {}), str(shard): stats}
+            data["released"] = {k: v for k, v in data.get("released", {}).items() if k != str(shard)}  # dumped again
             manifest = TeacherManifest.from_dict(data)
             group.attrs[TEACHER_ATTR] = manifest.to_dict()
             return manifest
+
+    def release_teacher_shard(self, shard: int) -> None:
+        """Delete a complete shard's teacher arrays to free disk, keeping its statistics under ``released`` in the
+        teacher manifest; ``teacher-dump`` dumps it again. The manifest changes first: a kill before the arrays
+        are gone leaves a shard that is not complete, whose flagged chunks a rerun of the dump keeps."""
+        with self.shard_lock(shard):
+            with self.lock("teacher-manifest", "the teacher manifest"):
+                group = zarr.open_group(self.root.store, path="teacher", mode="r+", use_consolidated=False)
+                data = dict(group.attrs[TEACHER_ATTR])
+                shards = dict(data.get("shards", {}))
+                if str(shard) in shards:
+                    data["released"] = {**data.get("released", {}), str(shard): shards.pop(str(shard))}
+                    data["shards"] = shards
+                    group.attrs[TEACHER_ATTR] = TeacherManifest.from_dict(data).to_dict()
+                elif str(shard) not in data.get("released", {}):  # released already: finish deleting its arrays
+                    raise DaramError(f"{self.url}: teacher shard {shard} is not complete; only complete shards are released")
+            self.kv.delete_dir(f"teacher/{shard_name(shard)}")
 
     def teacher_arrays(self, shard: int, teacher: TeacherManifest, create: bool = False) -> dict[str, zarr.Array]:
         """The shard's ids, values and ``chunks_done`` arrays; ``create`` makes them if absent (lock holder only)."""

@@ -1,0 +1,270 @@
+"""``daram run``: the whole job from ``daram.toml`` on one machine with little disk, across time-boxed sessions.
+
+prepare (when the store is missing) -> the held-out shard's teacher dump -> windows of [dump the next
+training shards that fit ``run.disk_budget`` -> train through them -> release them] -> export.
+
+Training is **one** run of :mod:`daram.pipeline.student_train`: one schedule over every training step, one
+optimizer, one data order. The window only decides which teacher shards are on disk; ``fit`` stops before a
+step that needs a shard that is not, and goes on exactly there once it is. So the final student is the one
+``student-train`` gives over a complete dump (equal weights on CPU, tested).
+
+Idempotent and safe to kill: everything it knows lives in the store (which shards are complete or released)
+and in ``train.out`` (the checkpoint). A shard is released only after a checkpoint past its last step, so a
+kill never loses a shard that training still needs. SIGTERM, SIGINT and ``run.time_limit`` pause cleanly
+(after the chunk or step in flight, with a checkpoint) and running the same command continues.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daram.config import Config
+from daram.errors import DaramError
+from daram.pipeline.pause import Pause
+from daram.pipeline.plan import DISK_MARGIN
+from daram.storage import Store, shard_name
+from daram.units import format_duration, format_size, parse_duration, parse_size
+
+
+@dataclass
+class Pipeline:
+    """What ``daram run`` holds between its phases."""
+
+    cfg: Config
+    store: Store
+    pause: Pause
+    budget: int  # bytes of teacher shards on disk at most; 0 = no limit
+    heldout: int  # -1 = none
+    train: object = None  # student_train.Run once training is set up
+    window: list[int] = field(default_factory=list)  # training shards on disk for the current window
+    windows: int = 0  # windows started in this session
+    peak_teacher_bytes: int = 0  # the most teacher bytes seen on disk in this session
+    dump_seconds: float = 0.0
+    dumped_tokens: int = 0
+
+    def say(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+
+def run_pipeline(cfg: Config) -> dict:
+    """setup -> windows -> finish, under one :class:`Pause` (SIGTERM, SIGINT, ``run.time_limit``)."""
+    with Pause(parse_duration(cfg.run.time_limit)) as pause:
+        pipeline = setup_pipeline(cfg, pause)
+        if pipeline.train is not None:
+            run_windows(pipeline)
+        return finish_pipeline(pipeline)
+
+
+# --- setup ------------------------------------------------------------------------------------------------
+
+
+def setup_pipeline(cfg: Config, pause: Pause) -> Pipeline:
+    """The store (prepared when missing), the held-out shard's dump, then the one training run (resumed when
+    ``train.out`` holds its checkpoint)."""
+    from daram.pipeline.student_train import setup
+    from daram.pipeline.training.checkpoint import latest_checkpoint
+
+    budget = parse_size(cfg.run.disk_budget)
+    if cfg.train.epochs != 1 and budget:
+        # Later epochs would dump every released shard again: allowed, but say what it costs.
+        print(f"note: {cfg.train.epochs} epochs under a disk budget dump each training shard {cfg.train.epochs} times",
+              file=sys.stderr)
+    if not Store.exists(cfg.store.path):
+        from daram.pipeline.prepare import run_prepare
+
+        print(f"run: no store at {cfg.store.path}: preparing it", file=sys.stderr)
+        run_prepare(cfg)
+    store = Store.open(cfg.store.path, mode="r+")
+    heldout = cfg.train.heldout_shard
+    pipeline = Pipeline(cfg, store, pause, budget, heldout)
+
+    # Training's setup reads the dump's settings (and evaluates on the held-out shard): dump that one first.
+    from daram.config import parse_shards
+
+    first = heldout if heldout >= 0 else parse_shards(cfg.train.shards, store.manifest.num_shards, "train.shards")[0]
+    if not _dump(pipeline, [first]):
+        return pipeline
+    resume = latest_checkpoint(Path(cfg.train.out)) is not None
+    pipeline.train = setup(cfg, resume=resume, check_dumps=False, pause=pause)
+    if resume:
+        pipeline.say(f"run: continuing the training run in {cfg.train.out} at step {pipeline.train.step}")
+    return pipeline
+
+
+# --- windows ----------------------------------------------------------------------------------------------
+
+
+def run_windows(pipeline: Pipeline) -> None:
+    """Window after window: release what training is done with, dump what fits, train through it."""
+    from daram.pipeline.student_train import checkpoint, fit
+
+    run = pipeline.train
+    while True:
+        ahead = _unique(run.shards_ahead())
+        if not ahead:  # resumed at the very end: fit only says which limit ended the run
+            fit(run, available=set())
+            return
+        window = next_window(pipeline, ahead)
+        _release_all_but(pipeline, keep=set(window))
+        pipeline.window = window
+        pipeline.windows += 1
+        show_progress(pipeline, "dump")
+        if not _dump(pipeline, window):
+            return
+        show_progress(pipeline, "train")
+        stop = fit(run, available=set(window))
+        if stop.kind != "shards":
+            return
+        checkpoint(run)  # past every step of the shards about to be released
+
+
+def next_window(pipeline: Pipeline, ahead: list[int]) -> list[int]:
+    """The next training shards, in the order training reads them, whose teacher arrays fit the budget beside
+    the held-out shard's. At least the shards of the next step (several when it straddles shards)."""
+    run = pipeline.train
+    needed = _unique([run.plan.shard_of(m) for m in run.next_step_micro_batches()])
+    if not pipeline.budget:
+        return ahead
+    room = pipeline.budget / DISK_MARGIN - _shard_bytes(pipeline, pipeline.heldout)
+    window: list[int] = []
+    for shard in ahead:
+        cost = _shard_bytes(pipeline, shard)
+        if window and sum(_shard_bytes(pipeline, s) for s in window) + cost > room and shard not in needed:
+            break
+        window.append(shard)
+    used = sum(_shard_bytes(pipeline, s) for s in window)
+    if used > room:
+        raise DaramError(
+            f"run.disk_budget {format_size(pipeline.budget)} is too small: step {run.step + 1} needs the teacher "
+            f"arrays of shard{'s' if len(needed) > 1 else ''} {','.join(map(str, needed))} (about {format_size(used)})"
+            + (f" beside held-out shard {pipeline.heldout}'s" if pipeline.heldout >= 0 else "")
+            + "; `daram plan` shows what fits"
+        )
+    return window
+
+
+def _shard_bytes(pipeline: Pipeline, shard: int) -> int:
+    """A shard's teacher bytes on disk when complete; else its tokens at the bytes per token of those dumped."""
+    if shard < 0:
+        return 0
+    store = pipeline.store
+    teacher = store.teacher_manifest()
+    if teacher is not None and teacher.is_complete(shard):
+        return store.bytes_on_disk(f"teacher/{shard_name(shard)}/")
+    done = [int(s) for s in teacher.shards] if teacher is not None else []
+    per_token = sum(store.bytes_on_disk(f"teacher/{shard_name(s)}/") for s in done) / max(
+        1, sum(store.shard_rows(s) for s in done) * store.manifest.seq_len
+    )
+    return int(store.shard_rows(shard) * store.manifest.seq_len * per_token)
+
+
+def _release_all_but(pipeline: Pipeline, keep: set[int]) -> None:
+    """Release the complete training shards outside ``keep``: behind the checkpoint, or needed only later."""
+    store = pipeline.store
+    teacher = store.teacher_manifest()
+    for shard in sorted(int(s) for s in teacher.shards):
+        if shard != pipeline.heldout and shard not in keep:
+            store.release_teacher_shard(shard)
+    for shard in sorted(int(s) for s in teacher.released):  # a release a kill interrupted: finish it
+        if shard not in keep and store.bytes_on_disk(f"teacher/{shard_name(shard)}/"):
+            store.release_teacher_shard(shard)
+
+
+def _dump(pipeline: Pipeline, shards: list[int]) -> bool:
+    """Dump the shards not complete yet; False when a pause stopped it."""
+    import torch
+
+    from daram.pipeline.teacher_dump import run_teacher_dump
+
+    teacher = pipeline.store.teacher_manifest()
+    todo = [s for s in shards if teacher is None or not teacher.is_complete(s)]
+    if not todo:
+        return not pipeline.pause.requested()
+    # Loading the teacher draws from torch's global generator; training must not see it (dropout, equal weights).
+    rng = torch.get_rng_state()
+    started = time.perf_counter()
+    outcome = run_teacher_dump(pipeline.cfg, shards=",".join(map(str, todo)), pause=pipeline.pause)
+    torch.set_rng_state(rng)
+    pipeline.dump_seconds += time.perf_counter() - started
+    pipeline.dumped_tokens += sum(s["tokens_computed"] for s in outcome.completed)
+    _note_disk(pipeline)
+    return not outcome.paused
+
+
+def _note_disk(pipeline: Pipeline) -> int:
+    used = pipeline.store.bytes_on_disk("teacher/")
+    pipeline.peak_teacher_bytes = max(pipeline.peak_teacher_bytes, used)
+    return used
+
+
+def _unique(shards: list[int]) -> list[int]:
+    return list(dict.fromkeys(s for s in shards if s is not None))
+
+
+# --- progress and finish ----------------------------------------------------------------------------------
+
+
+def show_progress(pipeline: Pipeline, phase: str) -> None:
+    """One line for the whole run: phase, window, shards done / released / remaining, disk against the budget,
+    steps, ETA."""
+    run, store = pipeline.train, pipeline.store
+    teacher = store.teacher_manifest()
+    training = set(run.shards)
+    ahead = set(run.shards_ahead())
+    complete = {int(s) for s in teacher.shards} & training
+    released = {int(s) for s in teacher.released} & training
+    trained = training - ahead
+    used = _note_disk(pipeline)
+    budget = f" of {format_size(pipeline.budget)}" if pipeline.budget else ""
+    pipeline.say(
+        f"run: {phase} | window {pipeline.windows}: shard{'s' if len(pipeline.window) > 1 else ''} "
+        f"{_span(pipeline.window)} | training shards: {len(trained)} trained, {len(complete)} dumped, "
+        f"{len(released)} released, {len(ahead)} to go | teacher disk {format_size(used)}{budget} | "
+        f"step {run.step}/{run.total_steps} | ETA {eta(pipeline)}"
+    )
+
+
+def eta(pipeline: Pipeline) -> str:
+    """What is left, at this session's measured dump and step rates ("?" until both are measured)."""
+    run = pipeline.train
+    if not run.step_seconds or not pipeline.dumped_tokens:
+        return "?"
+    teacher = pipeline.store.teacher_manifest()
+    undumped = [s for s in _unique(run.shards_ahead()) if not teacher.is_complete(s)]
+    tokens_left = sum(pipeline.store.shard_rows(s) for s in undumped) * pipeline.store.manifest.seq_len
+    dump_left = tokens_left * pipeline.dump_seconds / pipeline.dumped_tokens
+    steps_left = (run.total_steps - run.step) * sum(run.step_seconds[-50:]) / len(run.step_seconds[-50:])
+    return format_duration(dump_left + steps_left)
+
+
+def finish_pipeline(pipeline: Pipeline) -> dict:
+    """A finished run: the student's finish (held-out evaluation, export). A paused one: a checkpoint and how
+    to continue."""
+    from daram.pipeline.student_train import Stop, checkpoint, finish
+
+    run = pipeline.train
+    if run is not None and run.stop is not None and run.stop.finished:
+        summary = finish(run)
+        pipeline.say(f"run: complete: student in {run.out}; peak teacher disk this session "
+                     f"{format_size(pipeline.peak_teacher_bytes)}")
+        return {**summary, "paused": False, "peak_teacher_bytes": pipeline.peak_teacher_bytes}
+    if run is not None:
+        run.stop = run.stop or Stop("paused", pipeline.pause.reason)
+        checkpoint(run)
+    where = f"at step {run.step} of {run.total_steps}" if run is not None else "before training started"
+    print(
+        f"run: paused ({pipeline.pause.reason or 'stopped'}) {where}; every finished chunk and step is kept: "
+        "run the same command again to continue"
+    )
+    return {"paused": True, "steps": run.step if run is not None else 0, "peak_teacher_bytes": pipeline.peak_teacher_bytes}
+
+
+def _span(shards: list[int]) -> str:
+    if not shards:
+        return "-"
+    if shards == list(range(shards[0], shards[-1] + 1)) and len(shards) > 2:
+        return f"{shards[0]}-{shards[-1]}"
+    return ",".join(map(str, shards))

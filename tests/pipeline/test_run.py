@@ -1,0 +1,216 @@
+"""`daram run`: windows of dump + train + release under a disk budget, one training run, clean pauses."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from daram.cli import app
+from daram.storage import Store
+
+REPO = Path(__file__).resolve().parents[2]
+# 5 shards of ~41 rows x 32 tokens; shard 4 held out; 14 steps of 3 x 4 rows over shards 0-3.
+CONFIG = """
+[store]
+path = "store.zarr"
+[prepare]
+tokenizer = "{tokenizer}"
+seq_len = 32
+num_shards = 5
+rows_per_chunk = 8
+[[prepare.sources]]
+path = "corpus.txt"
+unit = "line"
+[teacher]
+model = "{teacher}"
+kind = "sampled"
+draws = 8
+device = "cpu"
+batch_size = 8
+[student]
+n_embd = 32
+n_head = 2
+n_layer = 1
+[train]
+out = "student"
+shards = "0-3"
+heldout_shard = 4
+batch_size = 4
+grad_accum = 3
+warmup_steps = 2
+eval_rows = 8
+checkpoint_every = 4
+eval_every = 0
+log_every = 1
+device = "cpu"
+"""
+
+
+def workdir(tmp_path: Path, name: str, tokenizer: Path, teacher: Path, lines: list[str]) -> Path:
+    path = tmp_path / name
+    path.mkdir()
+    (path / "corpus.txt").write_text("\n".join(lines[:800]) + "\n", encoding="utf-8")
+    (path / "daram.toml").write_text(CONFIG.format(tokenizer=tokenizer, teacher=teacher), encoding="utf-8")
+    return path
+
+
+def daram(cwd: Path, *args: str) -> subprocess.Popen:
+    """The CLI in its own process, one thread (the same float reductions in every run)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "daram", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finished(process: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
+    stdout, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 0, stderr[-3000:]
+    return stdout, stderr
+
+
+def teacher_bytes(store: Path) -> int:
+    """What the teacher shards take on disk now (files vanish under our feet while a release runs)."""
+    total = 0
+    for root, _, files in os.walk(store / "teacher"):
+        if "shard-" not in root:
+            continue
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+class DiskPoll:
+    """Polls the teacher shards' size every few milliseconds in a thread and keeps the peak."""
+
+    def __init__(self, store: Path) -> None:
+        self.store, self.peak, self.done = store, 0, threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self.done.is_set():
+            if (self.store / "teacher").is_dir():
+                self.peak = max(self.peak, teacher_bytes(self.store))
+            time.sleep(0.005)
+
+    def __enter__(self) -> "DiskPoll":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def metrics(out: Path) -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line and "split" not in json.loads(line)]
+
+
+@pytest.fixture(scope="module")
+def unbounded(tmp_path_factory, kogpt2_tokenizer_dir, tiny_teacher_dir, korean_lines) -> Path:
+    """The reference: prepare, teacher-dump --all, student-train, each as its own command."""
+    path = workdir(tmp_path_factory.mktemp("unbounded"), "w", kogpt2_tokenizer_dir, tiny_teacher_dir, korean_lines)
+    for command in (["prepare"], ["teacher-dump", "--all"], ["student-train"]):
+        finished(daram(path, *command))
+    return path
+
+
+def assert_same_student(path: Path, reference: Path) -> None:
+    ours, theirs = load_file(path / "student" / "model.safetensors"), load_file(reference / "student" / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name  # equal weights, not close ones
+
+
+def assert_one_schedule(path: Path, reference: Path) -> None:
+    """Every step logged once, in order, with the unbounded run's learning rate and loss: one LR schedule."""
+    ours, theirs = metrics(path / "student"), metrics(reference / "student")
+    assert [r["step"] for r in ours] == list(range(1, 15)) == [r["step"] for r in theirs]
+    assert [r["lr"] for r in ours] == [r["lr"] for r in theirs]
+    assert [r["loss"] for r in ours] == [r["loss"] for r in theirs]
+
+
+def budget_for_two_shards(reference: Path) -> int:
+    """The held-out shard and two training shards: smaller than the whole dump (five shards)."""
+    store = Store.open(str(reference / "store.zarr"))
+    sizes = [store.bytes_on_disk(f"teacher/shard-0000{s}/") for s in range(5)]
+    return int((sizes[4] + 2 * max(sizes[:4])) * 1.06)
+
+
+@pytest.mark.slow
+def test_run_under_a_budget_equals_student_train_over_a_complete_dump(
+    tmp_path, unbounded, kogpt2_tokenizer_dir, tiny_teacher_dir, korean_lines
+):
+    path = workdir(tmp_path, "run", kogpt2_tokenizer_dir, tiny_teacher_dir, korean_lines)
+    budget = budget_for_two_shards(unbounded)
+    with DiskPoll(path / "store.zarr") as poll:
+        stdout, stderr = finished(daram(path, "run", "--disk-budget", str(budget)))
+    assert "run: no store at store.zarr: preparing it" in stderr and "run: complete" in stderr
+    windows = [line.split(" | ")[1] for line in stderr.splitlines() if line.startswith("run: dump |")]
+    # step 7 reads the end of shard 1 and the start of shard 2, so shard 1 stays for the second window
+    assert windows == ["window 1: shards 0,1", "window 2: shards 1,2", "window 3: shard 3"]
+    assert 0 < poll.peak <= budget
+    teacher = Store.open(str(path / "store.zarr")).teacher_manifest()
+    assert sorted(teacher.released) == ["0", "1", "2"] and teacher.is_complete(4)  # the held-out shard stays
+    assert_same_student(path, unbounded)
+    assert_one_schedule(path, unbounded)
+
+    # Idempotent: the same command again finds the run complete and changes nothing.
+    before = (path / "student" / "model.safetensors").read_bytes()
+    stdout, stderr = finished(daram(path, "run", "--disk-budget", str(budget)))
+    assert "run: complete" in stderr and (path / "student" / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_run_killed_at_random_moments_and_paused_by_sigterm_ends_as_the_unbounded_run(
+    tmp_path, unbounded, kogpt2_tokenizer_dir, tiny_teacher_dir, korean_lines
+):
+    path = workdir(tmp_path, "run", kogpt2_tokenizer_dir, tiny_teacher_dir, korean_lines)
+    budget = budget_for_two_shards(unbounded)
+    command = ("run", "--disk-budget", str(budget))
+    moments = random.Random(13)
+    progress = []  # the last logged step when each process ended: the kills land in the middle of the run
+    with DiskPoll(path / "store.zarr") as poll:
+        for kill in (signal.SIGKILL, signal.SIGKILL, signal.SIGKILL, signal.SIGTERM):
+            process = daram(path, *command)
+            time.sleep(moments.uniform(6, 14))  # imports take a few seconds; the run itself about twenty
+            process.send_signal(kill)
+            stdout, stderr = process.communicate(timeout=120)
+            progress.append(metrics(path / "student")[-1]["step"] if (path / "student" / "metrics.jsonl").exists() else 0)
+            if kill == signal.SIGTERM:
+                # a clean pause: the chunk or step in flight finishes, a checkpoint, how to continue, exit 0
+                assert process.returncode == 0, stderr[-3000:]
+                assert "run: paused (SIGTERM)" in stdout or "run: complete" in stderr
+        stdout, stderr = finished(daram(path, *command))
+    assert "run: complete" in stderr
+    assert any(0 < step < 14 for step in progress), progress
+    assert 0 < poll.peak <= budget
+    assert not list((path / "store.zarr" / "locks").glob("teacher-*"))
+    assert_same_student(path, unbounded)
+    assert_one_schedule(path, unbounded)
+
+
+def test_a_budget_too_small_for_one_shard_is_refused_before_training(tmp_path, kogpt2_tokenizer_dir, tiny_teacher_dir,
+                                                                     korean_lines, monkeypatch):
+    path = workdir(tmp_path, "small", kogpt2_tokenizer_dir, tiny_teacher_dir, korean_lines)
+    monkeypatch.chdir(path)
+    result = CliRunner().invoke(app, ["run", "--disk-budget", "30kB"])
+    assert result.exit_code == 2, result.output
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("error: run.disk_budget 30 kB is too small: step 1 needs the teacher arrays of shard 0")
+    assert "`daram plan` shows what fits" in error
+    assert not (path / "student" / "checkpoints").exists() or not any((path / "student" / "checkpoints").iterdir())
