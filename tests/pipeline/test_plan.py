@@ -27,8 +27,8 @@ def teacher_bytes(store_path, shard):
     return sum(p.stat().st_size for p in (store_path / "teacher" / shard_name(shard)).rglob("*") if p.is_file() and "c" in p.parts)
 
 
-def test_plan_json_on_a_small_real_store(tmp_path, kogpt2_tokenizer_dir, korean_lines, tiny_teacher_dir):
-    store_path = prepare_store(tmp_path, kogpt2_tokenizer_dir, korean_lines[:600], seq_len=32, num_shards=4, rows_per_chunk=8)
+def test_plan_json_on_a_small_real_store(tmp_path, tokenizer_dir, corpus_lines, tiny_teacher_dir):
+    store_path = prepare_store(tmp_path, tokenizer_dir, corpus_lines[:421], seq_len=32, num_shards=4, rows_per_chunk=8)
     manifest = Store.open(str(store_path)).manifest
     plan = plan_json(store_path, tiny_teacher_dir, "--time-limit", "1h")
     for key in ("tokens", "teacher_bytes_per_token", "token_bytes", "window_shards", "dump_gpu_hours", "train_gpu_hours"):
@@ -39,7 +39,7 @@ def test_plan_json_on_a_small_real_store(tmp_path, kogpt2_tokenizer_dir, korean_
     assert plan["teacher_bytes_source"].startswith("measured:") and "dumped into memory" in plan["teacher_bytes_source"]
     assert plan["training_shards"] == [0, 1, 2] and plan["window_shards"] == 3  # no budget: all at once
     # the teacher's own shape (2 layers, 32 wide), not the reference's
-    assert plan["dump_flops_per_token"] == forward_flops_per_token(2, 32, 51200, 32)
+    assert plan["dump_flops_per_token"] == forward_flops_per_token(2, 32, 2048, 32)
     assert plan["sessions"]["P100"] == 1
 
     # The measured figure forecasts the real dump: dump every shard and compare.

@@ -21,7 +21,7 @@ from daram.cli import app
 from daram.storage import Store
 
 REPO = Path(__file__).resolve().parents[2]
-# 5 shards of ~41 rows x 32 tokens; shard 4 held out; 14 steps of 3 x 4 rows over shards 0-3.
+# 5 shards of ~40 rows x 32 tokens; shard 4 held out; 13 steps of 3 x 4 rows over shards 0-3.
 CONFIG = """
 [store]
 path = "store.zarr"
@@ -61,7 +61,7 @@ device = "cpu"
 def workdir(tmp_path: Path, name: str, tokenizer: Path, teacher: Path, lines: list[str]) -> Path:
     path = tmp_path / name
     path.mkdir()
-    (path / "corpus.txt").write_text("\n".join(lines[:800]) + "\n", encoding="utf-8")
+    (path / "corpus.txt").write_text("\n".join(lines[:560]) + "\n", encoding="utf-8")
     (path / "daram.toml").write_text(CONFIG.format(tokenizer=tokenizer, teacher=teacher), encoding="utf-8")
     return path
 
@@ -121,9 +121,9 @@ def metrics(out: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def unbounded(tmp_path_factory, kogpt2_tokenizer_dir, tiny_teacher_dir, korean_lines) -> Path:
+def unbounded(tmp_path_factory, tokenizer_dir, tiny_teacher_dir, corpus_lines) -> Path:
     """The reference: prepare, teacher-dump --all, student-train, each as its own command."""
-    path = workdir(tmp_path_factory.mktemp("unbounded"), "w", kogpt2_tokenizer_dir, tiny_teacher_dir, korean_lines)
+    path = workdir(tmp_path_factory.mktemp("unbounded"), "w", tokenizer_dir, tiny_teacher_dir, corpus_lines)
     for command in (["prepare"], ["teacher-dump", "--all"], ["student-train"]):
         finished(daram(path, *command))
     return path
@@ -139,7 +139,8 @@ def assert_same_student(path: Path, reference: Path) -> None:
 def assert_one_schedule(path: Path, reference: Path) -> None:
     """Every step logged once, in order, with the unbounded run's learning rate and loss: one LR schedule."""
     ours, theirs = metrics(path / "student"), metrics(reference / "student")
-    assert [r["step"] for r in ours] == list(range(1, 15)) == [r["step"] for r in theirs]
+    steps = [r["step"] for r in theirs]
+    assert [r["step"] for r in ours] == steps == list(range(1, len(steps) + 1)) and len(steps) > 10
     assert [r["lr"] for r in ours] == [r["lr"] for r in theirs]
     assert [r["loss"] for r in ours] == [r["loss"] for r in theirs]
 
@@ -153,9 +154,9 @@ def budget_for_two_shards(reference: Path) -> int:
 
 @pytest.mark.slow
 def test_run_under_a_budget_equals_student_train_over_a_complete_dump(
-    tmp_path, unbounded, kogpt2_tokenizer_dir, tiny_teacher_dir, korean_lines
+    tmp_path, unbounded, tokenizer_dir, tiny_teacher_dir, corpus_lines
 ):
-    path = workdir(tmp_path, "run", kogpt2_tokenizer_dir, tiny_teacher_dir, korean_lines)
+    path = workdir(tmp_path, "run", tokenizer_dir, tiny_teacher_dir, corpus_lines)
     budget = budget_for_two_shards(unbounded)
     with DiskPoll(path / "store.zarr") as poll:
         stdout, stderr = finished(daram(path, "run", "--disk-budget", str(budget)))
@@ -177,9 +178,9 @@ def test_run_under_a_budget_equals_student_train_over_a_complete_dump(
 
 @pytest.mark.slow
 def test_run_killed_at_random_moments_and_paused_by_sigterm_ends_as_the_unbounded_run(
-    tmp_path, unbounded, kogpt2_tokenizer_dir, tiny_teacher_dir, korean_lines
+    tmp_path, unbounded, tokenizer_dir, tiny_teacher_dir, corpus_lines
 ):
-    path = workdir(tmp_path, "run", kogpt2_tokenizer_dir, tiny_teacher_dir, korean_lines)
+    path = workdir(tmp_path, "run", tokenizer_dir, tiny_teacher_dir, corpus_lines)
     budget = budget_for_two_shards(unbounded)
     command = ("run", "--disk-budget", str(budget))
     moments = random.Random(13)
@@ -197,16 +198,16 @@ def test_run_killed_at_random_moments_and_paused_by_sigterm_ends_as_the_unbounde
                 assert "run: paused (SIGTERM)" in stdout or "run: complete" in stderr
         stdout, stderr = finished(daram(path, *command))
     assert "run: complete" in stderr
-    assert any(0 < step < 14 for step in progress), progress
+    assert any(0 < step < metrics(unbounded / "student")[-1]["step"] for step in progress), progress
     assert 0 < poll.peak <= budget
     assert not list((path / "store.zarr" / "locks").glob("teacher-*"))
     assert_same_student(path, unbounded)
     assert_one_schedule(path, unbounded)
 
 
-def test_a_budget_too_small_for_one_shard_is_refused_before_training(tmp_path, kogpt2_tokenizer_dir, tiny_teacher_dir,
-                                                                     korean_lines, monkeypatch):
-    path = workdir(tmp_path, "small", kogpt2_tokenizer_dir, tiny_teacher_dir, korean_lines)
+def test_a_budget_too_small_for_one_shard_is_refused_before_training(tmp_path, tokenizer_dir, tiny_teacher_dir,
+                                                                     corpus_lines, monkeypatch):
+    path = workdir(tmp_path, "small", tokenizer_dir, tiny_teacher_dir, corpus_lines)
     monkeypatch.chdir(path)
     result = CliRunner().invoke(app, ["run", "--disk-budget", "30kB"])
     assert result.exit_code == 2, result.output
