@@ -16,6 +16,7 @@ kill never loses a shard that training still needs. SIGTERM, SIGINT and ``run.ti
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -67,6 +68,10 @@ def setup_pipeline(cfg: Config, pause: Pause) -> Pipeline:
     from daram.pipeline.student_train import setup
     from daram.pipeline.training.checkpoint import latest_checkpoint
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DaramError(
+            "daram run is one process on one device; under torchrun use `daram teacher-dump` and `daram student-train`"
+        )
     budget = parse_size(cfg.run.disk_budget)
     if cfg.train.epochs != 1 and budget:
         # Later epochs would dump every released shard again: allowed, but say what it costs.

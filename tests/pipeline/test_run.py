@@ -215,3 +215,26 @@ def test_a_budget_too_small_for_one_shard_is_refused_before_training(tmp_path, t
     assert error.startswith("error: run.disk_budget 30 kB is too small: step 1 needs the teacher arrays of shard 0")
     assert "`daram plan` shows what fits" in error
     assert not (path / "student" / "checkpoints").exists() or not any((path / "student" / "checkpoints").iterdir())
+
+
+def test_a_released_shard_is_dumped_again_bit_identical(tmp_path, tokenizer_dir, corpus_lines, tiny_teacher_dir):
+    """What lets `daram run` release a shard: its statistics stay, teacher-dump brings it back byte for byte."""
+    from conftest import prepare_store
+
+    store_path = prepare_store(tmp_path, tokenizer_dir, corpus_lines[:138], seq_len=32, num_shards=2, rows_per_chunk=4)
+    dump = ["teacher-dump", "--store", str(store_path), "--teacher", str(tiny_teacher_dir), "--kind", "sampled",
+            "--draws", "8", "--device", "cpu", "--all"]
+    assert CliRunner().invoke(app, dump).exit_code == 0
+    shard_dir = store_path / "teacher" / "shard-00000"
+    before = {p.relative_to(shard_dir): p.read_bytes() for p in shard_dir.rglob("*") if p.is_file() and "c" in p.parts}
+    store = Store.open(str(store_path), mode="r+")
+    stats = store.teacher_manifest().shards["0"]
+    store.release_teacher_shard(0)
+    teacher = store.teacher_manifest()
+    assert not teacher.is_complete(0) and teacher.released["0"] == stats and not shard_dir.exists()
+    result = CliRunner().invoke(app, dump)
+    assert result.exit_code == 0 and "1 shard dumped, 1 already complete" in result.stdout
+    after = {p.relative_to(shard_dir): p.read_bytes() for p in shard_dir.rglob("*") if p.is_file() and "c" in p.parts}
+    assert after == before
+    teacher = store.teacher_manifest()
+    assert teacher.is_complete(0) and not teacher.released
