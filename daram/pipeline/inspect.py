@@ -45,6 +45,8 @@ def run_inspect(cfg: Config, sample: bool = True) -> None:
         if teacher is not None:
             done = store.teacher_chunks_done(shard, teacher)
             status = "complete" if teacher.is_complete(shard) else f"{int(done.sum())}/{len(done)} chunks"
+            if str(shard) in teacher.released and not done.any():  # daram run freed its disk; teacher-dump restores it
+                status = "released"
             line += f"  teacher {status}"
             if done.any():
                 line += f"  {store.bytes_on_disk(f'teacher/{shard_name(shard)}/') / tokens:6.1f} B/tok"

@@ -232,6 +232,8 @@ def test_a_released_shard_is_dumped_again_bit_identical(tmp_path, tokenizer_dir,
     store.release_teacher_shard(0)
     teacher = store.teacher_manifest()
     assert not teacher.is_complete(0) and teacher.released["0"] == stats and not shard_dir.exists()
+    inspected = CliRunner().invoke(app, ["inspect", "--store", str(store_path), "--no-sample"])
+    assert inspected.exit_code == 0 and "teacher released" in inspected.stdout
     result = CliRunner().invoke(app, dump)
     assert result.exit_code == 0 and "1 shard dumped, 1 already complete" in result.stdout
     after = {p.relative_to(shard_dir): p.read_bytes() for p in shard_dir.rglob("*") if p.is_file() and "c" in p.parts}
