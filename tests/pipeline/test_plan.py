@@ -83,9 +83,9 @@ def test_window_size_lets_the_largest_shards_decide():
 
 
 def test_forward_flops_count_two_per_weight_of_a_real_gpt2():
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from daram.pipeline.models import gpt2
 
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=1000, n_embd=64, n_layer=3, n_head=4, n_positions=128))
+    model = gpt2(1000, n_embd=64, n_head=4, n_layer=3, n_positions=128)
     blocks = sum(p.numel() for n, p in model.named_parameters() if ".h." in n and p.dim() == 2)
     head = model.lm_head.weight.numel()
     attention = 2 * 3 * 128 * 64

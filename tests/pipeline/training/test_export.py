@@ -14,7 +14,9 @@ from daram.pipeline.training.export import export_student
 def tiny_model_and_tokenizer():
     """A 2-layer GPT-2 over a 300-id byte-level BPE trained here on a few Korean sentences."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
+
+    from daram.pipeline.models import gpt2
 
     text = ["오늘 날씨가 정말 좋다.", "내일은 비가 온다고 한다.", "한국어 문장을 배운다."] * 20
     tk = Tokenizer(models.BPE())
@@ -24,9 +26,8 @@ def tiny_model_and_tokenizer():
                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", pad_token="<pad>")
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=64,
-                        bos_token_id=0, eos_token_id=0, pad_token_id=1)
-    return GPT2LMHeadModel(config).eval(), tokenizer
+    # BOS falls back to EOS (id 0), PAD is id 1
+    return gpt2(len(tokenizer), n_embd=16, n_head=2, n_layer=2, n_positions=64, tokenizer=tokenizer).eval(), tokenizer
 
 
 def test_tokenizer_config_names_a_class_both_versions_have_and_no_load_time_flags(tiny_model_and_tokenizer, tmp_path):

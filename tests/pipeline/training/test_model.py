@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from daram.errors import DaramError
 from daram.pipeline.losses import DistillObjective, next_token_labels
+from daram.pipeline.models import gpt2
 from daram.pipeline.training.model import StudentWithLoss, precision_for
 
 
@@ -20,8 +20,7 @@ def test_precision_on_cpu():
 
 def _student_and_batch():
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=16, bos_token_id=0, eos_token_id=0)
-    model = GPT2LMHeadModel(config).eval()  # no dropout: the two computations must see the same network
+    model = gpt2(64, n_embd=16, n_head=2, n_layer=1, n_positions=16).eval()  # no dropout: both computations see one network
     tokens = torch.randint(0, 64, (2, 8))
     objective = DistillObjective(next_token_labels(tokens), None, 1.0, 0.0, 1.0)
     return StudentWithLoss(model, loss_slice=4, compute_dtype=torch.float32), tokens, objective
