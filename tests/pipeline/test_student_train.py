@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -404,6 +409,65 @@ def test_an_out_that_cannot_be_written_is_one_line_before_training(kd_store, tmp
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [f"error: train.out {out}: cannot write there ("
                                                    + ("Not a directory)" if blocked == "a file in the way" else "Permission denied)")]
+
+
+# --- sessions: a clean pause, and --resume from the checkpoint's own settings ---------------------------------
+
+
+def _cli(*args):
+    return CliRunner().invoke(app, ["student-train", *args])
+
+
+def test_time_limit_pauses_and_resume_needs_only_out_and_refuses_a_contradicting_flag(kd_store, tmp_path):
+    out = tmp_path / "student"
+    paused = _cli("--store", str(kd_store), "--out", str(out), "--shards", "0-1", "--heldout-shard", "2",
+                  "--n-embd", "32", "--n-head", "2", "--n-layer", "2", "--batch-size", "4", "--lr", "0.003",
+                  "--epochs", "4", "--max-steps", "40", "--time-limit", "1s",
+                  "--set", "train.grad_accum=1", "--set", "train.log_every=1", "--set", "train.eval_rows=4")
+    assert paused.exit_code == 0, paused.output
+    line = next(line for line in paused.output.splitlines() if line.startswith("paused at step"))
+    step = int(line.split()[3])
+    assert 0 < step < 40 and line == (f"paused at step {step} of 40 (time limit 1s); continue with: "
+                                      f"daram student-train --resume --out {out}")
+    assert not (out / "model.safetensors").exists() and (out / "checkpoints" / f"step-{step:08d}").is_dir()
+
+    refused = _cli("--resume", "--out", str(out), "--lr", "0.01")
+    assert refused.exit_code == 2
+    assert refused.output.strip().splitlines() == [
+        "error: --resume: train.lr is 0.01 here but 0.003 in the checkpointed run; --resume reads the run's settings "
+        "from its checkpoint, so leave it out (or start a new run in another --out)"]
+
+    # Everything else (the store, shards, shape, schedule) comes from the checkpoint.
+    resumed = _cli("--resume", "--out", str(out))
+    assert resumed.exit_code == 0, resumed.output
+    assert "stopped at --max-steps 40 (train.max_steps)" in resumed.output
+    assert [r["step"] for r in read_metrics(out) if r.get("split") != "heldout"] == list(range(1, 41))
+    assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_pauses_cleanly_after_the_step(kd_store, tmp_path, signum):
+    """A real process gets a real signal mid-run: it finishes the step, checkpoints, says how to go on, exits 0."""
+    out = tmp_path / "student"
+    command = [sys.executable, "-m", "daram", "student-train", "--store", str(kd_store), "--out", str(out),
+               "--shards", "0-1", "--heldout-shard", "2", "--n-embd", "32", "--n-head", "2", "--n-layer", "2",
+               "--batch-size", "4", "--epochs", "1000", "--set", "train.grad_accum=1", "--set", "train.log_every=1",
+               "--device", "cpu"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
+        time.sleep(0.2)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-2000:]
+    line = next(line for line in stderr.splitlines() if line.startswith("paused at step"))
+    step = int(line.split()[3])
+    assert f"({signal.Signals(signum).name}); continue with: daram student-train --resume --out {out}" in line
+    assert (out / "checkpoints" / f"step-{step:08d}").is_dir() and not (out / "model.safetensors").exists()
+    assert max(r["step"] for r in read_metrics(out)) == step  # the step in flight was finished and logged
 
 
 # --- distillation works: a short run lowers the held-out KL to the teacher well below CE-only ----------------
