@@ -96,6 +96,22 @@ def save_tiny_gpt2(out: Path, tokenizer_dir: Path, seed: int = 0, n_embd: int = 
 
 
 @pytest.fixture(scope="session")
+def other_tokenizer_model(tmp_path_factory, corpus_lines: list[str]) -> Path:
+    """A tiny GPT-2 saved with a tokenizer that is not the session one (a 400-id BPE on other pre-tokenization):
+    what every check of a model's tokenizer against a store must refuse."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.train_from_iterator(corpus_lines[:500], trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "</s>", "<pad>"]))
+    tmp = tmp_path_factory.mktemp("other_tokenizer")
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>").save_pretrained(
+        tmp / "tokenizer")
+    return save_tiny_gpt2(tmp / "model", tmp / "tokenizer", n_embd=16, n_layer=1)
+
+
+@pytest.fixture(scope="session")
 def tiny_teacher_dir(tmp_path_factory, tokenizer_dir: Path) -> Path:
     """A tiny random GPT-2 (2 layers, 32 wide) over the session tokenizer, saved with it like a hub model."""
     return save_tiny_gpt2(tmp_path_factory.mktemp("tiny_teacher"), tokenizer_dir)

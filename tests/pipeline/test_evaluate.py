@@ -302,25 +302,8 @@ def _empty_config(tmp_path: Path) -> Path:
 # --- held-out fidelity --------------------------------------------------------------------------
 
 
-def save_model_with_own_tokenizer(tmp_path: Path) -> Path:
-    """A tiny GPT-2 whose tokenizer is a 300-id BPE trained here: not the store's vocabulary."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from daram.pipeline.models import gpt2
-
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel()
-    bpe.train_from_iterator(["오늘은 날씨가 좋다.", "내일은 비가 온다."] * 10,
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>", unk_token="<unk>")
-    out = tmp_path / "foreign"
-    gpt2(len(tokenizer), n_embd=16, n_head=1, n_layer=1).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def test_heldout_against_a_stored_teacher(prepared_store: Path, tokenizer_dir: Path, tmp_path: Path) -> None:
+def test_heldout_against_a_stored_teacher(prepared_store: Path, tokenizer_dir: Path, other_tokenizer_model: Path,
+                                          tmp_path: Path) -> None:
     # Peaked random models (init std 1): a flat one would put nearly all its mass in the tail bucket,
     # where any two models look alike.
     teacher = save_tiny_gpt2(tmp_path / "tiny-0", tokenizer_dir, seed=0, init_std=1.0)
@@ -335,8 +318,7 @@ def test_heldout_against_a_stored_teacher(prepared_store: Path, tokenizer_dir: P
     result = runner.invoke(app, args + ["--set", "train.heldout_shard=-1"])  # no --shards and no train.heldout_shard
     assert result.exit_code == 2 and "no held-out shard" in result.stderr
 
-    foreign = save_model_with_own_tokenizer(tmp_path)
-    result = runner.invoke(app, args + ["--model", str(foreign), "--shards", "0"])
+    result = runner.invoke(app, args + ["--model", str(other_tokenizer_model), "--shards", "0"])
     assert result.exit_code == 2 and "has another tokenizer (" in result.stderr
 
     result = runner.invoke(app, args + ["--model", str(other), "--name", "teacher", "--name", "other", "--shards", "0-1",

@@ -262,24 +262,6 @@ def test_a_heldout_shard_inside_the_training_shards_is_refused(kd_store, tmp_pat
         run_student_train(train_config(kd_store, tmp_path / "out", train__heldout_shard=1))
 
 
-@pytest.fixture(scope="module")
-def other_tokenizer_model(tmp_path_factory, corpus_lines) -> Path:
-    """A tiny GPT-2 with a different (small, freshly trained) tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from daram.pipeline.models import gpt2
-
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Metaspace()
-    tk.train_from_iterator(corpus_lines[:500], trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "</s>", "<pad>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
-    out = tmp_path_factory.mktemp("other_tokenizer")
-    gpt2(len(tokenizer), n_embd=16, n_head=2, n_layer=1).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 def test_init_from_a_model_with_another_tokenizer_is_refused(kd_store, tmp_path, other_tokenizer_model):
     with pytest.raises(DaramError, match=r"student.init_from .* has another tokenizer \(\d+ ids.*2,048 ids"):
         run_student_train(train_config(kd_store, tmp_path / "out", student__init_from=str(other_tokenizer_model)))

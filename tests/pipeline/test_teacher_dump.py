@@ -169,22 +169,13 @@ def test_missing_tokens_shard(store_path, tiny_teacher_dir):
     assert not (store_path / "teacher").exists()
 
 
-def test_teacher_with_another_tokenizer_is_refused(tmp_path, store_path, tokenizer_dir):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def test_teacher_with_another_tokenizer_is_refused(store_path, tokenizer_dir, other_tokenizer_model):
+    from transformers import AutoTokenizer
 
-    from daram.pipeline.models import gpt2
-
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.train_from_iterator(["안녕하세요 반갑습니다", "오늘 날씨가 좋네요"] * 10, trainers.BpeTrainer(vocab_size=80, special_tokens=["<unk>", "</s>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>")
-    other = tmp_path / "other-teacher"
-    gpt2(len(tokenizer), n_embd=8, n_head=2, n_layer=1).save_pretrained(other)
-    tokenizer.save_pretrained(other)
-    result = dump(store_path, other, "--shard", "0")
+    result = dump(store_path, other_tokenizer_model, "--shard", "0")
     assert result.exit_code == 2
-    assert "has another tokenizer" in result.stderr and f"{len(tokenizer)} ids" in result.stderr
+    ids = len(AutoTokenizer.from_pretrained(other_tokenizer_model))
+    assert f"teacher {str(other_tokenizer_model)!r} has another tokenizer ({ids} ids" in result.stderr
     assert f"{tokenizer_dir}: 2,048 ids" in result.stderr
 
 
