@@ -68,6 +68,9 @@ def test_reading_from_any_position_continues_the_same_stream(prepared_store):
     assert len(full) == plan.total_batches
     tail = [b.tokens for b in iter_batches(store, plan, 9, with_teacher=False)]
     assert len(tail) == len(full) - 9 and all((a == b).all() for a, b in zip(full[9:], tail))
+    # A reader told where to stop (the end of the shards on disk) yields exactly up to there.
+    window = [b.tokens for b in iter_batches(store, plan, 9, with_teacher=False, stop=12)]
+    assert len(window) == 3 and all((a == b).all() for a, b in zip(full[9:12], window))
     # The rows are the store's rows, under the plan's order.
     first = plan.passes[0]
     expected = store.read_tokens(1)[first.row_order()[:5]]
@@ -100,3 +103,11 @@ def test_prefetcher_keeps_order_and_re_raises_errors():
     next(stopped)
     stopped.close()
     assert not stopped.thread.is_alive()
+
+
+def test_the_plan_says_which_shards_are_still_to_be_read():
+    plan = BatchPlan(RANGES, [1, 0, 2], epochs=2, batch_size=4, shuffle=False, seed=0)  # 37, 10 and 5 per pass
+    assert plan.shard_of(0) == 1 and plan.shard_of(36) == 1 and plan.shard_of(37) == 0 and plan.shard_of(47) == 2
+    assert plan.shards_from(0) == [1, 0, 2, 1, 0, 2]  # a shard comes back each epoch
+    assert plan.shards_from(40) == [0, 2, 1, 0, 2] and plan.shards_from(plan.total_batches) == []
+    assert plan.shard_of(plan.total_batches) is None
