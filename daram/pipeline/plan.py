@@ -225,9 +225,6 @@ def _rows_per_shard(cfg: Config, store: Store | None) -> tuple[list[int], int, s
 
 def _teacher_shape(cfg: Config) -> tuple[dict[str, Any], str]:
     """The teacher's layers, width and vocabulary from its config (no weights loaded), else the reference's."""
-    from daram.pipeline.hf import _quiet_transformers
-
-    _quiet_transformers()
     from transformers import AutoConfig
 
     try:

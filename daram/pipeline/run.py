@@ -21,13 +21,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from daram.config import Config
+from daram.config import Config, parse_shards
 from daram.errors import DaramError
 from daram.pipeline.pause import Pause
 from daram.pipeline.plan import DISK_MARGIN
 from daram.storage import Store, shard_name
 from daram.units import format_duration, format_size, parse_duration, parse_size
+
+if TYPE_CHECKING:  # student_train imports torch; daram run loads it only once training is set up
+    from daram.pipeline.student_train import Run
 
 
 @dataclass
@@ -39,7 +43,7 @@ class Pipeline:
     pause: Pause
     budget: int  # bytes of teacher shards on disk at most; 0 = no limit
     heldout: int  # -1 = none
-    train: object = None  # student_train.Run once training is set up
+    train: Run | None = None  # the one training run, once it is set up
     window: list[int] = field(default_factory=list)  # training shards on disk for the current window
     windows: int = 0  # windows started in this session
     peak_teacher_bytes: int = 0  # the most teacher bytes seen on disk in this session
@@ -87,8 +91,6 @@ def setup_pipeline(cfg: Config, pause: Pause) -> Pipeline:
     pipeline = Pipeline(cfg, store, pause, budget, heldout)
 
     # Training's setup reads the dump's settings (and evaluates on the held-out shard): dump that one first.
-    from daram.config import parse_shards
-
     first = heldout if heldout >= 0 else parse_shards(cfg.train.shards, store.manifest.num_shards, "train.shards")[0]
     if not _dump(pipeline, [first]):
         return pipeline
