@@ -386,6 +386,7 @@ def student_train(
     precision: Annotated[Optional[str], setting_option("train.precision")] = None,
     device: Annotated[Optional[str], setting_option("train.device")] = None,
     time_limit: Annotated[Optional[str], setting_option("run.time_limit")] = None,
+    online_teacher: Annotated[Optional[str], setting_option("train.online_teacher")] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue exactly from the last checkpoint in --out, with the settings "
                                             "saved in it (a flag that contradicts them is refused).")
@@ -402,7 +403,7 @@ def student_train(
         "train.alpha_kd": alpha_kd, "train.alpha_ce": alpha_ce, "train.tail": tail, "train.temperature": temperature,
         "train.epochs": epochs, "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.lr": lr,
         "train.max_steps": max_steps, "train.seed": seed, "train.precision": precision, "train.device": device,
-        "run.time_limit": time_limit,
+        "run.time_limit": time_limit, "train.online_teacher": online_teacher,
     }
     cfg = _config(config, set_, **flags)
     from daram.pipeline.student_train import run_student_train

@@ -216,7 +216,7 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         _check_choice("teacher.dtype", self.dtype, ("auto", "float16", "bfloat16", "float32"))
-        _check_choice("teacher.kind", self.kind, ("topk", "sampled"))
+        _check_choice("teacher.kind", self.kind, ("topk", "sampled", "draws"))
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise DaramError(f"teacher.temperature must be finite and > 0, got {self.temperature}")
         _check_positive("teacher.top_k", self.top_k)
@@ -294,6 +294,12 @@ class TrainConfig:
     log_every: int = setting(10, "Optimizer steps between metrics.jsonl lines.")
     device: str = setting("auto", "auto (cuda when available, else cpu) | cpu | cuda | cuda:N; under torchrun each rank uses its local GPU.")
     prefetch: int = setting(4, "Micro-batches the background reader keeps ready.")
+    online_teacher: str = setting(
+        "",
+        "Baseline only: distil from this teacher model (directory or hub id) run in the loop with its full logits "
+        "at train.temperature, as the seed project did, instead of the stored dump; '' = the store. It is the "
+        "reference benchmarks/fidelity.py judges stored formats against, and costs a teacher forward per step.",
+    )
 
     def __post_init__(self) -> None:
         _check_choice("train.schedule", self.schedule, ("cosine", "linear"))

@@ -94,12 +94,27 @@ def sample_slice(z: Tensor, scratch: Tensor, uniforms: Tensor, width: int) -> tu
     :func:`count_draws` for the layout.
     """
     e, _, entropy = _exp_shifted(z, z.amax(-1, keepdim=True), scratch)
+    ids, counts = count_draws(_inverse_cdf(e, uniforms), width)
+    return ids, counts, entropy
+
+
+def _inverse_cdf(e: Tensor, uniforms: Tensor) -> Tensor:
+    """Draws [n, draws] from the unnormalised weights ``e`` [n, vocab] (consumed: it holds their CDF)."""
     cdf = e.cumsum_(-1)  # unnormalised; the last column is the total
     targets = uniforms.to(cdf.device) * cdf[:, -1:]
     # First id whose cumulative mass exceeds the target; ids of zero probability are never hit.
-    drawn = torch.searchsorted(cdf, targets, right=True).clamp_(max=cdf.shape[1] - 1)
-    ids, counts = count_draws(drawn, width)
-    return ids, counts, entropy
+    return torch.searchsorted(cdf, targets, right=True).clamp_(max=cdf.shape[1] - 1)
+
+
+def draws_slice(z: Tensor, scratch: Tensor, uniforms: Tensor) -> tuple[Tensor, Tensor]:
+    """Format v2's ``draws``: ``uniforms.shape[1]`` ids per row from ``softmax(z)``, sorted ascending.
+
+    ``z`` [n, vocab] holds ``logits / T`` (float32, overwritten). Sorting puts repeats side by side, so
+    the counts need no array of their own. Returns (draws [n, draws] int64, entropy [n]).
+    """
+    e, _, entropy = _exp_shifted(z, z.amax(-1, keepdim=True), scratch)
+    drawn, _ = _inverse_cdf(e, uniforms).sort(-1)
+    return drawn, entropy
 
 
 def count_draws(drawn: Tensor, width: int) -> tuple[Tensor, Tensor]:

@@ -16,6 +16,7 @@ from daram.pipeline.losses import (
     IGNORE,
     DenseTarget,
     SampledTarget,
+    SparseTarget,
     TopkTarget,
     final_hidden,
     head_weight,
@@ -154,4 +155,5 @@ def _teacher_side(store, teacher, teacher_model, shard, lo, hi, tokens, temperat
     if teacher.kind == "topk":
         return TopkTarget(ids, values, tail="bucket"), ids[..., 0]
     top = values.argmax(-1, keepdim=True)  # argmax returns the first maximum
-    return SampledTarget(ids, values, teacher.draws), ids.gather(-1, top).squeeze(-1)
+    target = SparseTarget(ids, values) if teacher.kind == "draws" else SampledTarget(ids, values, teacher.draws)
+    return target, ids.gather(-1, top).squeeze(-1)

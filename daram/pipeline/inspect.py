@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -34,7 +35,11 @@ def run_inspect(cfg: Config, sample: bool = True) -> None:
     if teacher is None:
         print("teacher      none yet (run `daram teacher-dump`)")
     else:
-        kind = f"top-{teacher.width}" if teacher.kind == "topk" else f"sampled, {plural(teacher.draws, 'draw')}, width {teacher.width}, seed {teacher.seed}"
+        kind = {
+            "topk": f"top-{teacher.width}",
+            "sampled": f"sampled, {plural(teacher.draws, 'draw')}, width {teacher.width}, seed {teacher.seed}",
+            "draws": f"draws (format v2), {plural(teacher.draws, 'sorted draw')}, seed {teacher.seed}",
+        }[teacher.kind]
         print(f"teacher      {teacher.teacher} @ {teacher.revision}  {teacher.dtype}  T={teacher.temperature:g}  {kind}")
 
     print("shards:")
@@ -133,8 +138,8 @@ def _verify_teacher(store: Store, teacher: TeacherManifest, shard: int, bar) -> 
     except Exception:
         bar.update(len(ranges))
         return [f"{where}: marked complete in the teacher manifest but its arrays are missing"] if teacher.is_complete(shard) else []
-    ids_name, values_name = teacher.array_names
-    for name, dtype in ((ids_name, store.manifest.token_dtype), (values_name, teacher.value_dtype)):
+    names = teacher.array_names  # (ids, values), or (ids,) for a draws dump
+    for name, dtype in zip(names, (store.manifest.token_dtype, teacher.value_dtype)):
         if arrays[name].dtype != np.dtype(dtype):
             bar.update(len(ranges))
             return [f"{where}/{name}: dtype {arrays[name].dtype}, expected {dtype}"]
@@ -144,10 +149,12 @@ def _verify_teacher(store: Store, teacher: TeacherManifest, shard: int, bar) -> 
         bar.update(len(ranges))
         return [f"{where}/{CHUNKS_DONE}: unreadable ({type(exc).__name__})"]
     problems = []
-    for (i, ids, error), (_, values, error2) in zip(
-        _read_chunks(arrays[ids_name], ranges, f"{where}/{ids_name}", _NoBar()),
-        _read_chunks(arrays[values_name], ranges, f"{where}/{values_name}", bar),
-    ):
+    id_chunks = _read_chunks(arrays[names[0]], ranges, f"{where}/{names[0]}", bar if len(names) == 1 else _NoBar())
+    value_chunks = (
+        _read_chunks(arrays[names[1]], ranges, f"{where}/{names[1]}", bar) if len(names) > 1
+        else itertools.repeat((None, np.zeros(0), None))  # a draws dump has no values array
+    )
+    for (i, ids, error), (_, values, error2) in zip(id_chunks, value_chunks):
         if not done[i]:
             problems.append(f"{where} chunk {i}: not written yet (dump incomplete; rerun teacher-dump --shard {shard})")
         elif ids is None or values is None:
@@ -181,6 +188,9 @@ def check_teacher_block(teacher: TeacherManifest, ids: np.ndarray, values: np.nd
             problems.append("top-k log-probs not sorted in descending order")
         if (np.diff(np.sort(ids, axis=-1), axis=-1) == 0).any():
             problems.append("an id appears twice at one position")
+    elif teacher.kind == "draws":  # the draws themselves, sorted ascending at each position
+        if (np.diff(ids.astype(np.int64), axis=-1) < 0).any():
+            problems.append("draws not sorted in ascending order")
     else:  # sampled: unique ids with their draw counts, most drawn first, padded with id 0 / count 0
         counts = values.astype(np.int64)
         drawn = counts > 0

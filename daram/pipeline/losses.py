@@ -8,10 +8,11 @@ dense target) and returns one KL per position, shape ``(...)``:
   (exact KL between the two coarse-grained distributions; equals the full KL when k = V);
 - :func:`topk_renormalized_kl` — p and q renormalized over K (what most tools do; biased);
 - :func:`sampled_kl` — ``KL(t || q)`` with ``t = counts / draws``, an unbiased estimate of the
-  teacher (its gradient ``(q - t) / T`` has expectation ``(q - p) / T``);
+  teacher (its gradient ``(q - t) / T`` has expectation ``(q - p) / T``); :class:`SparseTarget` is
+  the same with the probabilities given (format v2's decoded rows);
 - :func:`full_kl` — the dense reference, for a teacher in the loop.
 
-The targets (:class:`TopkTarget`, :class:`SampledTarget`, :class:`DenseTarget`) hold a
+The targets (:class:`TopkTarget`, :class:`SampledTarget`, :class:`SparseTarget`, :class:`DenseTarget`) hold a
 micro-batch's teacher side and hand out one slice of positions at a time.
 
 :func:`sliced_distill_loss` is the training objective
@@ -126,6 +127,25 @@ class SampledTarget:
 
 
 @dataclass
+class SparseTarget:
+    """An estimate of the teacher at T as probabilities ``(B, L, S)`` at ids ``(B, L, S)``, summing to 1.
+
+    Format v2's decoded rows (distinct draws with count / draws, or an exact head plus sampled tail).
+    Slots of probability 0 are padding and contribute nothing, whatever id they hold.
+    """
+
+    sparse_ids: torch.Tensor  # (B, L, S) int64
+    probs: torch.Tensor  # (B, L, S) float32
+
+    def ids(self, start: int, stop: int) -> torch.Tensor:
+        return self.sparse_ids[:, start:stop]
+
+    def kl(self, logq_k: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        t = self.probs[:, start:stop]
+        return torch.xlogy(t, t).sum(-1) - (t * logq_k).sum(-1)
+
+
+@dataclass
 class DenseTarget:
     """A teacher in the loop: its full log-probs at T, computed per slice from its final hidden states."""
 
@@ -135,9 +155,11 @@ class DenseTarget:
     def ids(self, start: int, stop: int) -> None:
         return None
 
+    def log_probs(self, start: int, stop: int) -> torch.Tensor:
+        return torch.log_softmax(self.teacher_logits(start, stop) / self.temperature, -1)
+
     def kl(self, logq_k: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        log_p = torch.log_softmax(self.teacher_logits(start, stop) / self.temperature, -1)
-        return full_kl(logq_k, log_p)
+        return full_kl(logq_k, self.log_probs(start, stop))
 
 
 def next_token_labels(tokens: torch.Tensor) -> torch.Tensor:
@@ -194,9 +216,18 @@ class DistillObjective:
         label_ids = labels.clamp_min(0).unsqueeze(-1)
         shift = z.amax(-1, keepdim=True)  # for stable exponentials
         small = {"z_label": z.gather(-1, label_ids).squeeze(-1)}
+        dense_p = None
         if self.alpha_kd > 0:
             ids = self.target.ids(start, stop)
-            small["z_k"] = z.clone() if ids is None else z.gather(-1, ids)
+            if ids is None:
+                # A dense teacher: KL = sum p log p - (p . z) / T + lse_T is linear in z given lse_T, so the
+                # small tensors are (p . z) and lse_T, and d/dz of (p . z) is p: no copy of z, no autograd over V.
+                log_p = self.target.log_probs(start, stop)
+                dense_p = log_p.exp()
+                small["p_dot_z"] = torch.linalg.vecdot(dense_p, z)
+                p_log_p = torch.linalg.vecdot(dense_p, log_p)
+            else:
+                small["z_k"] = z.gather(-1, ids)
         e1 = z.sub_(shift).exp_()  # softmax(z) before normalizing, in z's memory (z is not needed any more)
         s1 = e1.sum(-1)
         small["lse1"] = shift.squeeze(-1) + s1.log()
@@ -212,7 +243,9 @@ class DistillObjective:
             leaves = {name: value.detach().requires_grad_(grad_scale is not None) for name, value in small.items()}
             ce = torch.where(has_label, leaves["lse1"] - leaves["z_label"], 0.0).sum()
             kd = z.new_zeros(())
-            if self.alpha_kd > 0:
+            if dense_p is not None:
+                kd = (p_log_p - leaves["p_dot_z"] / T + leaves["lseT"]).sum()
+            elif self.alpha_kd > 0:
                 logq_k = leaves["z_k"] / T - leaves["lseT"].unsqueeze(-1)
                 kd = self.target.kl(logq_k, start, stop).sum()
             if grad_scale is None:
@@ -225,8 +258,8 @@ class DistillObjective:
         grad = e1.mul_((g["lse1"] / s1).unsqueeze(-1))
         if self.alpha_kd > 0:
             grad.addcmul_(eT, (g["lseT"] / (T * sT)).unsqueeze(-1))
-            if ids is None:
-                grad.add_(g["z_k"])
+            if dense_p is not None:
+                grad.addcmul_(dense_p, g["p_dot_z"].unsqueeze(-1))
             else:
                 grad.scatter_add_(-1, ids, g["z_k"])
         grad.scatter_add_(-1, label_ids, g["z_label"].unsqueeze(-1))

@@ -30,6 +30,8 @@ CORPUS_BYTES_PER_TOKEN = 5.74
 # top-64 took 170.3 B/token (2.66 per id); sampled 50 draws, S = 50, 89.7 (1.79 per slot); 16 / 16, 30.5.
 TOPK_BYTES_PER_ID = 170.3 / 64
 SAMPLED_BYTES_PER_SLOT = 89.7 / 50
+# format v2, draws at T = 1: 7.38 B/token for 8 draws of ko-small-sharp (2.8 nats), 13.34 for ko-small (7 nats).
+DRAWS_BYTES_PER_DRAW = 7.38 / 8
 # Dense float16/bfloat16 tensor peaks from the vendors' data sheets (P100 PCIe has no tensor cores: its
 # float16 rate is twice float32). A100 and H100 are the SXM parts.
 PEAK_FLOPS = {"P100": 18.7e12, "T4": 65e12, "A100": 312e12, "H100": 989e12}
@@ -168,6 +170,9 @@ def _estimate_bytes(cfg: Config) -> tuple[float, str]:
     settings = cfg.teacher
     if settings.kind == "topk":
         return settings.top_k * TOPK_BYTES_PER_ID, f"estimate: {TOPK_BYTES_PER_ID:.2f} B per top-k id (docs/benchmarks.md)"
+    if settings.kind == "draws":
+        return settings.draws * DRAWS_BYTES_PER_DRAW, (
+            f"estimate: {DRAWS_BYTES_PER_DRAW:.2f} B per draw of a peaked teacher (docs/benchmarks.md; a flat one takes up to 1.8x)")
     width = settings.sample_width or settings.draws
     return width * SAMPLED_BYTES_PER_SLOT, f"estimate: {SAMPLED_BYTES_PER_SLOT:.2f} B per sampled slot (docs/benchmarks.md)"
 
@@ -194,11 +199,12 @@ def _measure_sample(cfg: Config, store: Store) -> tuple[float, str]:
             if lo >= rows:
                 break
             tokens = store.read_tokens(shard, lo, hi)
-            uniforms = chunk_uniforms(settings.seed, shard, chunk, tokens.size, settings.draws) if settings.kind == "sampled" else None
+            uniforms = chunk_uniforms(settings.seed, shard, chunk, tokens.size, settings.draws) if settings.kind != "topk" else None
             result = runner.run_chunk(tokens, uniforms)
             ids.append(result.ids)
             values.append(result.values)
-    ids_all, values_all = np.concatenate(ids), np.concatenate(values)
+    ids_all = np.concatenate(ids)
+    values_all = None if settings.kind == "draws" else np.concatenate(values)
     stored = measure_teacher_bytes(ids_all, values_all, manifest.rows_per_chunk)
     return stored / ids_all[..., 0].size, f"measured: {len(ids_all)} rows of shard {shard} dumped into memory"
 

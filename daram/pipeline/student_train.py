@@ -159,7 +159,7 @@ def setup(cfg: Config, resume: bool = False, online_teacher: str | None = None, 
         state, rng = load_checkpoint(checkpoint, dist) if checkpoint else (None, None)
         if state is not None and given is not None and "config" in state:
             cfg = _settings_of_checkpoint(cfg, json.loads(state["config"]), given)
-        return _setup(cfg, dist, state, rng, online_teacher, check_dumps, pause)
+        return _setup(cfg, dist, state, rng, online_teacher or cfg.train.online_teacher or None, check_dumps, pause)
     except BaseException:
         stop_distributed(dist)
         raise
@@ -187,7 +187,10 @@ def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None,
             checked = set(shards)
         if train.heldout_shard >= 0:
             check_teacher_shards(store, teacher, [train.heldout_shard], "train.heldout_shard")
-    temperature = _temperature(train, teacher, needed=use_kd or train.heldout_shard >= 0)
+    if online_teacher is not None and train.temperature == 0:
+        raise DaramError("train.online_teacher needs train.temperature > 0 (the seed project used 2)")
+    # An online teacher brings its own distributions: the stored dump's T does not apply.
+    temperature = _temperature(train, None if online_teacher else teacher, needed=use_kd or train.heldout_shard >= 0)
     tokenizer = _store_tokenizer(store)
     out = Path(train.out)
     if dist.main:
@@ -584,8 +587,10 @@ def run_student_train(cfg: Config, resume: bool = False, online_teacher: str | N
     """setup -> fit -> finish; returns the summary. SIGTERM, SIGINT and ``run.time_limit`` pause the run
     cleanly (checkpoint, a "paused" line, ``summary["paused"]``); ``--resume`` continues it.
 
-    ``online_teacher`` (a model directory; used by ``benchmarks/fidelity.py``) replaces the stored
-    teacher by that model run in the loop: full-vocabulary KD, the teacher arrays are not read.
+    ``online_teacher`` (default ``train.online_teacher``; a model directory or hub id) replaces the
+    stored teacher by that model run in the loop: full-vocabulary KD at ``train.temperature``, the
+    teacher arrays are not read. It is the seed project's recipe, kept as the baseline that stored
+    formats are judged against (``benchmarks/fidelity.py``), not the product path.
     """
     run = setup(cfg, resume=resume, online_teacher=online_teacher, given=given)
     try:

@@ -3,7 +3,8 @@
 For every chunk of rows of ``tokens/shard-N``: a batched forward through the teacher's body, then
 its LM head a slice of positions at a time (:mod:`daram.pipeline.dump_kernels`), keeping either
 the top-k ids with ``log_softmax(logits / T)`` over the full vocabulary (kind ``topk``) or the ids
-drawn ``draws`` times from ``softmax(logits / T)`` with their counts (kind ``sampled``). Row t of
+drawn ``draws`` times from ``softmax(logits / T)`` with their counts (kind ``sampled``), or those
+draws themselves, sorted (kind ``draws``, format v2). Row t of
 the stored arrays is the distribution from ``logits[:, t]``, i.e. for the token at t + 1.
 
 Safe to kill at any moment: chunks are written whole and flagged done afterwards, a rerun of the
@@ -59,6 +60,7 @@ from daram.pipeline.hf import (
 )
 from daram.pipeline.pause import Pause
 from daram.storage import LockHeld, Store, TeacherManifest, shard_name
+from daram.storage.draws import decode_draws
 from daram.storage.store import CHUNKS_DONE, check_same_teacher, fingerprint_bytes
 from daram.text import plural
 from daram.units import parse_duration
@@ -67,13 +69,14 @@ CHUNK_STATS_ATTR = "daram_chunk_stats"  # on teacher/shard-N: per-chunk sums tha
 CPU_BATCH_TOKENS = 4096  # automatic batch size on CPU: rows of about this many tokens per forward
 HELD_POLL_S = 2.0  # --all: how often to look at shards other processes hold
 MASS_BINS = 10_000  # resolution of the captured-mass percentile
+DRAWN = ("sampled", "draws")  # kinds whose ids are drawn from a seeded stream of uniforms
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 @dataclass
 class ChunkResult:
     ids: np.ndarray  # [rows, seq_len, width]
-    values: np.ndarray  # top-k log-probs (float16) or draw counts (uint8), same shape
+    values: np.ndarray | None  # top-k log-probs (float16) or draw counts (uint8), same shape; None for draws
     entropy_sum: float  # sum over positions of the teacher's entropy at T (nats)
     seconds: float = 0.0
 
@@ -145,8 +148,8 @@ def setup_dump(cfg: Config, shard: int | None, shards: str | None, all_shards: b
         vocab_size=store.manifest.tokenizer.vocab_size,
         tokens_fingerprint=store.manifest.tokens_fingerprint,
         rows_per_chunk=store.manifest.rows_per_chunk,
-        draws=settings.draws if settings.kind == "sampled" else 0,
-        seed=settings.seed if settings.kind == "sampled" else 0,
+        draws=settings.draws if settings.kind in DRAWN else 0,
+        seed=settings.seed if settings.kind in DRAWN else 0,
     )
     existing = store.teacher_manifest()
     if existing is not None:
@@ -325,6 +328,8 @@ def dump_width(cfg: Config, store: Store) -> int:
         if settings.top_k > vocab:
             raise DaramError(f"teacher.top_k={settings.top_k} exceeds the vocabulary of {store.url} ({vocab:,} ids)")
         return settings.top_k
+    if settings.kind == "draws":
+        return settings.draws  # every draw is stored (sorted), so the width is the number of draws
     if settings.draws > 255:
         raise DaramError(f"teacher.draws={settings.draws}: at most 255 (counts are stored as uint8)")
     width = settings.sample_width or settings.draws
@@ -378,7 +383,7 @@ class TeacherRunner:
         self.slice = min(slice_positions(vocab, device), self.batch_size * manifest.seq_len)
         self.buffers = [torch.empty(self.slice, vocab, dtype=torch.float32, device=device) for _ in range(2)]
         self.token_dtype = np.dtype(manifest.token_dtype)
-        self.value_dtype = np.dtype("float16" if kind == "topk" else "uint8")
+        self.value_dtype = {"topk": np.dtype("float16"), "sampled": np.dtype("uint8"), "draws": None}[kind]
         self.device_name = str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})"
         self.dtype_name = str(head.weight.dtype).removeprefix("torch.")
         self._check_head_path()
@@ -425,11 +430,11 @@ class TeacherRunner:
     def _run_chunk(self, tokens: np.ndarray, uniforms) -> ChunkResult:
         import torch
 
-        from daram.pipeline.dump_kernels import sample_slice, topk_slice
+        from daram.pipeline.dump_kernels import draws_slice, sample_slice, topk_slice
 
         rows, seq_len = tokens.shape
         ids = np.empty((rows * seq_len, self.width), dtype=self.token_dtype)
-        values = np.empty((rows * seq_len, self.width), dtype=self.value_dtype)
+        values = None if self.value_dtype is None else np.empty((rows * seq_len, self.width), dtype=self.value_dtype)
         logits, scratch = self.buffers
         entropy_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         batch_ids = torch.from_numpy(tokens.astype(np.int64))
@@ -443,14 +448,17 @@ class TeacherRunner:
                 if self.kind == "topk":
                     top_ids, top_values, entropy = topk_slice(z, scratch, self.width)
                     top_values = top_values.to(torch.float16)
-                else:
+                elif self.kind == "sampled":
                     top_ids, top_values, entropy = sample_slice(z, scratch, uniforms[at], self.width)
                     top_values = top_values.to(torch.uint8)
+                else:
+                    top_ids, entropy = draws_slice(z, scratch, uniforms[at])
                 ids[at] = top_ids.cpu().numpy()
-                values[at] = top_values.cpu().numpy()
+                if values is not None:
+                    values[at] = top_values.cpu().numpy()
                 entropy_sum += entropy.sum(dtype=torch.float64)
         shape = (rows, seq_len, self.width)
-        return ChunkResult(ids.reshape(shape), values.reshape(shape), float(entropy_sum))
+        return ChunkResult(ids.reshape(shape), None if values is None else values.reshape(shape), float(entropy_sum))
 
 
 def chunk_uniforms(seed: int, shard: int, chunk: int, positions: int, draws: int):
@@ -536,7 +544,7 @@ def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: Teach
                 chunk_started = time.perf_counter()
                 tokens = store.read_tokens(shard, lo, hi)
                 uniforms = None
-                if teacher.kind == "sampled":
+                if teacher.kind in DRAWN:
                     uniforms = chunk_uniforms(teacher.seed, shard, chunk, tokens.size, teacher.draws)
                 result = runner.run_chunk(tokens, uniforms)
                 result.seconds = time.perf_counter() - chunk_started
@@ -589,7 +597,7 @@ def shard_stats(store: Store, shard: int, teacher: TeacherManifest, arrays: dict
 def stored_stats(store: Store, shard: int, teacher: TeacherManifest, arrays: dict) -> dict[str, Any]:
     """What the stored arrays say, read back chunk by chunk: the top-k's captured probability mass
     (mean and 5th percentile), or the unique ids per position and the truncated positions of a sampled dump."""
-    values = arrays[teacher.array_names[1]]
+    values = arrays[teacher.array_names[-1]]
     positions = 0
     if teacher.kind == "topk":
         hist, total = np.zeros(MASS_BINS, dtype=np.int64), 0.0
@@ -602,7 +610,7 @@ def stored_stats(store: Store, shard: int, teacher: TeacherManifest, arrays: dic
         return {"captured_mass_mean": total / positions, "captured_mass_p5": (p5_bin + 0.5) / MASS_BINS}
     unique, truncated = 0, 0
     for lo, hi in store.chunk_ranges(shard):
-        counts = values[lo:hi]
+        counts = decode_draws(values[lo:hi])[1] if teacher.kind == "draws" else values[lo:hi]
         positions += counts.shape[0] * counts.shape[1]
         unique += int((counts > 0).sum())
         truncated += int((counts.sum(-1, dtype=np.int64) < teacher.draws).sum())

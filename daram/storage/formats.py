@@ -43,6 +43,11 @@ TEACHER_FORMATS: dict[str, TeacherFormat] = {
             (ArraySpec("sample_ids", TOKEN_DTYPE), ArraySpec("sample_counts", "uint8")),
             "the unique ids of `draws` draws from softmax(logits / T) per position, with their counts",
         ),
+        TeacherFormat(  # format v2: repeats sit side by side, so a run's length is its count (daram.storage.draws)
+            "draws",
+            (ArraySpec("draw_ids", TOKEN_DTYPE),),
+            "`draws` ids drawn from softmax(logits / T) per position, sorted ascending; no counts array",
+        ),
     )
 }
 

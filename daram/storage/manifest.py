@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from daram.errors import DaramError
+from daram.storage.formats import teacher_format
 
 FORMAT_NAME = "daram-store"
-FORMAT_VERSION = 1
-TEACHER_KINDS = ("topk", "sampled")
+FORMAT_VERSION = 2  # what this daram writes
+READABLE_VERSIONS = (1, 2)  # what it reads: version 2 added the teacher kind "draws"
+TEACHER_KINDS = ("topk", "sampled", "draws")
 PACKING = "concat-eos"  # units joined with EOS in curriculum order, cut into rows of seq_len; units may straddle rows
 
 
@@ -26,6 +28,14 @@ def token_dtype_for(vocab_size: int) -> str:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise DaramError(f"invalid manifest: {message}")
+
+
+def _check_version(version: Any) -> None:
+    if version not in READABLE_VERSIONS:
+        raise DaramError(
+            f"store format_version {version!r} is not readable by this daram (it reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade daram"
+        )
 
 
 @dataclass(frozen=True)
@@ -76,10 +86,7 @@ class StoreManifest:
 
     def __post_init__(self) -> None:
         _require(self.format == FORMAT_NAME, f"format {self.format!r} is not {FORMAT_NAME!r}")
-        _require(
-            self.format_version == FORMAT_VERSION,
-            f"format_version {self.format_version}; this daram reads version {FORMAT_VERSION}",
-        )
+        _check_version(self.format_version)
         _require(self.seq_len > 1, f"seq_len {self.seq_len}")
         _require(len(self.rows_per_shard) > 0, "no shards")
         _require(all(r > 0 for r in self.rows_per_shard), f"empty shard in rows_per_shard {self.rows_per_shard}")
@@ -129,13 +136,13 @@ class TeacherManifest:
     revision: str  # the hub revision asked for
     dtype: str  # of the first dump; not part of the identity (each shard's stats record its own)
     temperature: float
-    kind: str  # topk | sampled
-    width: int  # the last axis of the arrays: k for topk, S (max unique ids per position) for sampled
+    kind: str  # topk | sampled | draws
+    width: int  # the last axis of the arrays: k for topk, S (max unique ids per position) for sampled, draws for draws
     vocab_size: int
     tokens_fingerprint: str  # the store's tokens_fingerprint the dump was computed over
     rows_per_chunk: int
-    draws: int = 0  # sampled: draws per position
-    seed: int = 0  # sampled: the draws' seed
+    draws: int = 0  # sampled and draws: draws per position
+    seed: int = 0  # sampled and draws: the draws' seed
     shards: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # "3" -> stats of a completed shard
     format_version: int = FORMAT_VERSION
     released: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # "3" -> stats of a shard whose arrays were deleted to free disk
@@ -147,15 +154,19 @@ class TeacherManifest:
         _require(self.temperature > 0 and math.isfinite(self.temperature), f"teacher temperature {self.temperature}")
         _require(0 < self.width <= self.vocab_size, f"teacher width {self.width} for vocab {self.vocab_size}")
         _require(self.kind != "sampled" or 0 < self.draws < 256, f"sampled draws {self.draws} (1-255, counts are uint8)")
+        _require(self.kind != "draws" or self.width == self.draws > 0, f"draws dump of width {self.width}, draws {self.draws}")
+        _check_version(self.format_version)
 
     @property
-    def array_names(self) -> tuple[str, str]:
-        """(ids array, values array) of a teacher shard of this kind."""
-        return ("topk_ids", "topk_logprobs") if self.kind == "topk" else ("sample_ids", "sample_counts")
+    def array_names(self) -> tuple[str, ...]:
+        """The arrays of a teacher shard of this kind, ids first (a draws dump has only its ids)."""
+        return tuple(spec.name for spec in teacher_format(self.kind).arrays)
 
     @property
-    def value_dtype(self) -> str:
-        return "float16" if self.kind == "topk" else "uint8"
+    def value_dtype(self) -> str | None:
+        """The dtype of the values array; None for a draws dump, which has none."""
+        arrays = teacher_format(self.kind).arrays
+        return arrays[1].dtype if len(arrays) > 1 else None
 
     def settings(self) -> dict[str, Any]:
         """The fields a resumed or parallel dump must agree on: what is computed, not how. The dtype and

@@ -21,6 +21,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from daram.errors import DaramError
+from daram.storage.draws import decode_draws
 from daram.storage.keyvalue import KeyValue
 from daram.storage.lock import StoreLock
 from daram.storage.manifest import StoreManifest, TeacherManifest
@@ -41,6 +42,12 @@ def shard_name(shard: int) -> str:
 def compressors() -> tuple:
     # bitshuffle + zstd suits small ints and float16 alike; crc32c last so it covers the stored bytes.
     return (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"), Crc32cCodec())
+
+
+def id_compressors() -> tuple:
+    """For arrays of vocabulary ids (tokens, draws): zstd's matches find the ids a corpus repeats, which
+    bit-shuffling hides (KoGPT2 tokens: 1.56 B/token against 1.97; docs/benchmarks.md, format v2)."""
+    return (BloscCodec(cname="zstd", clevel=9, shuffle="noshuffle"), Crc32cCodec())
 
 
 def fingerprint_bytes(rows: np.ndarray) -> bytes:
@@ -130,7 +137,7 @@ class Store:
             shape=(n_rows, seq_len),
             chunks=(rows_per_chunk, seq_len),
             dtype=dtype,
-            compressors=compressors(),
+            compressors=id_compressors(),
             fill_value=0,
             config=WRITE_EVERY_CHUNK,
             overwrite=True,  # a shard half written by a killed prepare is written again whole
@@ -232,31 +239,30 @@ class Store:
         self.check_shard(shard)
         path = f"teacher/{shard_name(shard)}"
         rows, seq_len = self.shard_rows(shard), self.manifest.seq_len
-        ids_name, values_name = teacher.array_names
         try:
             group = zarr.open_group(self.root.store, path=path, mode="r+" if create else "r", use_consolidated=False)
-            arrays = {name: group[name] for name in (ids_name, values_name, CHUNKS_DONE)}
+            arrays = {name: group[name] for name in (*teacher.array_names, CHUNKS_DONE)}
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
             if not create:
                 raise DaramError(f"{self.url}: teacher shard {shard} has not been dumped") from None
             return self._create_teacher_shard(path, rows, seq_len, teacher)
         expected = (rows, seq_len, teacher.width)
-        for name in (ids_name, values_name):
+        for name in teacher.array_names:
             if arrays[name].shape != expected:
                 raise DaramError(f"{self.url}: {path}/{name} has shape {arrays[name].shape}, expected {expected}")
         return arrays
 
     def _create_teacher_shard(self, path: str, rows: int, seq_len: int, teacher: TeacherManifest) -> dict[str, zarr.Array]:
         group = self.root.require_group(path)
-        ids_name, values_name = teacher.array_names
         chunk = (self.manifest.rows_per_chunk, seq_len, teacher.width)
         n_chunks = -(-rows // self.manifest.rows_per_chunk)
-        common = dict(chunks=chunk, compressors=compressors(), fill_value=0, overwrite=True, config=WRITE_EVERY_CHUNK)
+        common = dict(shape=(rows, seq_len, teacher.width), chunks=chunk, fill_value=0, overwrite=True, config=WRITE_EVERY_CHUNK)
+        # v1's kinds keep v1's codec; a draws dump is ids only, which id_compressors() packs best.
+        codecs = id_compressors() if teacher.kind == "draws" else compressors()
+        dtypes = (self.manifest.token_dtype, teacher.value_dtype)
         return {
-            ids_name: group.create_array(ids_name, shape=(rows, seq_len, teacher.width), dtype=self.manifest.token_dtype, **common),
-            values_name: group.create_array(
-                values_name, shape=(rows, seq_len, teacher.width), dtype=teacher.value_dtype, **common
-            ),
+            **{name: group.create_array(name, dtype=dtype, compressors=codecs, **common)
+               for name, dtype in zip(teacher.array_names, dtypes)},
             CHUNKS_DONE: group.create_array(
                 CHUNKS_DONE, shape=(n_chunks,), chunks=(1,), dtype="uint8", fill_value=0, compressors=(Crc32cCodec(),), overwrite=True
             ),
@@ -274,26 +280,42 @@ class Store:
         return done
 
     def write_teacher_chunk(
-        self, arrays: dict[str, zarr.Array], chunk: int, ids: np.ndarray, values: np.ndarray, teacher: TeacherManifest
+        self, arrays: dict[str, zarr.Array], chunk: int, ids: np.ndarray, values: np.ndarray | None, teacher: TeacherManifest
     ) -> None:
-        """Write one chunk's rows, then flag it done. Call with the shard's lock held."""
-        step = self.manifest.rows_per_chunk
-        ids_name, values_name = teacher.array_names
-        lo = chunk * step
-        arrays[ids_name][lo : lo + len(ids)] = ids
-        arrays[values_name][lo : lo + len(values)] = values
+        """Write one chunk's rows (``values`` None for a draws dump), then flag it done. Call with the shard's lock held."""
+        lo = chunk * self.manifest.rows_per_chunk
+        for name, block in zip(teacher.array_names, (ids, values)):
+            arrays[name][lo : lo + len(block)] = block
         arrays[CHUNKS_DONE][chunk] = 1
 
     def read_teacher(self, shard: int, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, values) of rows [start, stop) of a teacher shard: top-k ids + log-probs, or sample ids + counts."""
+        """(ids, values) of rows [start, stop) of a teacher shard: top-k ids + log-probs, sample ids + counts,
+        or (draws dump) the draws + their probabilities (:func:`daram.storage.draws.decode_draws`)."""
         teacher = self.teacher_manifest()
         if teacher is None:
             raise DaramError(f"{self.url} has no teacher dump (run `daram teacher-dump` first)")
         arrays = self.teacher_arrays(shard, teacher)
-        ids_name, values_name = teacher.array_names
-        for name in (ids_name, values_name):
+        for name in teacher.array_names:
             self.require_chunks(arrays[name], shard, start, stop, repair=f"run `daram teacher-dump --shard {shard}` to dump it again")
+        if teacher.kind == "draws":
+            return decode_draws(arrays["draw_ids"][start:stop])
+        ids_name, values_name = teacher.array_names
         return arrays[ids_name][start:stop], arrays[values_name][start:stop]
+
+    def read_teacher_probs(self, shard: int, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64, probabilities float32) of rows [start, stop), ``(rows, seq_len, width)``, for any kind.
+
+        Top-k: the exact probabilities at T of the k ids (the rest of the mass, ``1 - sum``, is outside them);
+        sampled: ``counts / draws``; draws: ``count / draws`` at each distinct id's first slot, 0 on repeats.
+        The last two are unbiased estimates of the teacher at T and sum to 1. Slots of probability 0 are padding.
+        """
+        teacher = self.teacher_manifest()
+        ids, values = self.read_teacher(shard, start, stop)
+        if teacher.kind == "topk":
+            values = np.exp(values.astype(np.float32))
+        elif teacher.kind == "sampled":
+            values = values.astype(np.float32) / teacher.draws
+        return ids.astype(np.int64), values
 
     # --- locks and sizes --------------------------------------------------------------------
 
@@ -323,14 +345,16 @@ def check_same_teacher(url: str, existing: TeacherManifest, wanted: TeacherManif
         )
 
 
-def measure_teacher_bytes(ids: np.ndarray, values: np.ndarray, rows_per_chunk: int) -> int:
+def measure_teacher_bytes(ids: np.ndarray, values: np.ndarray | None, rows_per_chunk: int) -> int:
     """Bytes that teacher arrays of these rows take stored as a teacher shard is (same chunks and codecs), counted
-    in memory: ``daram plan`` measures the teacher's format on a sample without writing a store."""
+    in memory: ``daram plan`` measures the teacher's format on a sample without writing a store. ``values`` None:
+    a draws dump (ids only, with its own codec)."""
     memory = zarr.storage.MemoryStore()
-    for name, data in (("ids", ids), ("values", values)):
+    arrays = (("ids", ids, compressors()), ("values", values, compressors())) if values is not None else (("ids", ids, id_compressors()),)
+    for name, data, codecs in arrays:
         array = zarr.create_array(
             memory, name=name, shape=data.shape, chunks=(rows_per_chunk, *data.shape[1:]), dtype=data.dtype,
-            compressors=compressors(), fill_value=0,
+            compressors=codecs, fill_value=0,
         )
         array[:] = data
     kv = KeyValue(memory)

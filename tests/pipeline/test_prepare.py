@@ -50,7 +50,7 @@ def test_prepare_real_sentences_round_trip_in_order(tmp_path, kogpt2_tokenizer_d
 
     group = zarr.open_group(str(path), mode="r")  # plain zarr, the paths DESIGN.md gives
     manifest = group.attrs["daram"]
-    assert manifest["format"] == "daram-store" and manifest["format_version"] == 1
+    assert manifest["format"] == "daram-store" and manifest["format_version"] == 2
     assert manifest["tokenizer"]["vocab_size"] == 51200 and manifest["tokenizer"]["eos_id"] == 1
     assert manifest["num_shards"] == 2 and manifest["seq_len"] == 128
     rows = [group[f"tokens/shard-0000{s}"] for s in range(2)]

@@ -116,8 +116,12 @@ def test_opening_errors(tmp_path):
 def test_manifest_validation_and_round_trip():
     store_manifest = make_store(f"memory://{uuid.uuid4().hex}").manifest
     assert StoreManifest.from_dict(json.loads(json.dumps(store_manifest.to_dict()))) == store_manifest
-    with pytest.raises(DaramError, match="format_version 2"):
-        StoreManifest.from_dict({**store_manifest.to_dict(), "format_version": 2})
+    # Version 1 stores stay readable; a version this daram does not know is refused, naming it.
+    assert StoreManifest.from_dict({**store_manifest.to_dict(), "format_version": 1}).format_version == 1
+    with pytest.raises(DaramError, match="format_version 3 is not readable"):
+        StoreManifest.from_dict({**store_manifest.to_dict(), "format_version": 3})
+    with pytest.raises(DaramError, match="format_version 7 is not readable"):
+        TeacherManifest("t", "main", "float32", 1.0, "draws", 8, 100, "fp", 4, draws=8, format_version=7)
     with pytest.raises(DaramError, match="eos_id"):
         TokenizerInfo("t", 10, "x", 10, 0)
     with pytest.raises(DaramError, match="width"):

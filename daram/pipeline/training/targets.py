@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 
 from daram.pipeline.batches import Batch
-from daram.pipeline.losses import DenseTarget, SampledTarget, TopkTarget, final_hidden, head_weight
+from daram.pipeline.losses import DenseTarget, SampledTarget, SparseTarget, TopkTarget, final_hidden, head_weight
 
 
 class TargetSource(Protocol):
@@ -31,7 +31,8 @@ class NoTargets:
 
 
 class StoredTargets:
-    """The dumped teacher's top-k log-probs or sampled counts, as the batch reader fetched them."""
+    """The dumped teacher's top-k log-probs, sampled counts, or draws decoded into probabilities (format v2),
+    as the batch reader fetched them."""
 
     reads_teacher = True
 
@@ -43,6 +44,8 @@ class StoredTargets:
         values = torch.from_numpy(batch.teacher_values).to(self.device, non_blocking=True)
         if self.name == "topk":
             return TopkTarget(ids, values, self.tail)
+        if self.name == "draws":
+            return SparseTarget(ids, values)
         return SampledTarget(ids, values, self.draws)
 
 

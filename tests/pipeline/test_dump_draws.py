@@ -1,0 +1,101 @@
+"""`daram teacher-dump --kind draws` (format v2): sorted draws, the same draws as a sampled dump of the
+same seed, read back as probabilities, checked by verify, plain Zarr, and trained on by student-train."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from daram.cli import app
+from daram.config import load_config
+from daram.pipeline.inspect import check_teacher_block, run_inspect, run_verify
+from daram.storage import Store, TeacherManifest
+from daram.storage.draws import decode_draws
+from .test_dump_sampled import DRAWS, SEED, sampled, sampled_args, small_store  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory, tokenizer_dir, corpus_lines, tiny_teacher_dir) -> Path:
+    path = small_store(tmp_path_factory.mktemp("draws"), tokenizer_dir, corpus_lines)
+    args = [a if a != "sampled" else "draws" for a in sampled_args(path, tiny_teacher_dir, "--shard", "0")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_layout_and_manifest(drawn):
+    store = Store.open(str(drawn))
+    teacher = store.teacher_manifest()
+    assert (teacher.kind, teacher.draws, teacher.width, teacher.seed, teacher.format_version) == ("draws", DRAWS, DRAWS, SEED, 2)
+    assert teacher.array_names == ("draw_ids",)
+    raw = zarr.open_group(str(drawn), mode="r", use_consolidated=False)["teacher/shard-00000"]
+    assert sorted(raw.array_keys()) == ["chunks_done", "draw_ids"]  # nothing but the ids
+    draws = raw["draw_ids"][:]
+    assert draws.dtype == np.uint16 and draws.shape == (*store.read_tokens(0).shape, DRAWS)
+    assert (np.diff(draws.astype(int), axis=-1) >= 0).all()
+    assert store.manifest.format_version == 2
+
+
+def test_the_same_draws_as_a_sampled_dump_of_the_same_seed(drawn, sampled):  # noqa: F811
+    """Both kinds draw from one stream of uniforms per (seed, shard, chunk): the multisets must agree."""
+    draws = zarr.open_group(str(drawn), mode="r", use_consolidated=False)["teacher/shard-00000/draw_ids"][:]
+    sample_ids, counts = Store.open(str(sampled)).read_teacher(0)
+    expanded = [np.sort(np.repeat(i, c)) for i, c in zip(sample_ids.reshape(-1, DRAWS), counts.reshape(-1, DRAWS))]
+    assert np.array_equal(draws.reshape(-1, DRAWS), np.stack(expanded))
+    # read back as probabilities: count / draws at each distinct id, summing to 1
+    ids, p = Store.open(str(drawn)).read_teacher_probs(0)
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)
+    assert np.array_equal(np.sort(p[p > 0] * DRAWS).round(), np.sort(counts[counts > 0]).astype(float))
+
+
+def test_inspect_verify_and_block_checks(drawn, capsys):
+    cfg = load_config(overrides={"store.path": str(drawn)})
+    run_inspect(cfg, sample=False)
+    assert f"draws (format v2), {DRAWS} sorted draws, seed {SEED}" in capsys.readouterr().out
+    assert run_verify(cfg)
+    teacher = TeacherManifest("t", "-", "float32", 1.0, "draws", 4, 100, "fp", 4, draws=4)
+    assert check_teacher_block(teacher, np.array([[[3, 3, 7, 9]]], dtype=np.uint16), np.zeros(0)) == []
+    assert check_teacher_block(teacher, np.array([[[3, 9, 7, 7]]], dtype=np.uint16), np.zeros(0)) == ["draws not sorted in ascending order"]
+    assert check_teacher_block(teacher, np.array([[[3, 3, 7, 700]]], dtype=np.uint16), np.zeros(0)) == ["id 700 >= vocab 100"]
+
+
+def test_stored_chunks_are_plain_zarr_with_a_standard_codec(drawn):
+    meta = json.loads((drawn / "teacher" / "shard-00000" / "draw_ids" / "zarr.json").read_text())
+    assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc", "crc32c"]
+    assert meta["codecs"][1]["configuration"]["shuffle"] == "noshuffle"
+
+
+def test_unknown_versions_are_refused_with_the_version_named(drawn, tmp_path):
+    import shutil
+
+    copy = tmp_path / "future.zarr"
+    shutil.copytree(drawn, copy)
+    meta_path = copy / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["daram"]["format_version"] = 3
+    meta_path.write_text(json.dumps(meta))
+    result = CliRunner().invoke(app, ["inspect", "--store", str(copy)])
+    assert result.exit_code == 2 and "format_version 3 is not readable" in result.output
+
+
+def test_student_train_reads_draws_as_probabilities(drawn, tmp_path, tiny_teacher_dir):
+    from daram.pipeline.student_train import run_student_train
+
+    def train(out, **settings):
+        return run_student_train(load_config(overrides={
+            "store.path": str(drawn), "train.out": str(tmp_path / out), "train.shards": "0", "train.heldout_shard": -1,
+            "student.n_embd": 32, "student.n_head": 2, "student.n_layer": 2, "train.batch_size": 2, "train.max_steps": 2,
+            "train.log_every": 1, "train.eval_every": 0, "train.checkpoint_every": 0, "train.loss_slice": 32,
+            "train.device": "cpu", "train.lr": 3e-3, "train.warmup_steps": 1, **settings,
+        }))
+
+    summary = train("kd")
+    # A fresh student is near uniform: KL(t || q) = log V - H(t), with H(t) between 0 and log(draws) when the
+    # decoded probabilities t sum to 1 (a decode that lost or doubled counts would leave this band).
+    log_v = np.log(Store.open(str(drawn)).manifest.tokenizer.vocab_size)
+    assert summary["steps"] >= 1 and log_v - np.log(DRAWS) - 0.3 < summary["last"]["kd"] < log_v + 0.3, summary["last"]
