@@ -236,13 +236,14 @@ def iter_documents(source: SourceConfig, files: list[Path], counter: SourceCount
 
 
 def check_overlaps(sources: tuple[SourceConfig, ...] | list[SourceConfig]) -> None:
-    """Entries that read the same text twice are an error unless the later one says ``repeat = true``."""
+    """Entries that read the same text twice are an error, unless the entry that repeats says ``repeat = true``:
+    the entries without it must read each part of a path at most once."""
     earlier: dict[str, list[SourceConfig]] = {}
     for source in sources:
+        if source.repeat:
+            continue
         key = f"{source.format}:{Path(source.path).expanduser().resolve()}"
         for other in earlier.get(key, []):
-            if source.repeat:
-                break
             if source.measure and other.measure and source.measure != other.measure:
                 raise DaramError(
                     f"sources {other.label!r} and {source.label!r} slice {source.path} in different measures "

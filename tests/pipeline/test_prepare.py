@@ -264,3 +264,17 @@ def test_sigkill_at_random_moments_resumes_to_the_same_bytes(tmp_path, kogpt2_to
         kills += _killed(_prepare_command(tmp_path, kogpt2_tokenizer_dir, corpus, store), lambda: time.monotonic() > deadline)
     assert kills >= 2
     assert store_files(store) == store_files(clean)
+
+
+def test_paragraph_units_over_sentence_lines_warn_once(tmp_path, kogpt2_tokenizer_dir, korean_lines, capsys):
+    # Catches the silent 2.7 MB unit: a one-sentence-per-line file read as paragraphs.
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("\n".join(korean_lines[:2000]) + "\n")
+    paragraphs = tmp_path / "paragraphs.txt"
+    paragraphs.write_text("\n\n".join(" ".join(korean_lines[i : i + 3]) for i in range(0, 600, 3)) + "\n")
+    cfg = config(tmp_path, kogpt2_tokenizer_dir, [{"path": str(sentences), "unit": "paragraph"},
+                                                 {"path": str(paragraphs), "unit": "paragraph"}], seq_len=16, workers=1)
+    run_prepare(cfg)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1, warnings
+    assert f"source {sentences}: paragraph units of up to" in warnings[0] and "[prepare.sources.unit]" in warnings[0]
