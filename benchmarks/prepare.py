@@ -1,63 +1,161 @@
-"""Throughput of `daram prepare` on the shared Korean corpus with the real KoGPT2 tokenizer.
+"""`daram prepare` against the bare tokenizer, worker scaling, and peak memory, from one run.
 
-Prints tokens/s and MB/s of text for the whole command (read, split, tokenize, pack, write),
-and the share of the time spent in the tokenizer alone, measured in the same run by benchmarks/harness.py
-(a warm-up call each, then rounds alternating the whole command and the tokenizer alone).
+Prints, each as a ratio measured within this run by benchmarks/harness.py (a warm-up call per side,
+then rounds in rotating order; medians, spread and same-round ratios):
+- line units and regex-sentence units: prepare's end-to-end MB/s on every core over the MB/s of the
+  Rust tokenizer alone (``encode_batch_fast`` on every core) over the same text (target >= 0.8);
+- kiwi sentence units: prepare's MB/s on 2 workers over 1 worker (target >= 1.7), and MB/s per core;
+- peak RSS of a whole prepare (its workers included) on a 20 MB and a 200 MB generated corpus.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/prepare.py [--unit line|sentence] [--data ../shared/data] [--rounds 3]
+Each measurement runs in a fresh process, so none inherits another's threads, caches or memory.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/prepare.py [--data ../shared/data] [--rounds 3] [--kiwi-mb 0.15] [--skip-memory]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
-from daram.config import load_config
-from daram.pipeline.hf import load_tokenizer
-from daram.pipeline.prepare import run_prepare
-from harness import SHARED, add_timing_arguments, compare
+HERE = Path(__file__).resolve()
+
+
+def _one(args: argparse.Namespace) -> None:
+    """A single measurement, in this (fresh) process; prints one JSON line."""
+    text = Path(args.corpus).read_text(encoding="utf-8")
+    mb = len(text.encode()) / 1e6
+    if args.one == "tokenizer":
+        os.environ["RAYON_NUM_THREADS"] = str(args.workers)
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(Path(args.tokenizer, "tokenizer.json")))
+        lines = [line for line in text.splitlines() if line.strip()]
+        tokenizer.encode_batch_fast(lines[:2048], add_special_tokens=False)  # warm-up: the thread pool starts
+        started = time.perf_counter()
+        for i in range(0, len(lines), 2048):
+            tokenizer.encode_batch_fast(lines[i : i + 2048], add_special_tokens=False)
+        seconds = time.perf_counter() - started
+    else:
+        from daram.config import load_config
+        from daram.pipeline.hf import load_tokenizer
+        from daram.pipeline.prepare import run_prepare
+
+        load_tokenizer(args.tokenizer)  # imports transformers: not prepare's work on a real corpus
+        with tempfile.TemporaryDirectory(dir=Path(args.corpus).parent) as tmp:
+            cfg = load_config(overrides={
+                "store.path": str(Path(tmp, "bench.zarr")), "prepare.tokenizer": args.tokenizer,
+                "prepare.seq_len": 512, "prepare.num_shards": 4, "prepare.workers": args.workers,
+                "prepare.sentence_splitter": args.splitter,
+                "prepare.sources": [{"path": args.corpus, "unit": args.unit}],
+            })
+            started = time.perf_counter()
+            run_prepare(cfg)
+            seconds = time.perf_counter() - started
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"seconds": seconds, "mb": mb, "mb_per_s": mb / seconds, "peak_rss_mb": peak_kb / 1024}))
+
+
+def _measure(args: argparse.Namespace, corpus: Path, one: str, workers: int, unit: str = "line", splitter: str = "regex") -> dict:
+    command = [sys.executable, str(HERE), "--one", one, "--corpus", str(corpus), "--tokenizer", args.tokenizer,
+               "--workers", str(workers), "--unit", unit, "--splitter", splitter]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE.parents[1])})
+    if result.returncode != 0:
+        sys.exit(f"measurement failed: {' '.join(command)}\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _corpus(lines: list[str], megabytes: float, path: Path, seed: int = 0) -> Path:
+    """A generated corpus of about ``megabytes``: the real sentences, shuffled anew for each pass."""
+    chance = random.Random(seed)
+    target = megabytes * 1e6
+    written = 0
+    with path.open("w", encoding="utf-8") as out:
+        while written < target:
+            chance.shuffle(lines)
+            for line in lines:
+                out.write(line + "\n")
+                written += len(line.encode()) + 1
+                if written >= target:
+                    break
+    return path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SHARED))
-    parser.add_argument("--unit", default="line", choices=("line", "sentence", "paragraph"))
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--splitter", default="kiwi", choices=("kiwi", "regex"))
+    parser.add_argument("--text-mb", type=float, default=8, help="MB of text for the tokenizer comparison")
+    parser.add_argument("--kiwi-mb", type=float, default=0.15, help="MB of text for the kiwi scaling runs (and twice that)")
+    parser.add_argument("--skip-memory", action="store_true")
     add_timing_arguments(parser)
+    parser.add_argument("--one", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--tokenizer", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--unit", default="line", help=argparse.SUPPRESS)
+    parser.add_argument("--splitter", default="regex", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    corpus = Path(args.data, "korean_corpus", "sentences.txt")
-    tokenizer_dir = Path(args.data, "tokenizers", "kogpt2-base-v2")
-    text = corpus.read_text(encoding="utf-8")
+    if args.one:
+        return _one(args)
 
-    backend = load_tokenizer(str(tokenizer_dir)).backend_tokenizer
-    lines = text.splitlines()
-    manifests = []
+    from daram.pipeline.encode import cpu_count
 
+    args.tokenizer = args.tokenizer or str(Path(args.data, "tokenizers", "kogpt2-base-v2"))
+    lines = Path(args.data, "korean_corpus", "sentences.txt").read_text(encoding="utf-8").splitlines()
+    cores = cpu_count()
     with tempfile.TemporaryDirectory() as tmp:
-        def prepare() -> None:
-            cfg = load_config(overrides={
-                "store.path": str(Path(tmp, f"bench-{len(manifests)}.zarr")), "prepare.tokenizer": str(tokenizer_dir),
-                "prepare.seq_len": args.seq_len, "prepare.num_shards": 4, "prepare.sentence_splitter": args.splitter,
-                "prepare.sources": [{"path": str(corpus), "unit": args.unit}],
-            })
-            manifests.append(run_prepare(cfg))
+        text = _corpus(list(lines), args.text_mb, Path(tmp, "text.txt"))
+        mb = text.stat().st_size / 1e6
+        print(f"== prepare on every core ({cores}) vs the tokenizer alone on {cores} threads: {mb:.1f} MB of real "
+              "Korean sentences, KoGPT2 tokenizer")
+        result = compare({
+            "tokenizer alone": lambda: _measure(args, text, "tokenizer", cores)["seconds"],
+            "prepare, line units": lambda: _measure(args, text, "prepare", 0, "line")["seconds"],
+            "prepare, regex sentences": lambda: _measure(args, text, "prepare", 0, "sentence", "regex")["seconds"],
+        }, rounds=args.rounds, warmup=args.warmup, clocks=("measured",))
+        print(result.summary(clocks=("measured",)))
+        for name in result.names:
+            print(f"  {name:<28s} {mb / result.median(name):.2f} MB/s")
+        for name in result.names[1:]:
+            per_round = [1 / r for r in result.round_ratios(name)]
+            print(f"  {name}: throughput / tokenizer alone = {1 / result.ratio(name):.2f} "
+                  f"(same-round {min(per_round):.2f}-{max(per_round):.2f}; target >= 0.8)")
 
-        def tokenizer_alone() -> None:
-            for i in range(0, len(lines), 2048):
-                backend.encode_batch_fast(lines[i : i + 2048], add_special_tokens=False)
+        # kiwi: the marginal seconds between a corpus and one twice its size, so each worker's seconds
+        # of loading kiwi cancel out and what is compared is splitting and tokenizing
+        small = _corpus(list(lines), args.kiwi_mb, Path(tmp, "kiwi-1.txt"), seed=1)
+        large = _corpus(list(lines), 2 * args.kiwi_mb, Path(tmp, "kiwi-2.txt"), seed=1)
+        extra_mb = (large.stat().st_size - small.stat().st_size) / 1e6
 
-        result = compare({"prepare": prepare, "tokenizer alone": tokenizer_alone}, rounds=args.rounds,
-                         warmup=args.warmup, clocks=("wall",))
+        def marginal(workers: int) -> float:
+            seconds = [_measure(args, corpus, "prepare", workers, "sentence", "kiwi")["seconds"] for corpus in (small, large)]
+            return seconds[1] - seconds[0]
 
-    seconds = result.median("prepare")
-    tokens = sum(s.tokens for s in manifests[-1].sources)
-    mb = len(text.encode()) / 1e6
-    print(f"corpus        {corpus} ({mb:.2f} MB, unit={args.unit})")
-    print(f"prepare       {seconds:.2f} s  {tokens / seconds:,.0f} tokens/s  {mb / seconds:.2f} MB/s (median)")
-    print(f"tokenizer     {result.median('tokenizer alone'):.2f} s alone -> {result.ratio('tokenizer alone'):.0%} "
-          "of prepare's time (unit=line split)")
+        print(f"== kiwi sentence units, 1 vs 2 workers: the marginal seconds of {extra_mb:.2f} MB more text")
+        result = compare({"kiwi, 1 worker": lambda: marginal(1), "kiwi, 2 workers": lambda: marginal(2)},
+                         rounds=args.rounds, warmup=args.warmup, clocks=("measured",))
+        print(result.summary(clocks=("measured",)))
+        per_round = [1 / r for r in result.round_ratios("kiwi, 2 workers")]
+        print(f"  kiwi, 1 worker: {extra_mb / result.median('kiwi, 1 worker'):.3f} MB/s per core")
+        print(f"  kiwi, 2 workers / 1 worker throughput = {1 / result.ratio('kiwi, 2 workers'):.2f} "
+              f"(same-round {min(per_round):.2f}-{max(per_round):.2f}; target >= 1.7)")
+
+        if not args.skip_memory:
+            print("== peak RSS of a whole prepare, line units, every core (this process and its largest worker)")
+            for megabytes in (20, 200):
+                corpus = _corpus(list(lines), megabytes, Path(tmp, f"mem-{megabytes}.txt"), seed=megabytes)
+                measured = _measure(args, corpus, "prepare", 0, "line")
+                corpus.unlink()
+                print(f"  {megabytes:3d} MB corpus: peak RSS {measured['peak_rss_mb']:.0f} MB ({measured['mb_per_s']:.2f} MB/s)")
+
 
 if __name__ == "__main__":
     main()

@@ -43,6 +43,7 @@ from daram.storage import SourceStats, Store, StoreManifest, token_dtype_for, to
 from daram.storage.store import check_not_foreign, fingerprint_bytes, is_local
 from daram.text import plural
 
+WRITE_CHUNKS = 16  # chunks per write call: zarr compresses the chunks of one call on several threads
 LONG_UNIT_ROWS = 4  # a paragraph unit longer than this many rows, in a file of sentence-like lines, gets a warning
 
 # prepare's measured throughput per core, MB of UTF-8 text per second, for forecasts (`daram plan`).
@@ -349,8 +350,9 @@ def _write_store(url, overwrite, settings, info, stats, dtype, work: WorkDir) ->
             count = rows_per_shard[shard]
             array = store.create_token_shard(shard, count, seq_len, rows_per_chunk, dtype.name)
             digest = hashlib.sha256()
-            for lo in range(0, count, rows_per_chunk):
-                n = min(rows_per_chunk, count - lo)
+            step = rows_per_chunk * WRITE_CHUNKS
+            for lo in range(0, count, step):
+                n = min(step, count - lo)
                 # plain reads, not a memmap: a memmap's pages count as resident and grow with the corpus
                 block = np.fromfile(work.stream_path, dtype=dtype, count=n * seq_len, offset=(first + lo) * row_bytes)
                 block = block.reshape(n, seq_len)

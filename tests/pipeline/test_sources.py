@@ -198,3 +198,17 @@ def test_a_full_disk_is_one_line_and_the_store_is_kept(tmp_path, kogpt2_tokenize
     run_prepare(prepare_config(tmp_path, kogpt2_tokenizer_dir, large), overwrite=True)
     assert "resuming the interrupted prepare" in capsys.readouterr().err
     assert Store.open(str(store)).manifest.sources[0].units == 3000
+
+
+def test_the_seed_curriculum_config_holds_the_seed_order():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "seed-curriculum.toml")
+    names = [s.name for s in cfg.prepare.sources]
+    assert names == ["web 1", "web 2", "unpublished works", *[f"web {i}" for i in range(3, 16)], "Korean Wikipedia",
+                     *[f"Modu written {i}" for i in range(1, 11)]]
+    web = [s for s in cfg.prepare.sources if s.name.startswith("web")]
+    assert [s.span for s in web] == [(i * 300_000_000, (i + 1) * 300_000_000) for i in range(15)]  # back to back
+    assert {s.unit for s in cfg.prepare.sources if s.format != "modu"} == {"sentence"}
+    assert {s.unit for s in cfg.prepare.sources if s.format == "modu"} == {"paragraph"}
+    check_overlaps(cfg.prepare.sources)
