@@ -24,7 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from harness import SHARED, add_timing_arguments, compare
 
 HERE = Path(__file__).resolve()
 
@@ -40,6 +43,7 @@ def _one(args: argparse.Namespace) -> None:
         tokenizer = Tokenizer.from_file(str(Path(args.tokenizer, "tokenizer.json")))
         lines = [line for line in text.splitlines() if line.strip()]
         tokenizer.encode_batch_fast(lines[:2048], add_special_tokens=False)  # warm-up: the thread pool starts
+        cpu_before = _cpu()
         started = time.perf_counter()
         for i in range(0, len(lines), 2048):
             tokenizer.encode_batch_fast(lines[i : i + 2048], add_special_tokens=False)
@@ -57,11 +61,18 @@ def _one(args: argparse.Namespace) -> None:
                 "prepare.sentence_splitter": args.splitter,
                 "prepare.sources": [{"path": args.corpus, "unit": args.unit}],
             })
+            cpu_before = _cpu()
             started = time.perf_counter()
             run_prepare(cfg)
             seconds = time.perf_counter() - started
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"seconds": seconds, "mb": mb, "mb_per_s": mb / seconds, "peak_rss_mb": peak_kb / 1024}))
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    peak_kb = sum(u.ru_maxrss for u in usage)
+    cpu = sum(u.ru_utime + u.ru_stime for u in usage) - cpu_before  # this process and its workers, all threads
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "mb": mb, "mb_per_s": mb / seconds, "peak_rss_mb": peak_kb / 1024}))
+
+
+def _cpu() -> float:
+    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
 
 
 def _measure(args: argparse.Namespace, corpus: Path, one: str, workers: int, unit: str = "line", splitter: str = "regex") -> dict:
@@ -116,14 +127,24 @@ def main() -> None:
         mb = text.stat().st_size / 1e6
         print(f"== prepare on every core ({cores}) vs the tokenizer alone on {cores} threads: {mb:.1f} MB of real "
               "Korean sentences, KoGPT2 tokenizer")
+        cpu: dict[str, list[float]] = {}
+
+        def side(name: str, *how) -> Callable[[], float]:
+            def run() -> float:
+                measured = _measure(args, text, *how)
+                cpu.setdefault(name, []).append(measured["cpu_seconds"])
+                return measured["seconds"]
+            return run
+
         result = compare({
-            "tokenizer alone": lambda: _measure(args, text, "tokenizer", cores)["seconds"],
-            "prepare, line units": lambda: _measure(args, text, "prepare", 0, "line")["seconds"],
-            "prepare, regex sentences": lambda: _measure(args, text, "prepare", 0, "sentence", "regex")["seconds"],
+            "tokenizer alone": side("tokenizer alone", "tokenizer", cores),
+            "prepare, line units": side("prepare, line units", "prepare", 0, "line"),
+            "prepare, regex sentences": side("prepare, regex sentences", "prepare", 0, "sentence", "regex"),
         }, rounds=args.rounds, warmup=args.warmup, clocks=("measured",))
         print(result.summary(clocks=("measured",)))
         for name in result.names:
-            print(f"  {name:<28s} {mb / result.median(name):.2f} MB/s")
+            print(f"  {name:<28s} {mb / result.median(name):.2f} MB/s; {mb / statistics.median(cpu[name]):.2f} MB per CPU-second "
+                  "(MB/s per core, steadier under load)")
         for name in result.names[1:]:
             per_round = [1 / r for r in result.round_ratios(name)]
             print(f"  {name}: throughput / tokenizer alone = {1 / result.ratio(name):.2f} "
@@ -135,16 +156,21 @@ def main() -> None:
         large = _corpus(list(lines), 2 * args.kiwi_mb, Path(tmp, "kiwi-2.txt"), seed=1)
         extra_mb = (large.stat().st_size - small.stat().st_size) / 1e6
 
+        kiwi_cpu: list[float] = []
+
         def marginal(workers: int) -> float:
-            seconds = [_measure(args, corpus, "prepare", workers, "sentence", "kiwi")["seconds"] for corpus in (small, large)]
-            return seconds[1] - seconds[0]
+            runs = [_measure(args, corpus, "prepare", workers, "sentence", "kiwi") for corpus in (small, large)]
+            if workers == 1:
+                kiwi_cpu.append(runs[1]["cpu_seconds"] - runs[0]["cpu_seconds"])
+            return runs[1]["seconds"] - runs[0]["seconds"]
 
         print(f"== kiwi sentence units, 1 vs 2 workers: the marginal seconds of {extra_mb:.2f} MB more text")
         result = compare({"kiwi, 1 worker": lambda: marginal(1), "kiwi, 2 workers": lambda: marginal(2)},
                          rounds=args.rounds, warmup=args.warmup, clocks=("measured",))
         print(result.summary(clocks=("measured",)))
         per_round = [1 / r for r in result.round_ratios("kiwi, 2 workers")]
-        print(f"  kiwi, 1 worker: {extra_mb / result.median('kiwi, 1 worker'):.3f} MB/s per core")
+        print(f"  kiwi, 1 worker: {extra_mb / result.median('kiwi, 1 worker'):.3f} MB/s; "
+              f"{extra_mb / statistics.median(kiwi_cpu):.3f} MB per CPU-second")
         print(f"  kiwi, 2 workers / 1 worker throughput = {1 / result.ratio('kiwi, 2 workers'):.2f} "
               f"(same-round {min(per_round):.2f}-{max(per_round):.2f}; target >= 1.7)")
 

@@ -122,15 +122,19 @@ def prepare(
     seq_len: Annotated[Optional[int], setting_option("prepare.seq_len")] = None,
     num_shards: Annotated[Optional[int], setting_option("prepare.num_shards")] = None,
     rows_per_chunk: Annotated[Optional[int], setting_option("prepare.rows_per_chunk")] = None,
+    workers: Annotated[Optional[int], setting_option("prepare.workers")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")] = False,
 ) -> None:
-    """Tokenize the sources in curriculum order and pack them into token shards."""
+    """Tokenize the sources in curriculum order and pack them into token shards.
+
+    Runs on every core; a killed prepare resumes when rerun with the same settings."""
     overrides = {
         "store.path": store,
         "prepare.tokenizer": tokenizer,
         "prepare.seq_len": seq_len,
         "prepare.num_shards": num_shards,
         "prepare.rows_per_chunk": rows_per_chunk,
+        "prepare.workers": workers,
     }
     if source:
         overrides["prepare.sources"] = [

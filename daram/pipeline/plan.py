@@ -212,13 +212,13 @@ def _measure_sample(cfg: Config, store: Store) -> tuple[float, str]:
 def _rows_per_shard(cfg: Config, store: Store | None) -> tuple[list[int], int, str]:
     if store is not None:
         return list(store.manifest.rows_per_shard), store.manifest.seq_len, "the store"
-    from daram.pipeline.sources import resolve_files
+    from daram.pipeline.sources import entry_bytes, resolve_files
 
     if not cfg.prepare.sources:
         raise DaramError(
             f"no store at {cfg.store.path} and no [[prepare.sources]] to estimate from; list the corpus in daram.toml"
         )
-    corpus = sum(p.stat().st_size for source in cfg.prepare.sources for p in resolve_files(source))
+    corpus = sum(entry_bytes(source, resolve_files(source)) for source in cfg.prepare.sources)  # slices count once
     tokens = int(corpus / CORPUS_BYTES_PER_TOKEN)
     seq_len, shards = cfg.prepare.seq_len, cfg.prepare.num_shards
     rows = tokens // seq_len

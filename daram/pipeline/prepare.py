@@ -38,7 +38,14 @@ from daram import __version__
 from daram.config import Config, PrepareConfig, SourceConfig
 from daram.errors import DaramError
 from daram.pipeline.encode import BLOCK_CHARS, BlockEncoder, EncodeSpec, cpu_count
-from daram.pipeline.sources import SourceCounter, check_overlaps, iter_documents, kiwi_available, resolve_files
+from daram.pipeline.sources import (
+    SourceCounter,
+    check_overlaps,
+    entry_bytes,
+    iter_documents,
+    kiwi_available,
+    resolve_files,
+)
 from daram.storage import SourceStats, Store, StoreManifest, token_dtype_for, tokens_fingerprint
 from daram.storage.store import check_not_foreign, fingerprint_bytes, is_local
 from daram.text import plural
@@ -57,11 +64,11 @@ def mb_per_s_per_core(unit: str, splitter: str = "kiwi") -> float:
     return MB_PER_S_PER_CORE[f"sentence-{splitter}" if unit == "sentence" else unit]
 
 
-def forecast_seconds(settings: PrepareConfig, source_bytes: list[int], cores: int) -> float:
-    """Seconds prepare should take for entries of these sizes on ``cores`` cores (measured rates, linear scaling)."""
+def forecast_seconds(settings: PrepareConfig, cores: int) -> float:
+    """Seconds prepare should take for the configured sources on ``cores`` cores (measured rates, linear in cores)."""
     return sum(
-        size / 1e6 / (mb_per_s_per_core(source.unit, settings.sentence_splitter) * cores)
-        for source, size in zip(settings.sources, source_bytes)
+        entry_bytes(source, resolve_files(source)) / 1e6 / (mb_per_s_per_core(source.unit, settings.sentence_splitter) * cores)
+        for source in settings.sources
     )
 
 

@@ -235,6 +235,16 @@ def iter_documents(source: SourceConfig, files: list[Path], counter: SourceCount
     return (line.strip() for line in lines if line.strip())
 
 
+def entry_bytes(source: SourceConfig, files: list[Path]) -> int:
+    """About how many bytes of text an entry reads: its slice of the files' sizes (a slice in lines, or of
+    compressed files, counts the whole files: an upper bound)."""
+    total = sum(p.stat().st_size for p in files)
+    if source.measure != "bytes" or any(sniff(p) == "compressed" for p in files):
+        return total
+    start, stop = source.span
+    return max(0, min(total, stop if stop is not None else total) - start)
+
+
 def check_overlaps(sources: tuple[SourceConfig, ...] | list[SourceConfig]) -> None:
     """Entries that read the same text twice are an error, unless the entry that repeats says ``repeat = true``:
     the entries without it must read each part of a path at most once."""

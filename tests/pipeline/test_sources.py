@@ -212,3 +212,18 @@ def test_the_seed_curriculum_config_holds_the_seed_order():
     assert {s.unit for s in cfg.prepare.sources if s.format != "modu"} == {"sentence"}
     assert {s.unit for s in cfg.prepare.sources if s.format == "modu"} == {"paragraph"}
     check_overlaps(cfg.prepare.sources)
+
+
+def test_entry_bytes_count_a_slice_once_and_the_forecast_uses_them(tmp_path):
+    # Catches a curriculum of slices being sized (and forecast) as many copies of the whole source.
+    from daram.pipeline.prepare import forecast_seconds, mb_per_s_per_core
+    from daram.pipeline.sources import entry_bytes
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("가나다라.\n" * 100_000)  # 1.4 MB
+    size = corpus.stat().st_size
+    parts = [SourceConfig(path=str(corpus), skip=f"{i * 500_000}B", take="500000B") for i in range(3)]
+    assert [entry_bytes(p, [corpus]) for p in parts] == [500_000, 500_000, size - 1_000_000]
+    assert entry_bytes(SourceConfig(path=str(corpus), take="10 lines"), [corpus]) == size  # lines: an upper bound
+    settings = load_config(overrides={"prepare.sources": [{"path": str(corpus), "unit": "sentence", "take": "500000B"}]}).prepare
+    assert forecast_seconds(settings, cores=2) == pytest.approx(0.5 / (2 * mb_per_s_per_core("sentence", "kiwi")))
