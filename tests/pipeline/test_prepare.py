@@ -24,7 +24,7 @@ from daram.storage import Store
 def config(tmp_path, tokenizer_dir, sources, **prepare):
     return load_config(overrides={
         "store.path": str(tmp_path / "s.zarr"), "prepare.tokenizer": str(tokenizer_dir), "prepare.sources": sources,
-        **{f"prepare.{k}": v for k, v in {"seq_len": 32, "num_shards": 2, "rows_per_chunk": 8, **prepare}.items()},
+        **{f"prepare.{k}": v for k, v in {"seq_len": 32, "num_shards": 2, "rows_per_chunk": 8, "workers": 1, **prepare}.items()},
     })
 
 
