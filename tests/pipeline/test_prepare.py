@@ -89,10 +89,10 @@ def test_sources_in_curriculum_order_and_formats(tmp_path, kogpt2_tokenizer_dir,
     assert units[2] == tokenizer.decode(tokenizer(korean_lines[80])["input_ids"]).strip()
 
 
-def test_invalid_utf8_lines_are_skipped_and_counted(tmp_path, kogpt2_tokenizer_dir, korean_lines):
+def test_invalid_utf8_lines_are_skipped_and_counted(tmp_path, tokenizer_dir, corpus_lines):
     corpus = tmp_path / "c.txt"
-    corpus.write_bytes(("\n".join(korean_lines[:200]) + "\n").encode() + b"\xff\xfe broken\n" + "끝.\n".encode())
-    manifest = run_prepare(config(tmp_path, kogpt2_tokenizer_dir, [{"path": str(corpus), "unit": "line"}]))
+    corpus.write_bytes(("\n".join(corpus_lines[:200]) + "\n").encode() + b"\xff\xfe broken\n" + "끝.\n".encode())
+    manifest = run_prepare(config(tmp_path, tokenizer_dir, [{"path": str(corpus), "unit": "line"}]))
     assert manifest.sources[0].skipped_lines == 1 and manifest.sources[0].units == 201
 
 
@@ -128,10 +128,10 @@ def test_bad_tokenizer_is_one_line(tmp_path, corpus_lines):
         run_prepare(config(tmp_path, tmp_path / "no-tokenizer", [{"path": str(corpus)}]))
 
 
-def test_existing_store_needs_overwrite_and_is_kept_on_failure(tmp_path, kogpt2_tokenizer_dir, korean_lines):
+def test_existing_store_needs_overwrite_and_is_kept_on_failure(tmp_path, tokenizer_dir, corpus_lines):
     corpus = tmp_path / "c.txt"
-    corpus.write_text("\n".join(korean_lines[:300]))
-    cfg = config(tmp_path, kogpt2_tokenizer_dir, [{"path": str(corpus), "unit": "line"}])
+    corpus.write_text("\n".join(corpus_lines[:300]))
+    cfg = config(tmp_path, tokenizer_dir, [{"path": str(corpus), "unit": "line"}])
     first = run_prepare(cfg)
     with pytest.raises(DaramError, match="already exists"):
         run_prepare(cfg)
@@ -139,7 +139,7 @@ def test_existing_store_needs_overwrite_and_is_kept_on_failure(tmp_path, kogpt2_
     with pytest.raises(DaramError, match="no such file"):
         run_prepare(broken, overwrite=True)
     assert Store.open(cfg.store.path).manifest == first  # the old store survives a failed overwrite
-    corpus.write_text("\n".join(korean_lines[300:600]))
+    corpus.write_text("\n".join(corpus_lines[300:600]))
     second = run_prepare(cfg, overwrite=True)
     assert second.tokens_fingerprint != first.tokens_fingerprint
     assert Store.open(cfg.store.path).manifest == second
@@ -158,15 +158,15 @@ def store_files(path) -> dict[str, bytes]:
     ("line", "regex"), ("sentence", "regex"), ("paragraph", "regex"),
     pytest.param("sentence", "kiwi", marks=pytest.mark.slow),  # seconds to load kiwi in each worker
 ])
-def test_any_number_of_workers_gives_the_same_bytes(tmp_path, kogpt2_tokenizer_dir, korean_lines, monkeypatch, unit, splitter):
+def test_any_number_of_workers_gives_the_same_bytes(tmp_path, tokenizer_dir, corpus_lines, monkeypatch, unit, splitter):
     # Catches blocks coming back out of order (or being dropped or doubled) when several processes encode them.
     monkeypatch.setattr("daram.pipeline.prepare.BLOCK_CHARS", 1500)  # many blocks, so order matters
     corpus = tmp_path / "c.txt"
-    lines = korean_lines[:400] if splitter == "regex" else korean_lines[:120]
+    lines = corpus_lines[:400] if splitter == "regex" else corpus_lines[:120]
     corpus.write_text("\n\n".join(" ".join(lines[i : i + 4]) for i in range(0, len(lines), 4)) + "\n")
     stores = {}
     for workers in (1, 3):
-        cfg = config(tmp_path, kogpt2_tokenizer_dir, [{"path": str(corpus), "unit": unit}], workers=workers,
+        cfg = config(tmp_path, tokenizer_dir, [{"path": str(corpus), "unit": unit}], workers=workers,
                      sentence_splitter=splitter, seq_len=16, **{"num_shards": 3})
         cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, path=str(tmp_path / f"w{workers}.zarr")))
         manifest = run_prepare(cfg)
@@ -176,10 +176,10 @@ def test_any_number_of_workers_gives_the_same_bytes(tmp_path, kogpt2_tokenizer_d
     assert stores[1] == stores[3]
 
 
-def test_one_prepare_at_a_time_per_store(tmp_path, kogpt2_tokenizer_dir, korean_lines):
+def test_one_prepare_at_a_time_per_store(tmp_path, tokenizer_dir, corpus_lines):
     corpus = tmp_path / "c.txt"
-    corpus.write_text("\n".join(korean_lines[:300]))
-    cfg = config(tmp_path, kogpt2_tokenizer_dir, [{"path": str(corpus)}])
+    corpus.write_text("\n".join(corpus_lines[:300]))
+    cfg = config(tmp_path, tokenizer_dir, [{"path": str(corpus)}])
     held = WorkDir.claim(cfg.store.path, "someone else's", "")
     try:
         with pytest.raises(DaramError, match="another `daram prepare` is writing"):
@@ -226,22 +226,22 @@ def _journal(store) -> dict:
         return {}
 
 
-def test_sigkilled_prepare_resumes_to_the_same_bytes(tmp_path, kogpt2_tokenizer_dir, korean_lines, monkeypatch, capsys):
+def test_sigkilled_prepare_resumes_to_the_same_bytes(tmp_path, tokenizer_dir, corpus_lines, monkeypatch, capsys):
     # Catches a resume that re-tokenizes from the wrong place (a block doubled or lost), keeps a torn
     # block, or re-writes shards out of order: the store would differ from a clean run's.
     corpus = tmp_path / "c.txt"
-    corpus.write_text("\n".join(korean_lines[:1500]) + "\n")
+    corpus.write_text("\n".join(corpus_lines[:1500]) + "\n")
     store = tmp_path / "resumed.zarr"
     # killed while tokenizing, then while writing shards
-    assert _killed(_prepare_command(tmp_path, kogpt2_tokenizer_dir, corpus, store), lambda: _journal(store).get("blocks", 0) >= 5)
+    assert _killed(_prepare_command(tmp_path, tokenizer_dir, corpus, store), lambda: _journal(store).get("blocks", 0) >= 5)
     assert not store.exists()  # nothing half-made where the store goes
-    assert _killed(_prepare_command(tmp_path, kogpt2_tokenizer_dir, corpus, store), lambda: len(_journal(store).get("shards", [])) >= 2)
+    assert _killed(_prepare_command(tmp_path, tokenizer_dir, corpus, store), lambda: len(_journal(store).get("shards", [])) >= 2)
     assert not store.exists()
     # the same settings in this process (one worker instead of two: the journal does not care)
     monkeypatch.setattr("daram.pipeline.prepare.BLOCK_CHARS", 400)
     settings = {"unit": "sentence"}, {"seq_len": 16, "num_shards": 6, "rows_per_chunk": 4, "sentence_splitter": "regex", "workers": 1}
     for path in (store, tmp_path / "clean.zarr"):
-        cfg = config(tmp_path, kogpt2_tokenizer_dir, [{"path": str(corpus), **settings[0]}], **settings[1])
+        cfg = config(tmp_path, tokenizer_dir, [{"path": str(corpus), **settings[0]}], **settings[1])
         run_prepare(dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, path=str(path))))
         if path == store:
             assert "resuming the interrupted prepare" in capsys.readouterr().err
@@ -250,18 +250,18 @@ def test_sigkilled_prepare_resumes_to_the_same_bytes(tmp_path, kogpt2_tokenizer_
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_resumes_to_the_same_bytes(tmp_path, kogpt2_tokenizer_dir, korean_lines):
+def test_sigkill_at_random_moments_resumes_to_the_same_bytes(tmp_path, tokenizer_dir, corpus_lines):
     corpus = tmp_path / "c.txt"
-    corpus.write_text("\n".join(korean_lines[:3000]) + "\n")
+    corpus.write_text("\n".join(corpus_lines[:3000]) + "\n")
     clean, store = tmp_path / "clean.zarr", tmp_path / "resumed.zarr"
     started = time.monotonic()
-    subprocess.run(_prepare_command(tmp_path, kogpt2_tokenizer_dir, corpus, clean), check=True, capture_output=True)
+    subprocess.run(_prepare_command(tmp_path, tokenizer_dir, corpus, clean), check=True, capture_output=True)
     seconds = time.monotonic() - started
     chance = random.Random(14)
     kills = 0
     while not store.exists():
         deadline = time.monotonic() + chance.uniform(0.1, 0.9) * seconds
-        kills += _killed(_prepare_command(tmp_path, kogpt2_tokenizer_dir, corpus, store), lambda: time.monotonic() > deadline)
+        kills += _killed(_prepare_command(tmp_path, tokenizer_dir, corpus, store), lambda: time.monotonic() > deadline)
     assert kills >= 2
     assert store_files(store) == store_files(clean)
 
