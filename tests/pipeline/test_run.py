@@ -115,6 +115,30 @@ class DiskPoll:
         self.thread.join()
 
 
+def logged_steps(path: Path) -> int:
+    """The last training step in metrics.jsonl (0 before the first); a line being written is skipped."""
+    try:
+        lines = (path / "student" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return 0
+    steps = [0]
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if "split" not in record:
+            steps.append(record["step"])
+    return steps[-1]
+
+
+def released(store: Path) -> dict:
+    try:
+        return Store.open(str(store)).teacher_manifest().released
+    except Exception:  # not prepared or not dumped yet, or the manifest is being rewritten
+        return {}
+
+
 def metrics(out: Path) -> list[dict]:
     lines = (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line and "split" not in json.loads(line)]
@@ -183,19 +207,37 @@ def test_run_killed_at_random_moments_and_paused_by_sigterm_ends_as_the_unbounde
     path = workdir(tmp_path, "run", tokenizer_dir, tiny_teacher_dir, corpus_lines)
     budget = budget_for_two_shards(unbounded)
     command = ("run", "--disk-budget", str(budget))
-    moments = random.Random(13)
+    store = path / "store.zarr"
+    # Each kill waits for a point of the run (a busy machine makes wall-clock delays meaningless), then a
+    # random few hundred milliseconds more: mid-dump of the first window, mid-training, after the first
+    # release, and (SIGTERM) while the last window is dumped or trained.
+    moments = [
+        (signal.SIGKILL, lambda: any((store / "teacher" / "shard-00001" / "chunks_done").rglob("c/*"))),
+        (signal.SIGKILL, lambda: logged_steps(path) >= 3),
+        (signal.SIGKILL, lambda: "0" in released(store)),
+        (signal.SIGTERM, lambda: (store / "teacher" / "shard-00003").is_dir()),
+    ]
+    jitter = random.Random(13)
     progress = []  # the last logged step when each process ended: the kills land in the middle of the run
-    with DiskPoll(path / "store.zarr") as poll:
-        for kill in (signal.SIGKILL, signal.SIGKILL, signal.SIGKILL, signal.SIGTERM):
+    with DiskPoll(store) as poll:
+        for kill, reached in moments:
             process = daram(path, *command)
-            time.sleep(moments.uniform(6, 14))  # imports take a few seconds; the run itself about twenty
+            deadline = time.time() + 240
+            while process.poll() is None and not reached() and time.time() < deadline:
+                time.sleep(0.02)
+            time.sleep(jitter.uniform(0, 0.4))
             process.send_signal(kill)
             stdout, stderr = process.communicate(timeout=120)
-            progress.append(metrics(path / "student")[-1]["step"] if (path / "student" / "metrics.jsonl").exists() else 0)
+            progress.append(logged_steps(path))
             if kill == signal.SIGTERM:
                 # a clean pause: the chunk or step in flight finishes, a checkpoint, how to continue, exit 0
                 assert process.returncode == 0, stderr[-3000:]
                 assert "run: paused (SIGTERM)" in stdout or "run: complete" in stderr
+            else:
+                assert process.returncode in (-signal.SIGKILL, 0), stderr[-3000:]
+        # a session cut by run.time_limit stops cleanly before it, exit 0, and says how to continue
+        stdout, stderr = finished(daram(path, *command, "--time-limit", "12s"))
+        assert "run: paused (time limit 12s)" in stdout or "run: complete" in stderr
         stdout, stderr = finished(daram(path, *command))
     assert "run: complete" in stderr
     assert any(0 < step < metrics(unbounded / "student")[-1]["step"] for step in progress), progress

@@ -525,7 +525,14 @@ def test_manifest_records_the_given_and_the_resolved_teacher(store_path, dumped,
     teacher = Store.open(str(store_path)).teacher_manifest()
     assert teacher.teacher_given == tiny_teacher_dir.name
     assert teacher.teacher == str(tiny_teacher_dir.resolve()) and teacher.commit == ""  # a local directory
-    tokenizer = Store.open(str(store_path)).manifest.tokenizer
-    assert Path(tokenizer.name_or_path).is_absolute() and Path(tokenizer.name_or_path).is_dir()
     # the absolute spelling of the same teacher continues the same dump
     assert dump(store_path, tiny_teacher_dir, "--shard", "1").exit_code == 0
+
+
+def test_manifest_records_the_given_and_the_resolved_tokenizer(tmp_path, tokenizer_dir, corpus_lines, monkeypatch):
+    """Issue 10 item 20, prepare's side: student-train and inspect load the tokenizer from any directory."""
+    monkeypatch.chdir(tokenizer_dir.parent)
+    store_path = prepare_store(tmp_path, Path(tokenizer_dir.name), corpus_lines[:40], seq_len=32, num_shards=1)
+    tokenizer = Store.open(str(store_path)).manifest.tokenizer
+    assert tokenizer.given == tokenizer_dir.name and tokenizer.commit == ""
+    assert tokenizer.name_or_path == str(tokenizer_dir.resolve())
