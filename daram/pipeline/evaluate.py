@@ -107,6 +107,25 @@ def protocol_record(settings: EvalConfig) -> dict[str, Any]:
     }
 
 
+def shots_entry(model, tokenizer, task: Task, data: TaskData, settings: EvalConfig, device, label: str) -> dict[str, Any]:
+    """Zero/few-shot scores of one model on one task, keyed by the number of shots."""
+    return {str(count): score_shots(model, tokenizer, task, data.train, data.test, count, SHOTS_BATCH_SIZE, device, label)
+            for count in settings.shots}
+
+
+def finetune_entry(path: str, tokenizer, task: Task, data: TaskData, settings: EvalConfig, device,
+                   label: str) -> dict[str, Any]:
+    """One model fine-tuned on one task under every seed, summarised; one line on stderr says the result."""
+    runs = [finetune_task(path, tokenizer, task, data, settings, seed, device, f"{label} seed {seed}")
+            for seed in finetune_seeds(settings)]
+    entry = summarise_runs(task, runs, [e.label for e in data.test])
+    (mean, std), (low, high) = entry["dev_selected"]["score"], entry["dev_selected"]["interval"]
+    print(f"{label}: {task.metric} at the dev-chosen epoch {mean:.4f} ± {std:.4f} [{low:.3f}, {high:.3f}] over "
+          f"{plural(len(runs), 'seed')}; best test epoch (the seed's rule) {entry['seed_rule']['score'][0]:.4f}; "
+          f"fine-tune {entry['seconds'][0]:.1f} s per run", file=sys.stderr)
+    return entry
+
+
 def run_eval(cfg: Config) -> dict[str, Any]:
     """The model table, zero/few-shot scores and fine-tuning for every model (or, with ``eval.heldout``,
     held-out fidelity); writes the report after every task, so a long run keeps what it finished."""
@@ -139,30 +158,16 @@ def run_eval(cfg: Config) -> dict[str, Any]:
         if settings.shots:
             report["shots"][name] = {}
             for task in scored_by_shots:
-                train, test = data[task.name].train, data[task.name].test
-                report["shots"][name][task.name] = {
-                    str(count): score_shots(model, tokenizer, task, train, test, count, SHOTS_BATCH_SIZE, device,
-                                            f"{name} {task.title}")
-                    for count in settings.shots
-                }
+                report["shots"][name][task.name] = shots_entry(model, tokenizer, task, data[task.name], settings,
+                                                               device, f"{name} {task.title}")
                 write_report(report, tasks, out, plot=False)
-        del model
-        if not settings.finetune:
-            continue
-        report["finetune"][name] = {}
-        for task in tasks:
-            runs = [
-                finetune_task(path, tokenizer, task, data[task.name], settings, seed, device, f"{name} {task.title} seed {seed}")
-                for seed in finetune_seeds(settings)
-            ]
-            test_labels = [e.label for e in data[task.name].test]
-            entry = report["finetune"][name][task.name] = summarise_runs(task, runs, test_labels)
-            (mean, std), (low, high) = entry["dev_selected"]["score"], entry["dev_selected"]["interval"]
-            print(f"{name} {task.title}: {task.metric} at the dev-chosen epoch {mean:.4f} ± {std:.4f} "
-                  f"[{low:.3f}, {high:.3f}] over {plural(len(runs), 'seed')}; best test epoch "
-                  f"(the seed's rule) {entry['seed_rule']['score'][0]:.4f}; fine-tune {entry['seconds'][0]:.1f} s per run",
-                  file=sys.stderr)
-            write_report(report, tasks, out, plot=False)
+        del model  # fine-tuning loads a fresh copy per run
+        if settings.finetune:
+            report["finetune"][name] = {}
+            for task in tasks:
+                report["finetune"][name][task.name] = finetune_entry(path, tokenizer, task, data[task.name], settings,
+                                                                     device, f"{name} {task.title}")
+                write_report(report, tasks, out, plot=False)
     written = write_report(report, tasks, out)
     print(f"eval: {plural(len(names), 'model')} x {plural(len(tasks), 'task')}; wrote "
           + ", ".join(str(p) if i == 0 else p.name for i, p in enumerate(written)))
