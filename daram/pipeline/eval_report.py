@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from daram.pipeline.downstream import Task
+from daram.text import plural
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -165,8 +166,8 @@ def _finetune_sections(report: dict[str, Any], tasks: Sequence[Task]) -> list[st
         "## Scores: test at the epoch chosen on dev (ours)",
         "",
         f"Macro-F1 for KoBEST, accuracy for NSMC: the test score of the epoch with the best dev score, mean ± std "
-        f"over {runs} fine-tuning seed{'s' if runs != 1 else ''}, then the 95% bootstrap interval of that mean over "
-        f"the test examples. In parentheses: % of `{names[0]}`.",
+        f"over {plural(runs, 'fine-tuning seed')} (± is the spread between seeds), then the 95% bootstrap interval of "
+        f"that mean over the test examples (the test set's own sampling error). In parentheses: % of `{names[0]}`.",
         "",
     ]
     lines += _score_table(finetune, shown, "dev_selected", with_interval=True)
