@@ -44,6 +44,7 @@ from daram.pipeline.training.checkpoint import (
     checkpoint_bytes,
     latest_checkpoint,
     load_checkpoint,
+    read_settings,
     save_checkpoint,
     set_rng_state,
 )
@@ -154,11 +155,12 @@ def setup(cfg: Config, resume: bool = False, online_teacher: str | None = None, 
         raise DaramError(f"--resume: no checkpoint in {out / 'checkpoints'}")
     if not resume and latest_checkpoint(out) is not None:
         raise DaramError(f"train.out {out} already holds a run; pass --resume to continue it or choose another --out")
+    saved = read_settings(checkpoint) if checkpoint else None
+    if saved is not None and given is not None:
+        cfg = _settings_of_checkpoint(cfg, saved, given)  # before anything heavy: --device may come from here
     dist = start_distributed(cfg.train.device)
     try:
         state, rng = load_checkpoint(checkpoint, dist) if checkpoint else (None, None)
-        if state is not None and given is not None and "config" in state:
-            cfg = _settings_of_checkpoint(cfg, json.loads(state["config"]), given)
         return _setup(cfg, dist, state, rng, online_teacher or cfg.train.online_teacher or None, check_dumps, pause)
     except BaseException:
         stop_distributed(dist)
@@ -249,7 +251,7 @@ def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None,
 
 def _settings_of_checkpoint(cfg: Config, saved: dict, given: set[str]) -> Config:
     """The checkpointed run's settings, with the ``given`` ones that may change (``RESUMABLE_CHANGES``, e.g.
-    ``--out``, ``--device``) taken from ``cfg``; a given setting that would change the computation and
+    ``--out``, ``--device``, and ``--store``) taken from ``cfg``; a given setting that would change the computation and
     differs from the checkpoint's is refused, naming both values."""
     sections = {}
     for section, values in saved.items():
@@ -261,7 +263,9 @@ def _settings_of_checkpoint(cfg: Config, saved: dict, given: set[str]) -> Config
             if key not in given:
                 continue
             now, then = getattr(current, name), values[name]
-            if section == "train" and name in RESUMABLE_CHANGES:
+            # The store may move (another mount in the next session): its tokens fingerprint, in the signature,
+            # still has to match.
+            if (section == "train" and name in RESUMABLE_CHANGES) or section == "store":
                 merged[name] = now
             elif json.loads(json.dumps(now)) != then:
                 raise DaramError(
@@ -507,12 +511,11 @@ def checkpoint(run: Run) -> Path | None:
         "micro_batches": run.micro,
         "data_position": {**run.plan.describe(run.micro), "shuffle_seed": run.train.seed},
         "signature": json.dumps(run.signature, sort_keys=True),
-        "config": json.dumps({s: dataclasses.asdict(getattr(run.cfg, s)) for s in ("store", "train", "student")}),
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
-    })
+    }, settings={section: dataclasses.asdict(getattr(run.cfg, section)) for section in ("store", "train", "student")})
     run.checkpoint_seconds = time.perf_counter() - started
     return path
 
@@ -520,10 +523,11 @@ def checkpoint(run: Run) -> Path | None:
 # --- finish ------------------------------------------------------------------------------------------
 
 
-def finish(run: Run) -> dict:
+def finish(run: Run, continue_with: str | None = None) -> dict:
     """After :func:`fit`: the last checkpoint; for a finished run also the held-out evaluation, the exported
     model and the loss curve, each announced as it starts (they take a while on a large student). Returns
-    the summary, also printed as one line; a paused run prints how to continue instead."""
+    the summary, also printed as one line; a paused run prints how to continue instead (``continue_with``,
+    by default ``daram student-train --resume --out OUT``)."""
     stop = run.stop or Stop("paused", "fit was not run")
     run.say(stop.message if stop.finished else f"stopping: {stop.message}")
     with _phase(run, f"checkpoint of step {run.step}") as done:
@@ -545,10 +549,8 @@ def finish(run: Run) -> dict:
     if stop.finished:
         run.say(summary_line(summary, run.targets.name))
     else:
-        run.say(
-            f"paused at step {run.step} of {run.total_steps} ({stop.message}); continue with: "
-            f"daram student-train --resume --out {run.out}"
-        )
+        command = continue_with or f"daram student-train --resume --out {run.out}"
+        run.say(f"paused at step {run.step} of {run.total_steps} ({stop.message}); continue with: {command}")
     return summary
 
 

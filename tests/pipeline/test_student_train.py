@@ -419,6 +419,10 @@ def test_time_limit_pauses_and_resume_needs_only_out_and_refuses_a_contradicting
         "error: --resume: train.lr is 0.01 here but 0.003 in the checkpointed run; --resume reads the run's settings "
         "from its checkpoint, so leave it out (or start a new run in another --out)"]
 
+    # The store may have moved between sessions (another mount): its fingerprint is what must match.
+    moved = _copy_store(kd_store, tmp_path)
+    again = _cli("--resume", "--out", str(out), "--store", str(moved), "--time-limit", "1s")
+    assert again.exit_code == 0, again.output
     # Everything else (the store, shards, shape, schedule) comes from the checkpoint.
     resumed = _cli("--resume", "--out", str(out))
     assert resumed.exit_code == 0, resumed.output

@@ -37,7 +37,7 @@ def test_two_process_ddp_run_on_cpu(tmp_path, tokenizer_dir, corpus_lines, tiny_
     # 4 steps x 2 micro-batches x 2 rows x 64 tokens on each of the 2 ranks.
     assert len(summary) == 1 and "4 steps, 2,048 tokens" in summary[0]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
-    assert sorted(p.name for p in (out / "checkpoints" / "step-00000004").iterdir()) == ["rng-rank0.pt", "rng-rank1.pt", "state.pt"]
+    assert sorted(p.name for p in (out / "checkpoints" / "step-00000004").iterdir()) == ["rng-rank0.pt", "rng-rank1.pt", "settings.json", "state.pt"]
     assert (Path(out) / "model.safetensors").is_file()
 
     # Each step's gradient must be the mean over both ranks' micro-batches. Without DDP (or with each rank's

@@ -1,5 +1,6 @@
 """Checkpoints of a training run: ``checkpoints/step-N/`` holds ``state.pt`` (rank 0: weights, optimizer,
-schedule, scaler, data position, settings) and ``rng-rank{R}.pt`` (every rank's RNG streams).
+schedule, scaler, data position, signature), ``rng-rank{R}.pt`` (every rank's RNG streams) and
+``settings.json`` (the run's settings, readable before anything heavy loads: ``--resume`` starts from them).
 
 A checkpoint is written into ``.step-N.tmp`` and renamed when whole, so one that exists is always
 complete; a kill before the rename leaves only the temporary directory, which :func:`latest_checkpoint`
@@ -22,6 +23,7 @@ from daram.errors import DaramError
 from daram.pipeline.training.distributed import Distributed
 
 CHECKPOINTS = "checkpoints"
+SETTINGS = "settings.json"
 KEEP = 2
 
 
@@ -53,9 +55,10 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(out: Path, step: int, dist: Distributed, state: dict[str, Any]) -> Path | None:
-    """Write ``state`` (rank 0's) and every rank's RNG state as the checkpoint of ``step``; all ranks call
-    this. Returns the directory, or None when that step's checkpoint already exists (a run resumed at its end)."""
+def save_checkpoint(out: Path, step: int, dist: Distributed, state: dict[str, Any], settings: dict | None = None) -> Path | None:
+    """Write ``state`` (rank 0's), ``settings`` and every rank's RNG state as the checkpoint of ``step``; all
+    ranks call this. Returns the directory, or None when that step's checkpoint already exists (a run resumed
+    at its end)."""
     root = Path(out) / CHECKPOINTS
     final = checkpoint_path(out, step)
     tmp = root / f".{final.name}.tmp"
@@ -69,6 +72,11 @@ def save_checkpoint(out: Path, step: int, dist: Distributed, state: dict[str, An
     dist.barrier()
     if dist.main:
         _write(tmp / "state.pt", state)
+        if settings is not None:
+            with (tmp / SETTINGS).open("w", encoding="utf-8") as handle:
+                json.dump(settings, handle, indent=1, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
         _fsync_dir(tmp)
         tmp.rename(final)
         _fsync_dir(root)
@@ -89,6 +97,16 @@ def load_checkpoint(path: Path, dist: Distributed) -> tuple[dict, dict]:
         first_line = (str(exc).strip().splitlines() or [""])[0]  # torch's unpickling errors run to a page
         raise DaramError(f"--resume: cannot read {path}: {type(exc).__name__}: {first_line}") from None
     return state, rng
+
+
+def read_settings(path: Path) -> dict | None:
+    """The settings saved with the checkpoint at ``path`` (None for one written before they were)."""
+    try:
+        return json.loads((Path(path) / SETTINGS).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DaramError(f"--resume: cannot read {Path(path) / SETTINGS}: {exc}") from None
 
 
 def check_signature(saved: dict, current: dict) -> None:

@@ -14,6 +14,7 @@ from daram.pipeline.training.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
+    read_settings,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -37,7 +38,8 @@ def test_rng_state_restores_every_stream():
 def test_save_is_atomic_pruned_and_loads_back(tmp_path):
     dist = Distributed()
     for step in (1, 2, 3):
-        save_checkpoint(tmp_path, step, dist, {"step": step, "weights": torch.full((2,), float(step))})
+        save_checkpoint(tmp_path, step, dist, {"step": step, "weights": torch.full((2,), float(step))},
+                        settings={"train": {"lr": 0.001 * step}})
     root = tmp_path / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000003"]  # the last two are kept
     # A save torn before its rename leaves a hidden temporary directory, which is never taken for a checkpoint.
@@ -45,6 +47,7 @@ def test_save_is_atomic_pruned_and_loads_back(tmp_path):
     assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 3)
     state, rng = load_checkpoint(checkpoint_path(tmp_path, 3), dist)
     assert state["step"] == 3 and torch.equal(state["weights"], torch.full((2,), 3.0)) and "torch" in rng
+    assert read_settings(checkpoint_path(tmp_path, 3)) == {"train": {"lr": 0.003}}
     assert save_checkpoint(tmp_path, 3, dist, {"step": 3}) is None  # an existing step is never overwritten
 
 
