@@ -433,8 +433,15 @@ def run(
     draws: Annotated[Optional[int], setting_option("teacher.draws")] = None,
     temperature: Annotated[Optional[float], setting_option("teacher.temperature")] = None,
     dtype: Annotated[Optional[str], setting_option("teacher.dtype")] = None,
+    sample_width: Annotated[Optional[int], setting_option("teacher.sample_width")] = None,
     shards: Annotated[Optional[str], setting_option("train.shards")] = None,
     heldout_shard: Annotated[Optional[int], setting_option("train.heldout_shard")] = None,
+    n_embd: Annotated[Optional[int], setting_option("student.n_embd")] = None,
+    n_head: Annotated[Optional[int], setting_option("student.n_head")] = None,
+    n_layer: Annotated[Optional[int], setting_option("student.n_layer")] = None,
+    alpha_kd: Annotated[Optional[float], setting_option("train.alpha_kd")] = None,
+    alpha_ce: Annotated[Optional[float], setting_option("train.alpha_ce")] = None,
+    precision: Annotated[Optional[str], setting_option("train.precision")] = None,
     epochs: Annotated[Optional[int], setting_option("train.epochs")] = None,
     batch_size: Annotated[Optional[int], setting_option("train.batch_size")] = None,
     grad_accum: Annotated[Optional[int], setting_option("train.grad_accum")] = None,
@@ -450,12 +457,14 @@ def run(
 
     Training is one run (one schedule, optimizer and data order): its student equals student-train's over a
     complete dump. SIGTERM, Ctrl-C and --time-limit pause it cleanly; the same command continues it.
-    Run `daram plan` first to see what fits.
+    Run `daram plan` first to see what fits. Settings without a flag here: --set section.key=value.
     """
     cfg = _config(config, set_, **{
         "store.path": store, "train.out": out, "run.disk_budget": disk_budget, "run.time_limit": time_limit,
         "teacher.model": teacher, "teacher.kind": kind, "teacher.top_k": top_k, "teacher.draws": draws,
         "teacher.temperature": temperature, "teacher.dtype": dtype, "teacher.device": device,
+        "teacher.sample_width": sample_width, "student.n_embd": n_embd, "student.n_head": n_head,
+        "student.n_layer": n_layer, "train.alpha_kd": alpha_kd, "train.alpha_ce": alpha_ce, "train.precision": precision,
         "train.shards": shards, "train.heldout_shard": heldout_shard, "train.epochs": epochs,
         "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.lr": lr, "train.max_steps": max_steps,
         "train.seed": seed, "train.device": device,
