@@ -39,13 +39,13 @@ def test_amounts():
 
 
 @pytest.mark.parametrize("measure", ["bytes", "lines"])
-def test_back_to_back_slices_cover_the_source_once_in_order(tmp_path, korean_lines, measure):
+def test_back_to_back_slices_cover_the_source_once_in_order(tmp_path, corpus_lines, measure):
     # Catches a line lost or read twice at a slice boundary, including boundaries inside a line
     # and at a file boundary (two files, read as one stream).
-    first, second = lines_file(tmp_path / "d", korean_lines[:70], "a.txt") if (tmp_path / "d").mkdir() is None else None, None
-    second = lines_file(tmp_path / "d", korean_lines[70:130], "b.txt")
+    first, second = lines_file(tmp_path / "d", corpus_lines[:70], "a.txt") if (tmp_path / "d").mkdir() is None else None, None
+    second = lines_file(tmp_path / "d", corpus_lines[70:130], "b.txt")
     whole = units_of(SourceConfig(path=str(tmp_path / "d")))
-    assert whole == korean_lines[:130]
+    assert whole == corpus_lines[:130]
     step = 997 if measure == "bytes" else 17  # 997 bytes: cuts fall inside lines
     total = first.stat().st_size + second.stat().st_size if measure == "bytes" else 130
     pieces = []
@@ -88,11 +88,11 @@ def test_overlapping_slices_are_an_error_unless_repeated():
         check_overlaps([a, SourceConfig(path="web.txt", skip="9 lines")])
 
 
-def test_curriculum_of_slices_in_the_manifest_and_inspect(tmp_path, kogpt2_tokenizer_dir, korean_lines, capsys):
-    corpus = lines_file(tmp_path, korean_lines[:600])
+def test_curriculum_of_slices_in_the_manifest_and_inspect(tmp_path, tokenizer_dir, corpus_lines, capsys):
+    corpus = lines_file(tmp_path, corpus_lines[:600])
     half = corpus.stat().st_size // 2
     cfg = load_config(overrides={
-        "store.path": str(tmp_path / "s.zarr"), "prepare.tokenizer": str(kogpt2_tokenizer_dir),
+        "store.path": str(tmp_path / "s.zarr"), "prepare.tokenizer": str(tokenizer_dir),
         "prepare.seq_len": 32, "prepare.num_shards": 2, "prepare.workers": 1,
         "prepare.sources": [
             {"path": str(corpus), "take": f"{half}B"},
@@ -122,53 +122,53 @@ def prepare_config(tmp_path, tokenizer_dir, path, **prepare):
     })
 
 
-def test_compressed_files_in_a_directory_are_read_and_binary_ones_skipped_loudly(tmp_path, kogpt2_tokenizer_dir, korean_lines, capsys):
+def test_compressed_files_in_a_directory_are_read_and_binary_ones_skipped_loudly(tmp_path, tokenizer_dir, corpus_lines, capsys):
     # Catches a .gz (or any binary) inside a directory source being tokenized as garbage.
     directory = tmp_path / "d"
     directory.mkdir()
-    lines_file(directory, korean_lines[:100], "a.txt")
-    (directory / "b.txt.gz").write_bytes(gzip.compress("".join(f"{t}\n" for t in korean_lines[100:200]).encode()))
-    (directory / "c.txt.bz2").write_bytes(bz2.compress("".join(f"{t}\n" for t in korean_lines[200:300]).encode()))
+    lines_file(directory, corpus_lines[:100], "a.txt")
+    (directory / "b.txt.gz").write_bytes(gzip.compress("".join(f"{t}\n" for t in corpus_lines[100:200]).encode()))
+    (directory / "c.txt.bz2").write_bytes(bz2.compress("".join(f"{t}\n" for t in corpus_lines[200:300]).encode()))
     (directory / "d.bin").write_bytes(bytes(range(256)) * 40)
-    assert units_of(SourceConfig(path=str(directory))) == korean_lines[:300]
-    manifest = run_prepare(prepare_config(tmp_path, kogpt2_tokenizer_dir, directory))
+    assert units_of(SourceConfig(path=str(directory))) == corpus_lines[:300]
+    manifest = run_prepare(prepare_config(tmp_path, tokenizer_dir, directory))
     assert manifest.sources[0].units == 300 and manifest.sources[0].files == 3
     assert manifest.sources[0].skipped_lines == 0
     assert f"skipping binary file {directory / 'd.bin'}" in capsys.readouterr().out
 
 
-def test_a_binary_file_as_a_source_is_refused_as_binary(tmp_path, kogpt2_tokenizer_dir):
+def test_a_binary_file_as_a_source_is_refused_as_binary(tmp_path, tokenizer_dir):
     # Catches the binary file getting as far as "0 rows" (or, worse, becoming tokens).
     blob = tmp_path / "model.bin"
     blob.write_bytes(os.urandom(1 << 16) + b"\x00")
     with pytest.raises(DaramError, match=f"source {blob}: binary file"):
-        run_prepare(prepare_config(tmp_path, kogpt2_tokenizer_dir, blob))
+        run_prepare(prepare_config(tmp_path, tokenizer_dir, blob))
     # no NUL bytes to give it away: the undecodable lines do
     legacy = tmp_path / "cp949.txt"
     legacy.write_bytes(("".join(f"한국어 문장 {i}입니다.\n" for i in range(200))).encode("cp949"))
     with pytest.raises(DaramError, match=r"binary or not UTF-8: 200 of 200 lines undecodable"):
-        run_prepare(prepare_config(tmp_path, kogpt2_tokenizer_dir, legacy))
+        run_prepare(prepare_config(tmp_path, tokenizer_dir, legacy))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cp949.txt", "model.bin"]  # nothing left behind
 
 
-def test_skipped_lines_are_reported_on_the_console(tmp_path, kogpt2_tokenizer_dir, korean_lines, capsys):
+def test_skipped_lines_are_reported_on_the_console(tmp_path, tokenizer_dir, corpus_lines, capsys):
     corpus = tmp_path / "c.txt"
-    corpus.write_bytes("".join(f"{t}\n" for t in korean_lines[:300]).encode() + b"\xff\xfe broken\n" * 3)
-    run_prepare(prepare_config(tmp_path, kogpt2_tokenizer_dir, corpus))
+    corpus.write_bytes("".join(f"{t}\n" for t in corpus_lines[:300]).encode() + b"\xff\xfe broken\n" * 3)
+    run_prepare(prepare_config(tmp_path, tokenizer_dir, corpus))
     assert f"warning: source {corpus}: 3 undecodable lines skipped" in capsys.readouterr().err
 
 
-def test_seq_len_1_fails_cleanly_and_leaves_nothing(tmp_path, kogpt2_tokenizer_dir, korean_lines):
-    corpus = lines_file(tmp_path, korean_lines[:100])
+def test_seq_len_1_fails_cleanly_and_leaves_nothing(tmp_path, tokenizer_dir, corpus_lines):
+    corpus = lines_file(tmp_path, corpus_lines[:100])
     with pytest.raises(DaramError, match="prepare.seq_len must be >= 2"):
-        run_prepare(prepare_config(tmp_path, kogpt2_tokenizer_dir, corpus, seq_len=1))
+        run_prepare(prepare_config(tmp_path, tokenizer_dir, corpus, seq_len=1))
     assert [p.name for p in tmp_path.iterdir()] == ["c.txt"]
 
 
-def test_bad_input_found_late_leaves_no_work_directory(tmp_path, kogpt2_tokenizer_dir, korean_lines):
-    corpus = lines_file(tmp_path, korean_lines[:20])
+def test_bad_input_found_late_leaves_no_work_directory(tmp_path, tokenizer_dir, corpus_lines):
+    corpus = lines_file(tmp_path, corpus_lines[:20])
     with pytest.raises(DaramError, match="fewer than num_shards"):
-        run_prepare(prepare_config(tmp_path, kogpt2_tokenizer_dir, corpus, num_shards=500))
+        run_prepare(prepare_config(tmp_path, tokenizer_dir, corpus, num_shards=500))
     assert [p.name for p in tmp_path.iterdir()] == ["c.txt"]
 
 
@@ -177,14 +177,14 @@ def _limit_file_size():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
-def test_a_full_disk_is_one_line_and_the_store_is_kept(tmp_path, kogpt2_tokenizer_dir, korean_lines, capsys):
+def test_a_full_disk_is_one_line_and_the_store_is_kept(tmp_path, tokenizer_dir, corpus_lines, capsys):
     # Catches the traceback (OSError from deep inside numpy or zarr) and a lost or half-replaced store.
-    small, large = lines_file(tmp_path, korean_lines[:200], "small.txt"), lines_file(tmp_path, korean_lines[:3000], "large.txt")
+    small, large = lines_file(tmp_path, corpus_lines[:200], "small.txt"), lines_file(tmp_path, corpus_lines[:3000], "large.txt")
     store = tmp_path / "s.zarr"
-    run_prepare(prepare_config(tmp_path, kogpt2_tokenizer_dir, small))
+    run_prepare(prepare_config(tmp_path, tokenizer_dir, small))
     before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
     full = subprocess.run(
-        [sys.executable, "-m", "daram", "prepare", "--store", str(store), "--tokenizer", str(kogpt2_tokenizer_dir),
+        [sys.executable, "-m", "daram", "prepare", "--store", str(store), "--tokenizer", str(tokenizer_dir),
          "--seq-len", "32", "--num-shards", "2", "--set", "prepare.workers=1", "--source", str(large), "--overwrite"],
         capture_output=True, text=True, preexec_fn=_limit_file_size,
     )
@@ -195,7 +195,7 @@ def test_a_full_disk_is_one_line_and_the_store_is_kept(tmp_path, kogpt2_tokenize
     assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
     # with room again, the same command resumes and finishes
     capsys.readouterr()
-    run_prepare(prepare_config(tmp_path, kogpt2_tokenizer_dir, large), overwrite=True)
+    run_prepare(prepare_config(tmp_path, tokenizer_dir, large), overwrite=True)
     assert "resuming the interrupted prepare" in capsys.readouterr().err
     assert Store.open(str(store)).manifest.sources[0].units == 3000
 
