@@ -110,7 +110,7 @@ def run_windows(pipeline: Pipeline) -> None:
 
     run = pipeline.train
     while True:
-        ahead = _unique(run.shards_ahead())
+        ahead = shards_to_train(run)
         if not ahead:  # resumed at the very end: fit only says which limit ended the run
             fit(run, available=set())
             return
@@ -126,6 +126,20 @@ def run_windows(pipeline: Pipeline) -> None:
         if stop.kind != "shards":
             return
         checkpoint(run)  # past every step of the shards about to be released
+
+
+def shards_to_train(run: Run) -> list[int]:
+    """The training shards the rest of the run reads, in order, each once; none past ``train.max_steps``."""
+    end = min(run.plan.total_batches, run.total_steps * run.train.grad_accum)
+    index, within = run.plan.locate(run.micro)
+    start, shards = run.micro - within, []
+    for shard_pass in run.plan.passes[index:]:
+        if start >= end:
+            break
+        if shard_pass.batches:
+            shards.append(shard_pass.shard)
+        start += shard_pass.batches
+    return _unique(shards)
 
 
 def next_window(pipeline: Pipeline, ahead: list[int]) -> list[int]:
@@ -220,7 +234,7 @@ def show_progress(pipeline: Pipeline, phase: str) -> None:
     run, store = pipeline.train, pipeline.store
     teacher = store.teacher_manifest()
     training = set(run.shards)
-    ahead = set(run.shards_ahead())
+    ahead = set(shards_to_train(run))
     complete = {int(s) for s in teacher.shards} & training
     released = {int(s) for s in teacher.released} & training
     trained = training - ahead
@@ -240,7 +254,7 @@ def eta(pipeline: Pipeline) -> str:
     if not run.step_seconds or not pipeline.dumped_tokens:
         return "?"
     teacher = pipeline.store.teacher_manifest()
-    undumped = [s for s in _unique(run.shards_ahead()) if not teacher.is_complete(s)]
+    undumped = [s for s in shards_to_train(run) if not teacher.is_complete(s)]
     tokens_left = sum(pipeline.store.shard_rows(s) for s in undumped) * pipeline.store.manifest.seq_len
     dump_left = tokens_left * pipeline.dump_seconds / pipeline.dumped_tokens
     steps_left = (run.total_steps - run.step) * sum(run.step_seconds[-50:]) / len(run.step_seconds[-50:])

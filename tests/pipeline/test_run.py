@@ -282,3 +282,15 @@ def test_a_released_shard_is_dumped_again_bit_identical(tmp_path, tokenizer_dir,
     assert after == before
     teacher = store.teacher_manifest()
     assert teacher.is_complete(0) and not teacher.released
+
+
+def test_run_dumps_only_the_shards_training_reaches(tmp_path, tokenizer_dir, tiny_teacher_dir, corpus_lines, monkeypatch):
+    """--max-steps 2 reads 6 micro-batches of 4 rows, all in shard 0: shards 1-3 are never dumped."""
+    path = workdir(tmp_path, "short", tokenizer_dir, tiny_teacher_dir, corpus_lines)
+    monkeypatch.chdir(path)
+    result = CliRunner().invoke(app, ["run", "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "run: complete" in result.stderr and (path / "student" / "model.safetensors").is_file()
+    teacher = Store.open(str(path / "store.zarr")).teacher_manifest()
+    assert sorted(teacher.shards) == ["0", "4"] and not teacher.released  # shard 0 and the held-out one
+    assert [r["step"] for r in metrics(path / "student")] == [1, 2]
