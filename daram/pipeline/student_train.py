@@ -542,7 +542,13 @@ def finish(run: Run, continue_with: str | None = None) -> dict:
                     done(f"KL {result['kl']:.4f}, CE {result['ce']:.4f}")
         if run.dist.main:
             with _phase(run, f"export of the model to {run.out}"):
-                export_student(run.model, run.tokenizer, run.out)
+                try:
+                    export_student(run.model, run.tokenizer, run.out)
+                except OSError as exc:
+                    raise DaramError(
+                        f"train.out {run.out}: cannot write the model ({exc.strerror or type(exc).__name__}); the "
+                        f"checkpoint of step {run.step} holds its weights: free space, then rerun with --resume"
+                    ) from None
             with _phase(run, "loss curve") as done:
                 done(str(plot_curves(run.out)))
     summary = _summary(run, stop)

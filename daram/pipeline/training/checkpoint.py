@@ -64,24 +64,30 @@ def save_checkpoint(out: Path, step: int, dist: Distributed, state: dict[str, An
     tmp = root / f".{final.name}.tmp"
     if final.exists():
         return None
-    if dist.main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    _write(tmp / f"rng-rank{dist.rank}.pt", rng_state())
-    dist.barrier()
-    if dist.main:
-        _write(tmp / "state.pt", state)
-        if settings is not None:
-            with (tmp / SETTINGS).open("w", encoding="utf-8") as handle:
-                json.dump(settings, handle, indent=1, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-        _fsync_dir(tmp)
-        tmp.rename(final)
-        _fsync_dir(root)
-        for old in sorted(root.glob("step-*"))[:-KEEP]:
-            shutil.rmtree(old)
+    try:
+        if dist.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        _write(tmp / f"rng-rank{dist.rank}.pt", rng_state())
+        dist.barrier()
+        if dist.main:
+            _write(tmp / "state.pt", state)
+            if settings is not None:
+                with (tmp / SETTINGS).open("w", encoding="utf-8") as handle:
+                    json.dump(settings, handle, indent=1, sort_keys=True)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            _fsync_dir(tmp)
+            tmp.rename(final)
+            _fsync_dir(root)
+            for old in sorted(root.glob("step-*"))[:-KEEP]:
+                shutil.rmtree(old)
+    except OSError as exc:  # a full disk, a read-only mount: the checkpoints already written stay whole
+        raise DaramError(
+            f"{final}: cannot write the checkpoint ({exc.strerror or type(exc).__name__}); the earlier checkpoints "
+            "are intact"
+        ) from None
     dist.barrier()
     return final
 

@@ -64,6 +64,15 @@ def test_a_damaged_or_foreign_checkpoint_is_a_one_line_error(tmp_path):
     assert "\n" not in str(error.value)
 
 
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_the_earlier_ones(tmp_path):
+    dist = Distributed()
+    save_checkpoint(tmp_path, 1, dist, {"step": 1})
+    (tmp_path / "checkpoints" / ".step-00000002.tmp").write_text("")  # in the way, as a full disk would be
+    with pytest.raises(DaramError, match=r"step-00000002: cannot write the checkpoint \(.*\); the earlier checkpoints"):
+        save_checkpoint(tmp_path, 2, dist, {"step": 2})
+    assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 1)
+
+
 def test_signature_mismatch_names_the_key_and_both_values():
     check_signature({"train.lr": 0.001, "shape": [1, 2]}, {"train.lr": 0.001, "shape": (1, 2)})  # tuples went through JSON
     with pytest.raises(DaramError, match=r"train.lr was 0.001 in the checkpointed run and is 0.002 now"):
