@@ -75,27 +75,30 @@ print(json.dumps({"version": transformers.__version__, "class": type(tokenizer).
 
 
 @pytest.fixture(scope="session")
-def transformers4_python(request) -> str:
+def transformers4_python(request, tmp_path_factory) -> str:
+    import fcntl
     import subprocess
-    import sys
     import sysconfig
     import venv
     from pathlib import Path
 
-    root = Path(request.config.cache.mkdir("transformers4-venv"))
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider: then built per session
+    root = Path(cache.mkdir("transformers4-venv")) if cache else tmp_path_factory.mktemp("transformers4-venv")
     python = root / "bin" / "python"
     ready = root / "ready"
-    if not ready.is_file() or ready.read_text() != TRANSFORMERS_4:
-        venv.create(root, clear=True, with_pip=True)
-        install = subprocess.run([str(python), "-m", "pip", "install", "-q", TRANSFORMERS_4],
-                                 capture_output=True, text=True, timeout=900)
-        if install.returncode != 0:
-            pytest.skip(f"cannot install {TRANSFORMERS_4} from the package index: {install.stderr.strip()[-300:]}")
-        site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        (Path(site) / "daram-borrowed-torch.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-        ready.write_text(TRANSFORMERS_4)
-    assert sys.executable != str(python)
+    with (root.parent / f"{root.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two sessions at once: one builds, the other waits and reuses
+        if not python.exists() or not ready.is_file() or ready.read_text() != TRANSFORMERS_4:
+            ready.unlink(missing_ok=True)
+            venv.create(root, clear=True, with_pip=True)
+            install = subprocess.run([str(python), "-m", "pip", "install", "-q", TRANSFORMERS_4],
+                                     capture_output=True, text=True, timeout=900)
+            if install.returncode != 0:
+                pytest.skip(f"cannot install {TRANSFORMERS_4} from the package index: {install.stderr.strip()[-300:]}")
+            site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+            (Path(site) / "daram-borrowed-torch.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+            ready.write_text(TRANSFORMERS_4)
     return str(python)
 
 
