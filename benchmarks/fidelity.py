@@ -92,7 +92,7 @@ def main() -> None:
     from daram.pipeline.prepare import run_prepare
     from daram.pipeline.student_train import run_student_train
     from daram.pipeline.teacher_dump import run_teacher_dump
-    from daram.storage import Store, shard_name
+    from daram.storage import Store
 
     started = time.perf_counter()
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="fidelity-")
@@ -130,7 +130,7 @@ def main() -> None:
         dumped = Store.open(str(path))
         stats = dumped.teacher_manifest().shards
         format_info[name] = {
-            "bytes_per_token": sum(dumped.bytes_on_disk(f"teacher/{shard_name(s)}/") for s in train_shards) / train_tokens,
+            "bytes_per_token": sum(dumped.teacher_bytes(s) for s in train_shards) / train_tokens,
             **{key: statistics.mean(stats[str(s)][key] for s in train_shards)
                for key in ("captured_mass_mean", "unique_ids_mean", "truncated_positions", "entropy_mean")
                if key in stats[str(train_shards[0])]},

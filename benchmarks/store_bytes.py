@@ -32,7 +32,7 @@ import torch
 from daram.pipeline.hf import load_tokenizer
 from daram.pipeline.pause import Pause
 from daram.pipeline.teacher_dump import TeacherRunner, dump_shard
-from daram.storage import Store, shard_name
+from daram.storage import Store
 from dump_overhead import SHARED, build_store, random_teacher, teacher_manifest
 
 STORE_LINES = 4000  # build_store reads the first sentences; the teacher trains on the ones after these
@@ -91,7 +91,7 @@ def main() -> None:
             with torch.inference_mode():
                 stats = dump_shard(store, 0, teacher, runner, Pause())
             raw = width * (4 if kind == "topk" else 3)
-            disk = store.bytes_on_disk(f"teacher/{shard_name(0)}/") / positions
+            disk = store.teacher_bytes(0) / positions
             if kind == "topk":
                 kept = f"top-{width} mass mean {stats['captured_mass_mean']:.3f}, p5 {stats['captured_mass_p5']:.3f}"
             else:

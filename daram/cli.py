@@ -85,8 +85,11 @@ def command(fn: Callable) -> Callable:
 
 def _config(config: Optional[Path], sets: Optional[list[str]], **overrides):
     from daram.config import load_config
+    from daram.storage import check_persistent
 
-    return load_config(config, sets or (), overrides)
+    cfg = load_config(config, sets or (), overrides)
+    check_persistent(cfg.store.path)
+    return cfg
 
 
 @command
@@ -232,6 +235,29 @@ def plan(
 
 
 @command
+def release(
+    shards: Annotated[str, typer.Option("--shards", help="Shards to release (or restore), e.g. 0-7 or 0,2,5.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    store: StoreOpt = None,
+    to: Annotated[
+        Optional[str], typer.Option("--to", help="Move the arrays to this fsspec URL (a directory, s3://...) instead of deleting them.")
+    ] = None,
+    restore: Annotated[bool, typer.Option("--restore", help="Bring released shards back from where they were moved.")] = False,
+    from_: Annotated[
+        Optional[str], typer.Option("--from", help="--restore: take the shards from this URL instead of where they were moved.")
+    ] = None,
+) -> None:
+    """Free the disk of complete teacher shards: move their arrays to --to URL, or delete them. The store keeps
+    their statistics and reports them released; `teacher-dump` dumps a released shard again, and
+    `release --restore` brings moved ones back."""
+    cfg = _config(config, set_, **{"store.path": store})
+    from daram.pipeline.release import run_release
+
+    run_release(cfg, shards, to=to, restore=restore, source=from_)
+
+
+@command
 def inspect(
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -246,12 +272,20 @@ def inspect(
 
 
 @command
-def verify(config: ConfigOpt = None, set_: SetOpt = None, store: StoreOpt = None) -> None:
-    """Read every chunk and check it; exit 0 only when the whole store is intact and complete."""
+def verify(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    store: StoreOpt = None,
+    tokens_only: Annotated[
+        bool, typer.Option("--tokens-only", help="Check the token shards alone (a store with no teacher dump yet).")
+    ] = False,
+) -> None:
+    """Read every chunk and check it, printing the command that repairs each problem. Exit 0 only when the
+    store is intact and complete: every shard's dump complete, or released (`daram release`); 1 otherwise."""
     cfg = _config(config, set_, **{"store.path": store})
     from daram.pipeline.inspect import run_verify
 
-    if not run_verify(cfg):
+    if not run_verify(cfg, tokens_only=tokens_only):
         raise typer.Exit(1)
 
 

@@ -179,7 +179,7 @@ def write_teacher_dump(store_path: Path, teacher_dir: Path, kind: str = "topk", 
     generator = torch.Generator().manual_seed(seed)
     for shard in range(manifest.num_shards) if shards is None else shards:
         with store.shard_lock(shard):
-            arrays = store.teacher_arrays(shard, teacher, create=True)
+            target = store.teacher_shard(shard, teacher, create=True)
             captured = []
             for chunk, (lo, hi) in enumerate(store.chunk_ranges(shard)):
                 tokens = torch.from_numpy(store.read_tokens(shard, lo, hi).astype(np.int64))
@@ -196,7 +196,7 @@ def write_teacher_dump(store_path: Path, teacher_dir: Path, kind: str = "topk", 
                     ids = torch.where(counts > 0, ids, 0)  # padding: count 0, id 0, after the drawn ids
                     values = counts[:, :width].to(torch.uint8).view(*logp.shape[:2], width)
                     ids = ids[:, :width].view(*logp.shape[:2], width)
-                store.write_teacher_chunk(arrays, chunk, ids.numpy().astype(np.uint16), values.numpy(), teacher)
+                target.write_chunk(chunk, (ids.numpy().astype(np.uint16), values.numpy()))
             if complete:
                 stats = {"rows": store.shard_rows(shard)}
                 if captured:

@@ -96,3 +96,13 @@ def test_config_errors_reach_the_user_as_one_line(tmp_path):
     (tmp_path / "bad.toml").write_text("[store]\npth = 'x'\n")
     result = runner.invoke(app, ["verify", "--config", str(tmp_path / "bad.toml")])
     assert result.exit_code == 2 and "unknown key 'store.pth'" in result.output
+
+
+def test_a_memory_store_is_refused_and_a_file_url_works(prepared_store):
+    # memory:// would "succeed" and vanish with the process; file:// is the same store as its path
+    result = runner.invoke(app, ["verify", "--store", "memory://daram-store"])
+    assert result.exit_code == 2 and "memory:// stores live inside one process" in result.stderr
+    assert result.stderr.count("\n") == 1
+    result = runner.invoke(app, ["verify", "--tokens-only", "--store", f"file://{prepared_store}"])
+    assert result.exit_code == 0, result.output
+    assert "intact and complete" in result.stdout

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daram.errors import DaramError
-from daram.storage import Store, TeacherManifest
+from daram.storage import COMPLETE, INCOMPLETE, NOT_DUMPED, RELEASED, Store, TeacherManifest
 from daram.text import plural
 
 WINDOW_CHUNKS = 8  # chunks per shuffle window
@@ -187,18 +187,13 @@ class _WindowReader:
 
 
 def check_token_shards(store: Store, shards: list[int]) -> None:
-    """Refuse token arrays whose shape or dtype no longer match the manifest (metadata edited or replaced): the
-    reader would otherwise index past their end or read other values."""
-    manifest = store.manifest
+    """Refuse token arrays whose shape or dtype no longer match the manifest (metadata edited or replaced), or
+    that lost a chunk file: the reader would otherwise index past their end, or read zeros."""
     for shard in shards:
-        array = store.token_array(shard)
-        expected = (manifest.rows_per_shard[shard], manifest.seq_len)
-        if tuple(array.shape) != expected or str(array.dtype) != manifest.token_dtype:
-            raise DaramError(
-                f"{store.url}: tokens of shard {shard} are {tuple(array.shape)} {array.dtype}, but the manifest says "
-                f"{expected} {manifest.token_dtype}; the store is damaged: run `daram verify`, then `daram prepare "
-                "--overwrite`"
-            )
+        store.check_tokens_layout(shard)
+        missing = store.missing_token_chunks(shard)
+        if missing:
+            store.read_tokens(shard, *store.chunk_ranges(shard)[missing[0]])  # raises, naming the chunk and the repair
 
 
 def check_teacher_shards(store: Store, teacher: TeacherManifest | None, shards: list[int], setting: str) -> None:
@@ -216,23 +211,27 @@ def check_teacher_shards(store: Store, teacher: TeacherManifest | None, shards: 
             f"{store.url}: teacher vocab_size {teacher.vocab_size} != the store tokenizer's "
             f"{store.manifest.tokenizer.vocab_size}"
         )
-    not_dumped, incomplete = [], []
-    for shard in shards:
-        done = store.teacher_chunks_done(shard, teacher)
-        if not done.any():
-            not_dumped.append(shard)
-        elif not teacher.is_complete(shard) or not done.all():
-            incomplete.append(f"{shard} ({int(done.sum())}/{len(done)} chunks)")
-    if not_dumped or incomplete:
-        missing = sorted(not_dumped + [int(s.split()[0]) for s in incomplete])
+    states = [store.shard_state(shard, teacher) for shard in shards]
+    not_dumped = [st.shard for st in states if st.state == NOT_DUMPED]
+    incomplete = [f"{st.shard} ({st.chunks_done}/{st.chunks} chunks)" for st in states if st.state == INCOMPLETE]
+    released = [st for st in states if st.state == RELEASED]
+    if not_dumped or incomplete or released:
+        missing = sorted(st.shard for st in states if st.state != COMPLETE)
         problems = ([f"not dumped: {_spans(not_dumped)}"] if not_dumped else []) + (
-            [f"incomplete: {', '.join(incomplete)}"] if incomplete else [])
+            [f"incomplete: {', '.join(incomplete)}"] if incomplete else []) + (
+            [f"released: {_spans([st.shard for st in released])}"] if released else [])
+        restore = ""
+        if released:
+            places = sorted({st.released_to for st in released if st.released_to})
+            restore = (
+                f"; released shards were moved to {', '.join(places)}: bring them back with `daram release --restore "
+                f"--shards {_spans([st.shard for st in released], ',')}`, or dump them again" if places
+                else "; released shards were deleted: dump them again"
+            )
         raise DaramError(
             f"{setting}: the teacher dump lacks {plural(len(missing), 'shard')} ({'; '.join(problems)}); run `daram "
-            f"teacher-dump --shards {_spans(missing, ',')}` to dump {'it' if len(missing) == 1 else 'them'}"
+            f"teacher-dump --shards {_spans(missing, ',')}` to dump {'it' if len(missing) == 1 else 'them'}{restore}"
         )
-    for shard in shards:
-        store.teacher_arrays(shard, teacher)  # checks the arrays' shapes
 
 
 def _spans(shards: list[int], sep: str = ", ") -> str:

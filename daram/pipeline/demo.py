@@ -310,7 +310,7 @@ def store_sizes(url: str) -> dict[str, Any]:
 
     store = Store.open(url)
     tokens = store.manifest.total_tokens
-    token_bytes, teacher_bytes = store.bytes_on_disk("tokens/"), store.bytes_on_disk("teacher/")
+    token_bytes, teacher_bytes = store.token_bytes(), store.teacher_bytes()
     return {
         "tokens": tokens,
         "token_bytes": token_bytes,

@@ -1,19 +1,20 @@
-"""``daram inspect`` (what a store holds) and ``daram verify`` (is it intact and complete)."""
+"""``daram inspect`` (what a store holds) and ``daram verify`` (is it intact and complete, and if not, what to run)."""
 
 from __future__ import annotations
 
 import hashlib
-import itertools
-from collections.abc import Iterator
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from daram.config import Config
-from daram.storage import Store, TeacherManifest, shard_name
-from daram.storage.store import CHUNKS_DONE, fingerprint_bytes
+from daram.errors import DaramError
+from daram.storage import COMPLETE, INCOMPLETE, NOT_DUMPED, RELEASED, ShardState, Store, TeacherManifest, fingerprint_bytes, shard_name
 from daram.text import figure, plural
 
 PROB_SUM_TOLERANCE = 5e-3  # float16 rounding of k stored log-probs
+PREPARE_AGAIN = "daram prepare --overwrite  (the tokens cannot be rebuilt from the dump; dump the teacher again after)"
 
 
 def run_inspect(cfg: Config, sample: bool = True) -> None:
@@ -43,21 +44,22 @@ def run_inspect(cfg: Config, sample: bool = True) -> None:
         print(f"teacher      {teacher.teacher} @ {teacher.revision}  {teacher.dtype}  T={teacher.temperature:g}  {kind}")
 
     print("shards:")
+    states = []
     for shard in range(m.num_shards):
         rows = m.rows_per_shard[shard]
         tokens = rows * m.seq_len
-        line = f"  {shard:5d}  {rows:7,} rows  {tokens:11,} tokens  tokens {store.bytes_on_disk(f'tokens/{shard_name(shard)}/') / tokens:5.2f} B/tok"
+        line = f"  {shard:5d}  {rows:7,} rows  {tokens:11,} tokens  tokens {store.token_bytes(shard) / tokens:5.2f} B/tok"
         if teacher is not None:
-            done = store.teacher_chunks_done(shard, teacher)
-            status = "complete" if teacher.is_complete(shard) else f"{int(done.sum())}/{len(done)} chunks"
-            if str(shard) in teacher.released and not done.any():  # daram run freed its disk; teacher-dump restores it
-                status = "released"
-            line += f"  teacher {status}"
-            if done.any():
-                line += f"  {store.bytes_on_disk(f'teacher/{shard_name(shard)}/') / tokens:6.1f} B/tok"
+            state = store.shard_state(shard, teacher)
+            states.append(state)
+            line += f"  teacher {state.describe()}"
+            if state.chunks_done:
+                line += f"  {store.teacher_bytes(shard) / tokens:6.1f} B/tok"
             stats = teacher.shards.get(str(shard), {})
             line += "".join(f"  {k} {_fmt(v)}" for k, v in stats.items() if k in SHOWN_STATS)
         print(line)
+    if states:
+        print(f"teacher      {_state_counts(states)}")
 
     if sample:
         from daram.pipeline.hf import load_tokenizer
@@ -74,101 +76,141 @@ def _fmt(value) -> str:
     return figure(value) if isinstance(value, float) else str(value)
 
 
-def run_verify(cfg: Config) -> bool:
-    """Read every chunk and check it. Prints one line per problem and a summary; True when all is intact."""
+def _state_counts(states: list[ShardState]) -> str:
+    counts = Counter(st.state for st in states)
+    return ", ".join(f"{counts[name]} {name}" for name in (COMPLETE, INCOMPLETE, NOT_DUMPED, RELEASED))
+
+
+@dataclass
+class Findings:
+    """What verify found: each problem with the command that repairs it."""
+
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (what is wrong, the command that repairs it)
+
+    def add(self, problem: str, repair: str) -> None:
+        self.problems.append((problem, repair))
+
+
+def run_verify(cfg: Config, tokens_only: bool = False) -> bool:
+    """Read every chunk and check it; print one line per problem with its repair, then counts. True (exit 0)
+    only when the tokens are intact and, unless ``tokens_only``, every shard's dump is complete or released."""
     from tqdm import tqdm
 
     store = Store.open(cfg.store.path)
     m = store.manifest
-    teacher = store.teacher_manifest()
-    problems: list[str] = []
+    teacher = None if tokens_only else store.teacher_manifest()
+    findings = Findings()
+    states: list[ShardState] = []
     total = sum(len(store.chunk_ranges(s)) for s in range(m.num_shards)) * (2 if teacher else 1)
     with tqdm(total=total, unit="chunk", desc="verify", dynamic_ncols=True) as bar:
         for shard in range(m.num_shards):
-            problems += _verify_tokens(store, shard, bar)
+            _verify_tokens(store, shard, findings, bar)
             if teacher is not None:
-                problems += _verify_teacher(store, teacher, shard, bar)
-    for problem in problems:
-        print(f"BAD  {problem}")
-    dumped = "no teacher dump" if teacher is None else f"teacher complete on {len(teacher.shards)}/{m.num_shards} shards"
-    if problems:
-        print(f"verify: {store.url}: {plural(len(problems), 'problem')} ({dumped})")
+                states.append(store.shard_state(shard, teacher))
+                _verify_teacher(store, teacher, states[-1], findings, bar)
+    for problem, repair in findings.problems:
+        print(f"BAD  {problem}\n     repair: {repair}")
+    repairs = list(dict.fromkeys(repair for _, repair in findings.problems))
+    if len(repairs) > 1:
+        print("to repair the store, run:\n" + "\n".join(f"  {r}" for r in repairs))
+
+    summary = f"verify: {store.url}: {plural(m.num_shards, 'token shard')}"
+    if tokens_only:
+        summary += " (--tokens-only: the teacher dump was not checked)"
+    elif teacher is None:
+        summary += "; no teacher dump (run `daram teacher-dump`, or pass --tokens-only to check the tokens alone)"
     else:
-        print(f"verify: {store.url}: intact: {m.num_shards} token shards, {dumped}")
-    return not problems
+        summary += f"; teacher: {_state_counts(states)}"
+    gaps = [st for st in states if st.state in (INCOMPLETE, NOT_DUMPED)]
+    released = [st for st in states if st.state == RELEASED]
+    ok = not findings.problems and not gaps and (tokens_only or teacher is not None)
+    if findings.problems:
+        print(f"{summary}: {plural(len(findings.problems), 'problem')}")
+    elif not ok:
+        print(f"{summary}: intact but not complete")
+    elif released:
+        print(f"{summary}: intact; the only gaps are released shards ({', '.join(str(st.shard) for st in released)})")
+    else:
+        print(f"{summary}: intact and complete")
+    return ok
 
 
-def _read_chunks(array, ranges, where: str, bar) -> Iterator[tuple[int, np.ndarray | None, str]]:
-    for i, (lo, hi) in enumerate(ranges):
-        try:
-            yield i, array[lo:hi], ""
-        except Exception as exc:  # a checksum mismatch or undecodable chunk surfaces here, whatever its type
-            yield i, None, f"{where} chunk {i} (rows {lo}-{hi}): unreadable ({type(exc).__name__}: {str(exc)[:120]})"
-        bar.update(1)
-
-
-def _verify_tokens(store: Store, shard: int, bar) -> list[str]:
+def _verify_tokens(store: Store, shard: int, findings: Findings, bar) -> None:
     m = store.manifest
     where = f"tokens/{shard_name(shard)}"
     try:
-        array = store.token_array(shard)
-    except Exception as exc:
-        return [f"{where}: {exc}"]
-    expected = (m.rows_per_shard[shard], m.seq_len)
-    if array.shape != expected or array.dtype != np.dtype(m.token_dtype):
-        return [f"{where}: shape {array.shape} {array.dtype}, expected {expected} {m.token_dtype}"]
-    problems, digest = [], hashlib.sha256()
-    for i, block, error in _read_chunks(array, store.chunk_ranges(shard), where, bar):
-        if block is None:
-            problems.append(error)
+        store.check_tokens_layout(shard)
+    except DaramError as exc:
+        bar.update(len(store.chunk_ranges(shard)))
+        findings.add(str(exc), PREPARE_AGAIN)
+        return
+    digest, damaged = hashlib.sha256(), False
+    for i, (lo, hi) in enumerate(store.chunk_ranges(shard)):
+        bar.update(1)
+        try:
+            block = store.read_tokens(shard, lo, hi)
+        except DaramError as exc:  # an absent chunk
+            findings.add(str(exc).split("; ")[0], PREPARE_AGAIN)
+            damaged = True
+            continue
+        except Exception as exc:  # a checksum mismatch or undecodable chunk surfaces here, whatever its type
+            findings.add(f"{where} chunk {i} (rows {lo}-{hi}): unreadable ({type(exc).__name__}: {str(exc)[:120]})", PREPARE_AGAIN)
+            damaged = True
             continue
         digest.update(fingerprint_bytes(block))
         if block.max(initial=0) >= m.tokenizer.vocab_size:
-            problems.append(f"{where} chunk {i}: token id {int(block.max())} >= vocab {m.tokenizer.vocab_size}")
-    if not problems and digest.hexdigest() != m.shard_fingerprints[shard]:
-        problems.append(f"{where}: content differs from the manifest's fingerprint")
-    return problems
+            findings.add(f"{where} chunk {i}: token id {int(block.max())} >= vocab {m.tokenizer.vocab_size}", PREPARE_AGAIN)
+            damaged = True
+    if not damaged and digest.hexdigest() != m.shard_fingerprints[shard]:
+        findings.add(f"{where}: content differs from the manifest's fingerprint", PREPARE_AGAIN)
 
 
-def _verify_teacher(store: Store, teacher: TeacherManifest, shard: int, bar) -> list[str]:
-    where = f"teacher/{shard_name(shard)}"
-    ranges = store.chunk_ranges(shard)
-    try:
-        arrays = store.teacher_arrays(shard, teacher)
-    except Exception:
+def _verify_teacher(store: Store, teacher: TeacherManifest, state: ShardState, findings: Findings, bar) -> None:
+    shard, ranges = state.shard, store.chunk_ranges(state.shard)
+    redump = f"daram teacher-dump --shard {shard}"
+    if state.state in (NOT_DUMPED, RELEASED) or (state.state == INCOMPLETE and not state.recorded and not state.chunks_done):
         bar.update(len(ranges))
-        return [f"{where}: marked complete in the teacher manifest but its arrays are missing"] if teacher.is_complete(shard) else []
-    names = teacher.array_names  # (ids, values), or (ids,) for a draws dump
-    for name, dtype in zip(names, (store.manifest.token_dtype, teacher.value_dtype)):
-        if arrays[name].dtype != np.dtype(dtype):
-            bar.update(len(ranges))
-            return [f"{where}/{name}: dtype {arrays[name].dtype}, expected {dtype}"]
+        return  # a gap, counted in the summary, not damage
     try:
-        done = arrays[CHUNKS_DONE][:].astype(bool)
-    except Exception as exc:
+        target = store.teacher_shard(shard, teacher)
+    except DaramError as exc:
         bar.update(len(ranges))
-        return [f"{where}/{CHUNKS_DONE}: unreadable ({type(exc).__name__})"]
-    problems = []
-    id_chunks = _read_chunks(arrays[names[0]], ranges, f"{where}/{names[0]}", bar if len(names) == 1 else _NoBar())
-    value_chunks = (
-        _read_chunks(arrays[names[1]], ranges, f"{where}/{names[1]}", bar) if len(names) > 1
-        else itertools.repeat((None, np.zeros(0), None))  # a draws dump has no values array
-    )
-    for (i, ids, error), (_, values, error2) in zip(id_chunks, value_chunks):
-        if not done[i]:
-            problems.append(f"{where} chunk {i}: not written yet (dump incomplete; rerun teacher-dump --shard {shard})")
-        elif ids is None or values is None:
-            problems.append(error or error2)
-        else:
-            problems += [f"{where} chunk {i}: {p}" for p in check_teacher_block(teacher, ids, values)]
-    if done.all() and not teacher.is_complete(shard):
-        problems.append(f"{where}: every chunk is written but the shard was never recorded complete (rerun teacher-dump)")
-    return problems
+        findings.add(str(exc).split("; run")[0], redump)
+        return
+    for chunk in target.damaged_flags():
+        findings.add(f"teacher shard {shard}: the done flag of chunk {chunk} is damaged (checksum)", redump)
+    missing = target.missing_chunks()
+    flags = target.flags()
+    for i, (lo, hi) in enumerate(ranges):
+        bar.update(1)
+        absent = [name for name, chunks in missing.items() if i in chunks]
+        if absent:
+            if flags[i] or state.recorded:
+                findings.add(f"teacher shard {shard} chunk {i} (rows {lo}-{hi}): {', '.join(absent)} file missing", redump)
+            continue
+        if not flags[i]:
+            if state.recorded:
+                findings.add(f"teacher shard {shard} chunk {i}: written, but its done flag is lost", redump)
+            continue  # not written yet: the dump is incomplete (a gap)
+        try:
+            ids, *values = target.read_rows(lo, hi)  # a draws dump has its ids only
+        except Exception as exc:  # a checksum mismatch or undecodable chunk
+            findings.add(
+                f"teacher shard {shard} chunk {i} (rows {lo}-{hi}): unreadable ({type(exc).__name__}: {str(exc)[:120]})",
+                _redo_chunk(store, target.chunk_keys(i), redump),
+            )
+            continue
+        for problem in check_teacher_block(teacher, ids, values[0] if values else np.zeros(0)):
+            findings.add(f"teacher shard {shard} chunk {i}: {problem}", _redo_chunk(store, target.chunk_keys(i), redump))
+    if state.chunks_done == state.chunks and not state.recorded:
+        findings.add(f"teacher shard {shard}: every chunk is written but the shard was never recorded complete", redump)
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
+def _redo_chunk(store: Store, keys: list[str], redump: str) -> str:
+    """A damaged chunk looks done (flag set, files present): removing its files makes the dump redo it."""
+    if store.local_root is not None:
+        return f"rm {' '.join(f'{store.local_root}/{k}' for k in keys)} && {redump}"
+    return f"delete {' and '.join(f'{store.url}/{k}' for k in keys)}, then run {redump}"
 
 
 def check_teacher_block(teacher: TeacherManifest, ids: np.ndarray, values: np.ndarray) -> list[str]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from daram.config import REFERENCE_TEACHER, Config, parse_shards
 from daram.errors import DaramError
-from daram.storage import Store, shard_name
+from daram.storage import Store
 from daram.units import format_duration, format_size, parse_duration, parse_size
 
 # Measured: UTF-8 bytes per token of the KoGPT2/Trinity tokenizer on shared/data/korean_corpus/sentences.txt.
@@ -84,7 +84,7 @@ def make_plan(cfg: Config, measure: bool = True) -> Plan:
     tokens = sum(shard_tokens)
 
     if store is not None:
-        token_bytes, token_bytes_source = store.bytes_on_disk("tokens/"), "the store"
+        token_bytes, token_bytes_source = store.token_bytes(), "the store"
     else:
         token_bytes, token_bytes_source = tokens * 2, "estimate: 2 bytes per uint16 token, before compression"
     per_token, teacher_source = teacher_bytes_per_token(cfg, store, measure)
@@ -152,9 +152,9 @@ def forward_flops_per_token(n_layer: int, n_embd: int, vocab: int, seq_len: int)
 def teacher_bytes_per_token(cfg: Config, store: Store | None, measure: bool) -> tuple[float, str]:
     """(bytes per token of the teacher arrays at the configured format, where the figure comes from)."""
     teacher = store.teacher_manifest() if store is not None else None
-    if teacher is not None and teacher.shards:
-        done = [int(s) for s in teacher.shards]
-        stored = sum(store.bytes_on_disk(f"teacher/{shard_name(s)}/") for s in done)
+    done = [int(s) for s in teacher.shards if teacher.is_complete(int(s))] if teacher is not None else []  # not released
+    if done:
+        stored = sum(store.teacher_bytes(s) for s in done)
         tokens = sum(store.shard_rows(s) for s in done) * store.manifest.seq_len
         return stored / tokens, f"measured: {len(done)} dumped shard{'s' if len(done) > 1 else ''} in the store"
     if store is not None and measure:

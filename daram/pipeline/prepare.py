@@ -46,8 +46,9 @@ from daram.pipeline.sources import (
     kiwi_available,
     resolve_files,
 )
-from daram.storage import SourceStats, Store, StoreManifest, token_dtype_for, tokens_fingerprint
-from daram.storage.store import check_not_foreign, fingerprint_bytes, is_local
+from daram.storage import (
+    SourceStats, Store, StoreManifest, check_not_foreign, fingerprint_bytes, is_local, token_dtype_for, tokens_fingerprint,
+)
 from daram.text import plural
 
 WRITE_CHUNKS = 16  # chunks per write call: zarr compresses the chunks of one call on several threads
@@ -355,7 +356,7 @@ def _write_store(url, overwrite, settings, info, stats, dtype, work: WorkDir) ->
     with tqdm(total=n_rows, initial=first, unit="row", desc="prepare: write shards", dynamic_ncols=True) as bar:
         for shard in range(len(journal.shards), settings.num_shards):
             count = rows_per_shard[shard]
-            array = store.create_token_shard(shard, count, seq_len, rows_per_chunk, dtype.name)
+            store.create_token_shard(shard, count, seq_len, rows_per_chunk, dtype.name)
             digest = hashlib.sha256()
             step = rows_per_chunk * WRITE_CHUNKS
             for lo in range(0, count, step):
@@ -363,7 +364,7 @@ def _write_store(url, overwrite, settings, info, stats, dtype, work: WorkDir) ->
                 # plain reads, not a memmap: a memmap's pages count as resident and grow with the corpus
                 block = np.fromfile(work.stream_path, dtype=dtype, count=n * seq_len, offset=(first + lo) * row_bytes)
                 block = block.reshape(n, seq_len)
-                array[lo : lo + n] = block
+                store.write_tokens(shard, lo, block)
                 digest.update(fingerprint_bytes(block))
                 bar.update(n)
             journal.shards.append(digest.hexdigest())

@@ -27,7 +27,7 @@ from daram.config import Config, parse_shards
 from daram.errors import DaramError
 from daram.pipeline.pause import Pause
 from daram.pipeline.plan import DISK_MARGIN
-from daram.storage import Store, shard_name
+from daram.storage import Store
 from daram.units import format_duration, format_size, parse_duration, parse_size
 
 if TYPE_CHECKING:  # student_train imports torch; daram run loads it only once training is set up
@@ -174,9 +174,9 @@ def _shard_bytes(pipeline: Pipeline, shard: int) -> int:
     store = pipeline.store
     teacher = store.teacher_manifest()
     if teacher is not None and teacher.is_complete(shard):
-        return store.bytes_on_disk(f"teacher/{shard_name(shard)}/")
-    done = [int(s) for s in teacher.shards] if teacher is not None else []
-    per_token = sum(store.bytes_on_disk(f"teacher/{shard_name(s)}/") for s in done) / max(
+        return store.teacher_bytes(shard)
+    done = [int(s) for s in teacher.shards if teacher.is_complete(int(s))] if teacher is not None else []  # on disk
+    per_token = sum(store.teacher_bytes(s) for s in done) / max(
         1, sum(store.shard_rows(s) for s in done) * store.manifest.seq_len
     )
     return int(store.shard_rows(shard) * store.manifest.seq_len * per_token)
@@ -186,12 +186,9 @@ def _release_all_but(pipeline: Pipeline, keep: set[int]) -> None:
     """Release the complete training shards outside ``keep``: behind the checkpoint, or needed only later."""
     store = pipeline.store
     teacher = store.teacher_manifest()
-    for shard in sorted(int(s) for s in teacher.shards):
+    for shard in sorted(int(s) for s in teacher.shards):  # released ones too: finishes a release a kill interrupted
         if shard != pipeline.heldout and shard not in keep:
-            store.release_teacher_shard(shard)
-    for shard in sorted(int(s) for s in teacher.released):  # a release a kill interrupted: finish it
-        if shard not in keep and store.bytes_on_disk(f"teacher/{shard_name(shard)}/"):
-            store.release_teacher_shard(shard)
+            store.release_shard(shard)
 
 
 def _dump(pipeline: Pipeline, shards: list[int]) -> bool:
@@ -216,7 +213,7 @@ def _dump(pipeline: Pipeline, shards: list[int]) -> bool:
 
 
 def _note_disk(pipeline: Pipeline) -> int:
-    used = pipeline.store.bytes_on_disk("teacher/")
+    used = pipeline.store.teacher_bytes()
     pipeline.peak_teacher_bytes = max(pipeline.peak_teacher_bytes, used)
     return used
 
@@ -235,7 +232,7 @@ def show_progress(pipeline: Pipeline, phase: str) -> None:
     teacher = store.teacher_manifest()
     training = set(run.shards)
     ahead = set(shards_to_train(run))
-    complete = {int(s) for s in teacher.shards} & training
+    complete = {int(s) for s in teacher.shards if teacher.is_complete(int(s))} & training
     released = {int(s) for s in teacher.released} & training
     trained = training - ahead
     used = _note_disk(pipeline)

@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from daram.config import Config, TeacherConfig, parse_shards
 from daram.errors import DaramError
@@ -59,13 +58,10 @@ from daram.pipeline.hf import (
     check_store_tokenizer, load_causal_lm, load_tokenizer, loaded_commit, resolve_device, resolved_source,
 )
 from daram.pipeline.pause import Pause
-from daram.storage import LockHeld, Store, TeacherManifest, shard_name
-from daram.storage.draws import decode_draws
-from daram.storage.store import CHUNKS_DONE, check_same_teacher, fingerprint_bytes
+from daram.storage import COMPLETE, RELEASED, LockHeld, Store, TeacherManifest, TeacherShard, check_same_teacher, fingerprint_bytes, shard_name
 from daram.text import plural
 from daram.units import parse_duration
 
-CHUNK_STATS_ATTR = "daram_chunk_stats"  # on teacher/shard-N: per-chunk sums that only the forward can see
 CPU_BATCH_TOKENS = 4096  # automatic batch size on CPU: rows of about this many tokens per forward
 HELD_POLL_S = 2.0  # --all: how often to look at shards other processes hold
 MASS_BINS = 10_000  # resolution of the captured-mass percentile
@@ -134,7 +130,7 @@ def setup_dump(cfg: Config, shard: int | None, shards: str | None, all_shards: b
     store = Store.open(cfg.store.path, mode="r+")
     selection = select_shards(store, shard, shards, all_shards)
     for s in selection:
-        store.token_array(s)  # a missing tokens shard fails now, before the teacher loads
+        store.check_tokens_layout(s)  # a missing or damaged tokens shard fails now, before the teacher loads
     width = dump_width(cfg, store)
     device = resolve_device(_local_device(settings.device))
     wanted = TeacherManifest(
@@ -154,7 +150,8 @@ def setup_dump(cfg: Config, shard: int | None, shards: str | None, all_shards: b
     existing = store.teacher_manifest()
     if existing is not None:
         check_same_teacher(store.url, existing, wanted)
-    complete = [s for s in selection if existing is not None and existing.is_complete(s)]
+    # complete is judged from the chunk flags and files, not the manifest alone: a lost chunk is dumped again
+    complete = [s for s in selection if existing is not None and store.shard_state(s, existing).state == COMPLETE]
     todo = [s for s in selection if s not in complete]
     job = DumpJob(store, settings, selection, complete, todo, [], wanted, device, pause)
     if not todo:
@@ -184,7 +181,7 @@ def dump_shards(job: DumpJob) -> DumpOutcome:
         for s in job.todo:
             if job.pause.requested():
                 break
-            if store.teacher_manifest().is_complete(s):  # fresh: another process may have finished it
+            if store.shard_state(s).state == COMPLETE:  # fresh: another process may have finished it
                 print(f"shard {s}: already complete, skipped", file=sys.stderr)
                 outcome.skipped.append(s)
                 continue
@@ -247,7 +244,7 @@ def finish_dump(job: DumpJob, outcome: DumpOutcome) -> DumpOutcome:
         )
     print(line)
     if outcome.paused:
-        left = [s for s in job.todo if not job.store.teacher_manifest().is_complete(s)]
+        left = [s for s in job.todo if job.store.shard_state(s).state != COMPLETE]
         print(
             f"teacher-dump: paused ({outcome.paused}) with {plural(len(left), 'shard')} left ({_ranges(left)}); "
             "every written chunk is kept and the shard locks are released: run the same command again to continue"
@@ -477,9 +474,8 @@ class ChunkWriter:
     before its arrays and its done flag, so a flagged chunk always has them.
     """
 
-    def __init__(self, store: Store, arrays: dict, teacher: TeacherManifest, group: zarr.Group) -> None:
-        self.store, self.arrays, self.teacher, self.group = store, arrays, teacher, group
-        self.chunk_stats = dict(group.attrs.get(CHUNK_STATS_ATTR, {}))
+    def __init__(self, shard: TeacherShard) -> None:
+        self.shard = shard
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="daram-writer")
         self.pending: Future | None = None
 
@@ -488,13 +484,13 @@ class ChunkWriter:
         self.pending = self.pool.submit(self._write, chunk, result)
 
     def _write(self, chunk: int, result: ChunkResult) -> None:
-        self.chunk_stats[str(chunk)] = {
+        stats = {
             "positions": int(result.ids.shape[0] * result.ids.shape[1]),
             "entropy_sum": result.entropy_sum,
             "seconds": result.seconds,
         }
-        self.group.attrs[CHUNK_STATS_ATTR] = self.chunk_stats
-        self.store.write_teacher_chunk(self.arrays, chunk, result.ids, result.values, self.teacher)
+        arrays = (result.ids,) if result.values is None else (result.ids, result.values)  # a draws dump: ids only
+        self.shard.write_chunk(chunk, arrays, stats)
 
     def wait(self) -> None:
         if self.pending is not None:
@@ -502,7 +498,7 @@ class ChunkWriter:
             try:
                 pending.result()  # a failed write surfaces here
             except OSError as exc:
-                raise DaramError(f"{self.store.url}: writing a teacher chunk failed: {exc}") from None
+                raise DaramError(f"{self.shard.store.url}: writing a teacher chunk failed: {exc}") from None
 
     def close(self) -> None:
         try:
@@ -512,24 +508,33 @@ class ChunkWriter:
 
 
 def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: TeacherRunner, pause: Pause) -> dict | None:
-    """Dump (or finish) one shard under its lock; returns its stats, None when it was already complete, or
-    ``{"paused": True}`` when ``pause`` stopped it between chunks (the lock is released either way)."""
+    """Dump (or finish, or repair) one shard under its lock; returns its stats, None when it was already
+    complete, or ``{"paused": True}`` when ``pause`` stopped it between chunks (the lock is released either way).
+    The chunks dumped are those not done by the store's judgement (flag set and files present), so a shard
+    recorded complete that lost a chunk or a flag gets exactly those chunks again."""
     from tqdm import tqdm
 
     seq_len = store.manifest.seq_len
     with store.shard_lock(shard) as lock:
-        if store.teacher_manifest().is_complete(shard):  # finished by another process since we looked
+        state = store.shard_state(shard, store.teacher_manifest())
+        if state.state == COMPLETE:  # finished by another process since we looked
             return None
-        arrays = store.teacher_arrays(shard, teacher, create=True)
-        done = arrays[CHUNKS_DONE][:].astype(bool)
+        target = store.teacher_shard(shard, teacher, create=True)
+        done = target.chunk_states()
         ranges = store.chunk_ranges(shard)
-        group = zarr.open_group(store.root.store, path=f"teacher/{shard_name(shard)}", mode="r+", use_consolidated=False)
         rows = ranges[-1][1]
         resumed = int(sum((hi - lo) for (lo, hi), d in zip(ranges, done) if d)) * seq_len
-        if done.any():
+        if state.state == RELEASED:
+            print(f"shard {shard}: {state.describe()}; dumping it again", file=sys.stderr)
+        elif state.recorded and not done.all():
+            print(f"shard {shard}: recorded complete, but {plural(int((~done).sum()), 'chunk')} "
+                  f"({_ranges([int(c) for c in np.flatnonzero(~done)])}) lost a file or its done flag: dumping "
+                  "them again", file=sys.stderr)
+        elif done.any():
             print(f"shard {shard}: resuming: {int(done.sum())}/{len(done)} chunks already written", file=sys.stderr)
+        target.clear_flags([int(c) for c in np.flatnonzero(~done & target.flags())])  # redone: not done meanwhile
         started = time.perf_counter()
-        writer = ChunkWriter(store, arrays, teacher, group)
+        writer = ChunkWriter(target)
         bar = tqdm(
             total=rows * seq_len, initial=resumed, unit="tok", unit_scale=True, desc=f"teacher-dump shard {shard}",
             dynamic_ncols=True, file=sys.stderr,
@@ -562,14 +567,14 @@ def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: Teach
             bar.close()
             writer.close()
         wall = time.perf_counter() - started
-        if pause.reason and not arrays[CHUNKS_DONE][:].all():
-            written = int(arrays[CHUNKS_DONE][:].sum())
-            print(f"shard {shard}: paused ({pause.reason}) after {written}/{len(ranges)} chunks", file=sys.stderr)
+        done = target.chunk_states()
+        if pause.reason and not done.all():
+            print(f"shard {shard}: paused ({pause.reason}) after {int(done.sum())}/{len(ranges)} chunks", file=sys.stderr)
             return {"paused": True}
 
-        if not arrays[CHUNKS_DONE][:].all():
+        if not done.all():
             raise DaramError(f"{store.url}: teacher shard {shard}: some chunks were not flagged done after writing")
-        stats = shard_stats(store, shard, teacher, arrays, writer.chunk_stats)
+        stats = shard_stats(store, target)
         stats.update(
             device=runner.device_name, dtype=runner.dtype_name, batch_size=runner.batch_size,
             tokens_computed=rows * seq_len - resumed,
@@ -579,8 +584,9 @@ def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: Teach
     return stats
 
 
-def shard_stats(store: Store, shard: int, teacher: TeacherManifest, arrays: dict, chunk_stats: dict) -> dict[str, Any]:
+def shard_stats(store: Store, target: TeacherShard) -> dict[str, Any]:
     """Per-shard statistics: entropy and speed from the forward's per-chunk sums, the rest from the stored arrays."""
+    shard, chunk_stats = target.shard, target.chunk_stats()
     positions = sum(c["positions"] for c in chunk_stats.values())
     seconds = sum(c["seconds"] for c in chunk_stats.values())
     return {
@@ -590,19 +596,20 @@ def shard_stats(store: Store, shard: int, teacher: TeacherManifest, arrays: dict
         "entropy_mean": sum(c["entropy_sum"] for c in chunk_stats.values()) / positions,
         "seconds": round(seconds, 3),
         "tokens_per_s": round(positions / max(seconds, 1e-9), 1),
-        **stored_stats(store, shard, teacher, arrays),
+        **stored_stats(target),
     }
 
 
-def stored_stats(store: Store, shard: int, teacher: TeacherManifest, arrays: dict) -> dict[str, Any]:
+def stored_stats(target: TeacherShard) -> dict[str, Any]:
     """What the stored arrays say, read back chunk by chunk: the top-k's captured probability mass
     (mean and 5th percentile), or the unique ids per position and the truncated positions of a sampled dump."""
-    values = arrays[teacher.array_names[-1]]
+    store, shard, teacher = target.store, target.shard, target.teacher
+    stored = [target.format.arrays[-1].name]  # log-probs, counts, or (draws) the sorted draws themselves
     positions = 0
     if teacher.kind == "topk":
         hist, total = np.zeros(MASS_BINS, dtype=np.int64), 0.0
         for lo, hi in store.chunk_ranges(shard):
-            mass = np.exp(values[lo:hi].astype(np.float32)).sum(-1).ravel()
+            mass = np.exp(target.read_rows(lo, hi, stored)[0].astype(np.float32)).sum(-1).ravel()
             positions += mass.size
             total += float(mass.sum(dtype=np.float64))
             hist += np.bincount(np.minimum((mass * MASS_BINS).astype(np.int64), MASS_BINS - 1), minlength=MASS_BINS)
@@ -610,7 +617,8 @@ def stored_stats(store: Store, shard: int, teacher: TeacherManifest, arrays: dic
         return {"captured_mass_mean": total / positions, "captured_mass_p5": (p5_bin + 0.5) / MASS_BINS}
     unique, truncated = 0, 0
     for lo, hi in store.chunk_ranges(shard):
-        counts = decode_draws(values[lo:hi])[1] if teacher.kind == "draws" else values[lo:hi]
+        block = target.read_rows(lo, hi, stored)[0]
+        counts = np.rint(target.format.decode(block)[1] * teacher.draws) if target.format.decode else block
         positions += counts.shape[0] * counts.shape[1]
         unique += int((counts > 0).sum())
         truncated += int((counts.sum(-1, dtype=np.int64) < teacher.draws).sum())

@@ -1,19 +1,45 @@
-"""The store contract (DESIGN.md, format v1): numpy + zarr only, never torch."""
+"""The store contract (DESIGN.md, format v1): numpy + zarr only, never torch.
 
+Only this package knows the store's layout (array names, attributes, chunk flags); stages call
+:class:`Store` and :class:`TeacherShard` methods.
+"""
+
+from daram.storage.formats import TEACHER_FORMATS, ArraySpec, TeacherFormat, teacher_format
 from daram.storage.lock import LockHeld, StoreLock
 from daram.storage.manifest import SourceStats, StoreManifest, TeacherManifest, TokenizerInfo, token_dtype_for
-from daram.storage.store import Store, fingerprint_rows, shard_name, tokens_fingerprint
+from daram.storage.store import (
+    Store, check_not_foreign, check_persistent, check_same_teacher, fingerprint_bytes, fingerprint_rows, is_local, local_path,
+    measure_teacher_bytes, shard_name, tokens_fingerprint,
+)
+from daram.storage.teacher import COMPLETE, INCOMPLETE, NOT_DUMPED, RELEASED, ShardState, TeacherShard
 
 __all__ = [
+    "COMPLETE",
+    "INCOMPLETE",
+    "NOT_DUMPED",
+    "RELEASED",
+    "TEACHER_FORMATS",
+    "ArraySpec",
     "LockHeld",
+    "ShardState",
     "SourceStats",
     "Store",
     "StoreLock",
     "StoreManifest",
+    "TeacherFormat",
     "TeacherManifest",
+    "TeacherShard",
     "TokenizerInfo",
+    "check_not_foreign",
+    "check_persistent",
+    "check_same_teacher",
+    "fingerprint_bytes",
     "fingerprint_rows",
+    "is_local",
+    "local_path",
+    "measure_teacher_bytes",
     "shard_name",
+    "teacher_format",
     "token_dtype_for",
     "tokens_fingerprint",
 ]

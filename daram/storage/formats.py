@@ -6,9 +6,13 @@ store creates, checks, reads and releases its arrays from this description alone
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from daram.errors import DaramError
+from daram.storage.draws import decode_draws
 
 TOKEN_DTYPE = "tokens"  # an ArraySpec dtype meaning "the store's token dtype" (uint16 or uint32)
 
@@ -18,6 +22,7 @@ class ArraySpec:
     name: str
     dtype: str  # a numpy dtype name, or TOKEN_DTYPE
     per_id: bool = True  # shape (rows, seq_len, width); False: one value per position, (rows, seq_len)
+    codec: str = "values"  # "values": bit-shuffled zstd (floats, counts); "ids": zstd that finds repeated ids
 
     def numpy_dtype(self, token_dtype: str) -> str:
         return token_dtype if self.dtype == TOKEN_DTYPE else self.dtype
@@ -26,28 +31,20 @@ class ArraySpec:
 @dataclass(frozen=True)
 class TeacherFormat:
     kind: str
-    arrays: tuple[ArraySpec, ...]  # what ``Store.read_teacher`` returns, in this order (ids first)
-    summary: str  # what the arrays hold, for --help and docs
+    arrays: tuple[ArraySpec, ...]  # as stored, in this order (ids first)
+    # stored arrays -> what ``Store.read_teacher`` returns, (ids, values); None: the two arrays as stored
+    decode: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
 
 
 TEACHER_FORMATS: dict[str, TeacherFormat] = {
     f.kind: f
     for f in (
-        TeacherFormat(
-            "topk",
-            (ArraySpec("topk_ids", TOKEN_DTYPE), ArraySpec("topk_logprobs", "float16")),
-            "the k most likely ids per position with log_softmax(logits / T) over the full vocabulary",
-        ),
-        TeacherFormat(
-            "sampled",
-            (ArraySpec("sample_ids", TOKEN_DTYPE), ArraySpec("sample_counts", "uint8")),
-            "the unique ids of `draws` draws from softmax(logits / T) per position, with their counts",
-        ),
-        TeacherFormat(  # format v2: repeats sit side by side, so a run's length is its count (daram.storage.draws)
-            "draws",
-            (ArraySpec("draw_ids", TOKEN_DTYPE),),
-            "`draws` ids drawn from softmax(logits / T) per position, sorted ascending; no counts array",
-        ),
+        # the k most likely ids per position, with log_softmax(logits / T) over the full vocabulary
+        TeacherFormat("topk", (ArraySpec("topk_ids", TOKEN_DTYPE), ArraySpec("topk_logprobs", "float16"))),
+        # the unique ids of `draws` draws from softmax(logits / T) per position, with their counts
+        TeacherFormat("sampled", (ArraySpec("sample_ids", TOKEN_DTYPE), ArraySpec("sample_counts", "uint8"))),
+        # format v2: `draws` ids drawn per position, sorted ascending; a run's length is its count (no counts array)
+        TeacherFormat("draws", (ArraySpec("draw_ids", TOKEN_DTYPE, codec="ids"),), decode=decode_draws),
     )
 }
 

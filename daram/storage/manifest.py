@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from daram.errors import DaramError
-from daram.storage.formats import teacher_format
+from daram.storage.formats import TEACHER_FORMATS, TeacherFormat, teacher_format
 
 FORMAT_NAME = "daram-store"
 FORMAT_VERSION = 2  # what this daram writes
 READABLE_VERSIONS = (1, 2)  # what it reads: version 2 added the teacher kind "draws"
-TEACHER_KINDS = ("topk", "sampled", "draws")
 PACKING = "concat-eos"  # units joined with EOS in curriculum order, cut into rows of seq_len; units may straddle rows
 
 
@@ -145,12 +144,14 @@ class TeacherManifest:
     seed: int = 0  # sampled and draws: the draws' seed
     shards: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # "3" -> stats of a completed shard
     format_version: int = FORMAT_VERSION
-    released: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # "3" -> stats of a shard whose arrays were deleted to free disk
     teacher_given: str = ""  # the teacher as the user gave it (may be relative to where the dump ran)
     commit: str = ""  # the hub commit the teacher was loaded from, when known
+    # "3" -> {"to": URL or "", "at": ISO time}: shards whose arrays were released (moved or deleted) after they
+    # were complete; their statistics stay in ``shards``. Written only when non-empty (v1 readers stay happy).
+    released: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require(self.kind in TEACHER_KINDS, f"teacher kind {self.kind!r}")
+        _require(self.kind in TEACHER_FORMATS, f"teacher kind {self.kind!r} (this daram knows {', '.join(TEACHER_FORMATS)})")
         _require(self.temperature > 0 and math.isfinite(self.temperature), f"teacher temperature {self.temperature}")
         _require(0 < self.width <= self.vocab_size, f"teacher width {self.width} for vocab {self.vocab_size}")
         _require(self.kind != "sampled" or 0 < self.draws < 256, f"sampled draws {self.draws} (1-255, counts are uint8)")
@@ -158,20 +159,21 @@ class TeacherManifest:
         _check_version(self.format_version)
 
     @property
-    def array_names(self) -> tuple[str, ...]:
-        """The arrays of a teacher shard of this kind, ids first (a draws dump has only its ids)."""
-        return tuple(spec.name for spec in teacher_format(self.kind).arrays)
+    def format(self) -> TeacherFormat:
+        """The arrays a shard of this kind holds."""
+        return teacher_format(self.kind)
 
     @property
-    def value_dtype(self) -> str | None:
-        """The dtype of the values array; None for a draws dump, which has none."""
-        arrays = teacher_format(self.kind).arrays
-        return arrays[1].dtype if len(arrays) > 1 else None
+    def array_names(self) -> tuple[str, ...]:
+        """The arrays of a teacher shard of this kind, ids first (a draws dump has only its ids)."""
+        return tuple(spec.name for spec in self.format.arrays)
 
     def settings(self) -> dict[str, Any]:
         """The fields a resumed or parallel dump must agree on: what is computed, not how. The dtype and
         the spelling of the teacher's path are left out; the commit is compared only when both know it."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("shards", "released", "dtype", "teacher_given", "commit")}
+        return {
+            k: v for k, v in self.to_dict().items() if k not in ("shards", "released", "dtype", "teacher_given", "commit")
+        }
 
     def difference(self, wanted: "TeacherManifest") -> tuple[str, Any, Any] | None:
         """(field, this dump's value, the wanted value) of the first setting that differs, or None."""
@@ -186,12 +188,15 @@ class TeacherManifest:
         return None
 
     def is_complete(self, shard: int) -> bool:
-        return str(shard) in self.shards
+        """Recorded complete and not released. Whether its chunks are all there is ``Store.shard_state``'s call."""
+        return str(shard) in self.shards and str(shard) not in self.released
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["shards"] = {k: dict(v) for k, v in self.shards.items()}
         data["released"] = {k: dict(v) for k, v in self.released.items()}
+        if not data["released"]:
+            del data["released"]
         return data
 
     @classmethod

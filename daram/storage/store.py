@@ -14,6 +14,8 @@ One writer per teacher shard is enforced by a :class:`~daram.storage.lock.StoreL
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +23,16 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from daram.errors import DaramError
-from daram.storage.draws import decode_draws
 from daram.storage.keyvalue import KeyValue
 from daram.storage.lock import StoreLock
 from daram.storage.manifest import StoreManifest, TeacherManifest
+from daram.storage.teacher import (
+    COMPLETE, INCOMPLETE, NOT_DUMPED, RELEASED, WRITE_EVERY_CHUNK, ShardState, TeacherShard,
+)
 
 STORE_ATTR = "daram"
 TEACHER_ATTR = "daram_teacher"
-CHUNKS_DONE = "chunks_done"
-# zarr skips writing a chunk that equals the fill value, and reads an absent chunk as the fill value:
-# store every chunk, so that an absent one always means damage (see ``Store.missing_chunks``).
-WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
+CHUNKS_DONE_KEY = "chunks_done/zarr.json"  # present once a teacher shard's arrays exist
 MANIFEST_LOCK_WAIT_S = 60.0  # each holder keeps it for milliseconds; 60 s covers hundreds of racing workers
 
 
@@ -68,6 +69,41 @@ def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
 
+def local_path(url: str) -> str:
+    """A local store's path (``file:///x/s.zarr`` -> ``/x/s.zarr``); other URLs unchanged."""
+    return url.removeprefix("file://") if url.startswith("file://") else url
+
+
+FSSPEC_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}  # URL scheme -> daram's pip extra
+
+
+def check_persistent(url: str) -> None:
+    """Refuse a store URL whose contents vanish with the process (``memory://``): a command would "succeed"
+    and leave nothing behind."""
+    if url.startswith("memory://"):
+        raise DaramError(
+            f"store {url}: memory:// stores live inside one process and vanish when the command exits; "
+            "give a directory or a persistent fsspec URL (file://, s3://, gs://)"
+        )
+
+
+def _open_group(url: str, **kwargs) -> zarr.Group:
+    """zarr.open_group with one-line errors for what a user can fix: a missing filesystem package,
+    damaged metadata."""
+    try:
+        return zarr.open_group(local_path(url), use_consolidated=False, **kwargs)
+    except ImportError as exc:
+        scheme = url.split("://", 1)[0]
+        extra = FSSPEC_EXTRAS.get(scheme)
+        hint = f"pip install 'daram[{extra}]'" if extra else f"install the fsspec filesystem for {scheme}://"
+        raise DaramError(f"{url}: {scheme}:// stores need a package that is not installed ({exc}); {hint}") from None
+    except ValueError as exc:  # a zarr.json that is not JSON (JSONDecodeError is a ValueError)
+        raise DaramError(
+            f"{url}: zarr.json is damaged ({type(exc).__name__}: {exc}); the store manifest cannot be read: "
+            "rebuild the store with `daram prepare --overwrite`"
+        ) from None
+
+
 class Store:
     """An open daram store. ``Store.open(url)`` to read or resume; ``Store.create(url)`` in prepare."""
 
@@ -82,10 +118,14 @@ class Store:
     @classmethod
     def open(cls, url: str, mode: str = "r") -> "Store":
         """Open a finished store (``mode`` "r" or "r+"); a clear error when it is missing or unfinished."""
-        if is_local(url) and not Path(url.removeprefix("file://"), "zarr.json").is_file():
-            raise DaramError(f"store not found: {url} (run `daram prepare` first)")
+        if is_local(url):
+            path = Path(local_path(url))
+            if not (path / "zarr.json").is_file():
+                raise DaramError(f"store not found: {url} (run `daram prepare` first)")
+            if mode != "r" and not os.access(path, os.W_OK):
+                raise DaramError(f"{url} is read-only; this command writes into the store (locks, teacher arrays)")
         try:
-            root = zarr.open_group(url, mode=mode, use_consolidated=False)
+            root = _open_group(url, mode=mode)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
             raise DaramError(f"store not found: {url} (run `daram prepare` first)") from None
         data = root.attrs.get(STORE_ATTR)
@@ -101,7 +141,7 @@ class Store:
         if cls.exists(url) and not overwrite:
             raise DaramError(f"store already exists: {url}; pass --overwrite to replace it")
         check_not_foreign(url)
-        root = zarr.open_group(url, mode="w", zarr_format=3, use_consolidated=False)
+        root = _open_group(url, mode="w", zarr_format=3)
         root.create_group("locks")  # holds one small group per held lock (see storage/lock.py)
         return cls(url, root, None)
 
@@ -129,10 +169,20 @@ class Store:
         if not 0 <= shard < n:
             raise DaramError(f"shard {shard} is out of range: {self.url} has shards 0-{n - 1}")
 
+    def shard_rows(self, shard: int) -> int:
+        self.check_shard(shard)
+        return self.manifest.rows_per_shard[shard]
+
+    def chunk_ranges(self, shard: int) -> list[tuple[int, int]]:
+        """Row ranges [start, stop) of a shard's chunks; the same for tokens and teacher arrays."""
+        rows, step = self.shard_rows(shard), self.manifest.rows_per_chunk
+        return [(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
+
     # --- tokens -----------------------------------------------------------------------------
 
-    def create_token_shard(self, shard: int, n_rows: int, seq_len: int, rows_per_chunk: int, dtype: str) -> zarr.Array:
-        return self.root.create_array(
+    def create_token_shard(self, shard: int, n_rows: int, seq_len: int, rows_per_chunk: int, dtype: str) -> None:
+        """An empty tokens shard for prepare to fill with :meth:`write_tokens`."""
+        self.root.create_array(
             f"tokens/{shard_name(shard)}",
             shape=(n_rows, seq_len),
             chunks=(rows_per_chunk, seq_len),
@@ -143,26 +193,57 @@ class Store:
             overwrite=True,  # a shard half written by a killed prepare is written again whole
         )
 
-    def token_array(self, shard: int) -> zarr.Array:
+    def write_tokens(self, shard: int, start: int, rows: np.ndarray) -> None:
+        """Write rows from ``start`` (chunk-aligned, whole chunks but the shard's last)."""
+        array = self.root[f"tokens/{shard_name(shard)}"].with_config(WRITE_EVERY_CHUNK)  # config is not stored
+        array[start : start + len(rows)] = rows
+
+    def _token_array(self, shard: int) -> zarr.Array:
         self.check_shard(shard)
+        where, repair = f"tokens/{shard_name(shard)}", "rebuild the store with `daram prepare --overwrite`"
         try:
-            return self.root[f"tokens/{shard_name(shard)}"]
+            array = self.root[where]
         except KeyError:
-            raise DaramError(f"{self.url}: tokens/{shard_name(shard)} is missing (store damaged?)") from None
+            raise DaramError(f"{self.url}: {where} is missing (store damaged?); {repair}") from None
+        except ValueError as exc:
+            raise DaramError(f"{self.url}: {where}/zarr.json is damaged ({exc}); {repair}") from None
+        expected = (self.manifest.rows_per_shard[shard], self.manifest.seq_len)
+        if array.shape != expected or array.dtype != np.dtype(self.manifest.token_dtype):
+            raise DaramError(
+                f"{self.url}: {where} is {array.shape} {array.dtype}, but the manifest says {expected} "
+                f"{self.manifest.token_dtype} (store damaged?); {repair}"
+            )
+        return array
+
+    def check_tokens_layout(self, shard: int) -> None:
+        """Refuse a tokens shard that is missing or whose metadata (shape, dtype) disagrees with the manifest."""
+        self._token_array(shard)
 
     def read_tokens(self, shard: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-        array = self.token_array(shard)
+        array = self._token_array(shard)
         self.require_chunks(array, shard, start, stop, repair="rebuild the tokens with `daram prepare --overwrite`")
         return array[start:stop]
+
+    def missing_token_chunks(self, shard: int) -> list[int]:
+        return self.missing_chunks(self._token_array(shard))
 
     def missing_chunks(self, array: zarr.Array, start: int = 0, stop: int | None = None) -> list[int]:
         """Chunks (along the rows) of ``array[start:stop]`` whose files are absent, checked in one round trip."""
         stop = array.shape[0] if stop is None else min(stop, array.shape[0])
         step = array.chunks[0]
         chunks = list(range(start // step, -(-stop // step)))
-        zeros = (0,) * (array.ndim - 1)
-        keys = [f"{array.path}/{array.metadata.encode_chunk_key((c, *zeros))}" for c in chunks]
+        keys = [self.chunk_key(array, c) for c in chunks]
         return [c for c, present in zip(chunks, self.kv.exist(keys)) if not present]
+
+    @staticmethod
+    def chunk_key(array: zarr.Array, chunk: int) -> str:
+        """The store key of a chunk of rows (every array is chunked along its first axis only)."""
+        return f"{array.path}/{array.metadata.encode_chunk_key((chunk, *(0,) * (array.ndim - 1)))}"
+
+    @property
+    def local_root(self) -> str | None:
+        """The store's directory when it is on local disk."""
+        return local_path(self.url) if is_local(self.url) else None
 
     def require_chunks(self, array: zarr.Array, shard: int, start: int, stop: int | None, repair: str) -> None:
         """Refuse to read rows whose chunk file is absent: zarr would return zeros for them."""
@@ -176,15 +257,6 @@ class Store:
                 f"{shard}){more} is missing from the store (deleted?); {repair}"
             )
 
-    def shard_rows(self, shard: int) -> int:
-        self.check_shard(shard)
-        return self.manifest.rows_per_shard[shard]
-
-    def chunk_ranges(self, shard: int) -> list[tuple[int, int]]:
-        """Row ranges [start, stop) of a shard's chunks; the same for tokens and teacher arrays."""
-        rows, step = self.shard_rows(shard), self.manifest.rows_per_chunk
-        return [(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
-
     # --- teacher ----------------------------------------------------------------------------
 
     def teacher_manifest(self) -> TeacherManifest | None:
@@ -193,8 +265,19 @@ class Store:
             group = zarr.open_group(self.root.store, path="teacher", mode="r", use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
             return None
+        except ValueError as exc:
+            raise DaramError(
+                f"{self.url}: teacher/zarr.json is damaged ({type(exc).__name__}: {exc}); the teacher manifest is "
+                "lost with it: move the teacher/ directory aside and run `daram teacher-dump` again"
+            ) from None
         data = group.attrs.get(TEACHER_ATTR)
         return None if data is None else TeacherManifest.from_dict(data)
+
+    def _require_teacher(self) -> TeacherManifest:
+        teacher = self.teacher_manifest()
+        if teacher is None:
+            raise DaramError(f"{self.url} has no teacher dump (run `daram teacher-dump` first)")
+        return teacher
 
     def init_teacher(self, wanted: TeacherManifest) -> TeacherManifest:
         """Create the teacher group, or check that the dump already there has the same settings."""
@@ -206,101 +289,135 @@ class Store:
             check_same_teacher(self.url, existing, wanted)
             return existing
 
-    def record_teacher_shard(self, shard: int, stats: dict) -> TeacherManifest:
-        """Mark a shard complete in the teacher manifest with its statistics (read-modify-write under a lock)."""
+    def _update_teacher_manifest(self, change) -> TeacherManifest:
+        """Read-modify-write of the teacher manifest under its lock; ``change`` maps the dict to the new one."""
         with self.manifest_lock():
             group = zarr.open_group(self.root.store, path="teacher", mode="r+", use_consolidated=False)
-            data = dict(group.attrs[TEACHER_ATTR])
-            data["shards"] = {**data.get("shards", {}), str(shard): stats}
-            data["released"] = {k: v for k, v in data.get("released", {}).items() if k != str(shard)}  # dumped again
-            manifest = TeacherManifest.from_dict(data)
+            manifest = TeacherManifest.from_dict(change(dict(group.attrs[TEACHER_ATTR])))
             group.attrs[TEACHER_ATTR] = manifest.to_dict()
             return manifest
 
-    def release_teacher_shard(self, shard: int) -> None:
-        """Delete a complete shard's teacher arrays to free disk, keeping its statistics under ``released`` in the
-        teacher manifest; ``teacher-dump`` dumps it again. The manifest changes first: a kill before the arrays
-        are gone leaves a shard that is not complete, whose flagged chunks a rerun of the dump keeps."""
-        with self.shard_lock(shard):
-            with self.lock("teacher-manifest", "the teacher manifest"):
-                group = zarr.open_group(self.root.store, path="teacher", mode="r+", use_consolidated=False)
-                data = dict(group.attrs[TEACHER_ATTR])
-                shards = dict(data.get("shards", {}))
-                if str(shard) in shards:
-                    data["released"] = {**data.get("released", {}), str(shard): shards.pop(str(shard))}
-                    data["shards"] = shards
-                    group.attrs[TEACHER_ATTR] = TeacherManifest.from_dict(data).to_dict()
-                elif str(shard) not in data.get("released", {}):  # released already: finish deleting its arrays
-                    raise DaramError(f"{self.url}: teacher shard {shard} is not complete; only complete shards are released")
-            self.kv.delete_dir(f"teacher/{shard_name(shard)}")
+    def record_teacher_shard(self, shard: int, stats: dict) -> TeacherManifest:
+        """Mark a shard complete in the teacher manifest with its statistics (no longer released, if it was)."""
 
-    def teacher_arrays(self, shard: int, teacher: TeacherManifest, create: bool = False) -> dict[str, zarr.Array]:
-        """The shard's ids, values and ``chunks_done`` arrays; ``create`` makes them if absent (lock holder only)."""
+        def change(data: dict) -> dict:
+            released = {k: v for k, v in data.get("released", {}).items() if k != str(shard)}
+            return {**data, "shards": {**data.get("shards", {}), str(shard): stats}, "released": released}
+
+        return self._update_teacher_manifest(change)
+
+    def teacher_shard(self, shard: int, teacher: TeacherManifest | None = None, create: bool = False) -> TeacherShard:
+        """A teacher shard's arrays; ``create`` makes the missing ones (lock holder only)."""
         self.check_shard(shard)
+        teacher = teacher or self._require_teacher()
         path = f"teacher/{shard_name(shard)}"
-        rows, seq_len = self.shard_rows(shard), self.manifest.seq_len
         try:
-            group = zarr.open_group(self.root.store, path=path, mode="r+" if create else "r", use_consolidated=False)
-            arrays = {name: group[name] for name in (*teacher.array_names, CHUNKS_DONE)}
+            mode = "r" if self.root.store.read_only else "r+"  # as the store was opened
+            group = zarr.open_group(self.root.store, path=path, mode=mode, use_consolidated=False)
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
             if not create:
-                raise DaramError(f"{self.url}: teacher shard {shard} has not been dumped") from None
-            return self._create_teacher_shard(path, rows, seq_len, teacher)
-        expected = (rows, seq_len, teacher.width)
-        for name in teacher.array_names:
-            if arrays[name].shape != expected:
-                raise DaramError(f"{self.url}: {path}/{name} has shape {arrays[name].shape}, expected {expected}")
-        return arrays
+                raise DaramError(f"{self.url}: teacher shard {shard} is {self.shard_state(shard, teacher).describe()}; "
+                                 f"run `{self.shard_state(shard, teacher).repair}`") from None
+            group = self.root.require_group(path)
+        except ValueError as exc:
+            raise DaramError(
+                f"{self.url}: {path}/zarr.json is damaged ({exc}); remove {path} and run "
+                f"`daram teacher-dump --shard {shard}` to dump it again"
+            ) from None
+        return TeacherShard.create(self, shard, teacher, group) if create else TeacherShard.open(self, shard, teacher, group)
 
-    def _create_teacher_shard(self, path: str, rows: int, seq_len: int, teacher: TeacherManifest) -> dict[str, zarr.Array]:
-        group = self.root.require_group(path)
-        chunk = (self.manifest.rows_per_chunk, seq_len, teacher.width)
-        n_chunks = -(-rows // self.manifest.rows_per_chunk)
-        common = dict(shape=(rows, seq_len, teacher.width), chunks=chunk, fill_value=0, overwrite=True, config=WRITE_EVERY_CHUNK)
-        # v1's kinds keep v1's codec; a draws dump is ids only, which id_compressors() packs best.
-        codecs = id_compressors() if teacher.kind == "draws" else compressors()
-        dtypes = (self.manifest.token_dtype, teacher.value_dtype)
-        return {
-            **{name: group.create_array(name, dtype=dtype, compressors=codecs, **common)
-               for name, dtype in zip(teacher.array_names, dtypes)},
-            CHUNKS_DONE: group.create_array(
-                CHUNKS_DONE, shape=(n_chunks,), chunks=(1,), dtype="uint8", fill_value=0, compressors=(Crc32cCodec(),), overwrite=True
-            ),
-        }
-
-    def teacher_chunks_done(self, shard: int, teacher: TeacherManifest) -> np.ndarray:
-        """Boolean per chunk: flagged done and every array's chunk file present; all False when not started."""
+    def shard_state(self, shard: int, teacher: TeacherManifest | None = None) -> ShardState:
+        """Complete only when every chunk is flagged done, present in every array, and the shard is recorded."""
+        chunks = len(self.chunk_ranges(shard))
+        teacher = teacher if teacher is not None else self.teacher_manifest()
+        if teacher is None:
+            return ShardState(shard, NOT_DUMPED, 0, chunks, recorded=False)
+        recorded = teacher.is_complete(shard)  # recorded with its statistics, and not released since
+        released = teacher.released.get(str(shard))
+        path = f"teacher/{shard_name(shard)}/{CHUNKS_DONE_KEY}"
+        if self.kv.get(path) is None:  # no arrays at all
+            if released is not None:
+                return ShardState(shard, RELEASED, 0, chunks, recorded, released_to=released.get("to", ""))
+            return ShardState(shard, INCOMPLETE if recorded else NOT_DUMPED, 0, chunks, recorded)
         try:
-            arrays = self.teacher_arrays(shard, teacher)
-        except DaramError:
-            return np.zeros(len(self.chunk_ranges(shard)), dtype=bool)
-        done = arrays[CHUNKS_DONE][:].astype(bool)
-        for name in teacher.array_names:
-            done[self.missing_chunks(arrays[name])] = False
-        return done
+            done = int(self.teacher_shard(shard, teacher).chunk_states().sum())
+        except DaramError:  # damaged arrays: nothing of it can be trusted
+            done = 0
+        state = COMPLETE if done == chunks and recorded else INCOMPLETE
+        return ShardState(shard, state, done, chunks, recorded)
 
-    def write_teacher_chunk(
-        self, arrays: dict[str, zarr.Array], chunk: int, ids: np.ndarray, values: np.ndarray | None, teacher: TeacherManifest
-    ) -> None:
-        """Write one chunk's rows (``values`` None for a draws dump), then flag it done. Call with the shard's lock held."""
-        lo = chunk * self.manifest.rows_per_chunk
-        for name, block in zip(teacher.array_names, (ids, values)):
-            arrays[name][lo : lo + len(block)] = block
-        arrays[CHUNKS_DONE][chunk] = 1
+    # --- releasing shards (moved elsewhere or deleted) and bringing them back ------------------
+
+    def release_shard(self, shard: int, to: str | None = None) -> ShardState:
+        """Release a complete teacher shard: copy its arrays to ``to`` (any fsspec URL; checked byte for byte)
+        or to nowhere, record it released (its statistics stay in the manifest), then delete it here.
+
+        Safe to kill at any moment: the copy is checked before anything is recorded, and the done flags go
+        first, so a shard is either complete here, or released with its arrays recorded where they went."""
+        teacher = self._require_teacher()
+        state = self.shard_state(shard, teacher)
+        prefix = f"teacher/{shard_name(shard)}/"
+        if state.state == RELEASED:
+            self.kv.delete_dir(prefix)  # finish an interrupted release; nothing left to copy
+            return state
+        resumable = str(shard) in teacher.released and state.chunks_done == state.chunks  # killed after recording
+        if state.state != COMPLETE and not resumable:
+            raise DaramError(
+                f"{self.url}: teacher shard {shard} is {state.describe()}; only complete shards are released "
+                f"(run `{state.repair}` first)"
+            )
+        with self.shard_lock(shard):
+            if to:
+                copy_prefix(self.kv, prefix, _open_kv(to, create=True), prefix, self.url, to)
+                destination = _open_group(to, mode="a")
+                destination.require_group("teacher").attrs[TEACHER_ATTR] = teacher.to_dict()  # what the arrays are
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self._update_teacher_manifest(
+                lambda data: {**data, "released": {**data.get("released", {}), str(shard): {"to": to or "", "at": when}}}
+            )
+            self.kv.delete_dir(f"{prefix}{CHUNKS_DONE_KEY.split('/')[0]}/")  # flags first: never half "complete"
+            self.kv.delete_dir(prefix)
+        return self.shard_state(shard)
+
+    def restore_shard(self, shard: int, source: str | None = None) -> ShardState:
+        """Bring a released shard back from where it was moved (or from ``source``), checked before it counts."""
+        teacher = self._require_teacher()
+        state = self.shard_state(shard, teacher)
+        if state.state != RELEASED:
+            raise DaramError(f"{self.url}: teacher shard {shard} is {state.describe()}, not released; nothing to restore")
+        source = source or state.released_to
+        if not source:
+            raise DaramError(
+                f"{self.url}: teacher shard {shard} was released without --to (deleted); dump it again with "
+                f"`daram teacher-dump --shard {shard}`"
+            )
+        try:
+            kept = _open_group(source, mode="r")["teacher"].attrs.get(TEACHER_ATTR)
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+            kept = None
+        if kept is None:
+            raise DaramError(f"{source} holds no released teacher shards of a daram store")
+        check_same_teacher(source, TeacherManifest.from_dict(kept), teacher)  # the same dump of the same tokens
+        prefix = f"teacher/{shard_name(shard)}/"
+        with self.shard_lock(shard):
+            copy_prefix(_open_kv(source, create=False), prefix, self.kv, prefix, source, self.url)
+            restored = self.shard_state(shard, teacher)
+            if restored.chunks_done != restored.chunks:
+                raise DaramError(
+                    f"{source}: teacher shard {shard} came back {restored.chunks_done}/{restored.chunks} chunks; "
+                    f"dump it again with `daram teacher-dump --shard {shard}`"
+                )
+            self._update_teacher_manifest(
+                lambda data: {**data, "released": {k: v for k, v in data.get("released", {}).items() if k != str(shard)}}
+            )
+        return self.shard_state(shard)
 
     def read_teacher(self, shard: int, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, values) of rows [start, stop) of a teacher shard: top-k ids + log-probs, sample ids + counts,
-        or (draws dump) the draws + their probabilities (:func:`daram.storage.draws.decode_draws`)."""
-        teacher = self.teacher_manifest()
-        if teacher is None:
-            raise DaramError(f"{self.url} has no teacher dump (run `daram teacher-dump` first)")
-        arrays = self.teacher_arrays(shard, teacher)
-        for name in teacher.array_names:
-            self.require_chunks(arrays[name], shard, start, stop, repair=f"run `daram teacher-dump --shard {shard}` to dump it again")
-        if teacher.kind == "draws":
-            return decode_draws(arrays["draw_ids"][start:stop])
-        ids_name, values_name = teacher.array_names
-        return arrays[ids_name][start:stop], arrays[values_name][start:stop]
+        or (draws dump) the draws + their probabilities (its format's decode, :func:`daram.storage.draws.decode_draws`)."""
+        target = self.teacher_shard(shard)
+        rows = target.read_rows(start, stop)
+        return target.format.decode(*rows) if target.format.decode else rows
 
     def read_teacher_probs(self, shard: int, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64, probabilities float32) of rows [start, stop), ``(rows, seq_len, width)``, for any kind.
@@ -329,9 +446,37 @@ class Store:
     def shard_lock(self, shard: int) -> StoreLock:
         return self.lock(f"teacher-{shard_name(shard)}", f"teacher shard {shard} of {self.url}")
 
-    def bytes_on_disk(self, prefix: str) -> int:
-        """Stored bytes under a path in the store, e.g. ``teacher/shard-00003/``."""
-        return self.kv.size_of_prefix(prefix)
+    def token_bytes(self, shard: int | None = None) -> int:
+        """Stored bytes of one tokens shard, or of all of them."""
+        return self.kv.size_of_prefix("tokens/" if shard is None else f"tokens/{shard_name(shard)}/")
+
+    def teacher_bytes(self, shard: int | None = None) -> int:
+        """Stored bytes of one teacher shard, or of the whole dump."""
+        return self.kv.size_of_prefix("teacher/" if shard is None else f"teacher/{shard_name(shard)}/")
+
+
+def _open_kv(url: str, create: bool) -> KeyValue:
+    """Key/value access to the root of any fsspec URL (a released shard's destination)."""
+    try:
+        return KeyValue(_open_group(url, mode="a" if create else "r").store)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise DaramError(f"{url}: nothing there (was the shard released to another place?)") from None
+
+
+def copy_prefix(source: KeyValue, prefix: str, target: KeyValue, target_prefix: str, source_url: str, target_url: str) -> int:
+    """Copy every key under ``prefix``, then read each back and compare; returns the bytes copied."""
+    keys = source.list_prefix(prefix)
+    if not keys:
+        raise DaramError(f"{source_url}: {prefix} is empty; nothing to copy")
+    copied = 0
+    for key in keys:
+        data = source.get(key)
+        destination = target_prefix + key[len(prefix):]
+        target.set(destination, data)
+        if target.get(destination) != data:
+            raise DaramError(f"{target_url}: {destination} reads back different bytes than were written; nothing was released")
+        copied += len(data)
+    return copied
 
 
 def check_same_teacher(url: str, existing: TeacherManifest, wanted: TeacherManifest) -> None:

@@ -16,7 +16,6 @@ from daram.cli import app
 from daram.config import load_config
 from daram.pipeline.inspect import check_teacher_block, run_inspect, run_verify
 from daram.storage import Store, TeacherManifest
-from daram.storage.store import CHUNKS_DONE
 from .test_teacher_dump import TORN_WRITE, run_daram, shard_files
 
 DRAWS, SEED = 20, 7
@@ -77,8 +76,9 @@ def test_inspect_and_verify_understand_the_kind(sampled, capsys):
     run_inspect(cfg, sample=False)
     out = capsys.readouterr().out
     assert f"sampled, {DRAWS} draws, width {DRAWS}, seed {SEED}" in out and "unique_ids_mean" in out
-    assert run_verify(cfg)  # every content check of the sampled kind passes on every chunk
-    assert "teacher complete on 1/2 shards" in capsys.readouterr().out
+    assert not run_verify(cfg)  # shard 1 is not dumped: exit 1, though every content check passes on every chunk
+    out = capsys.readouterr().out
+    assert "BAD" not in out and "teacher: 1 complete, 0 incomplete, 1 not dumped, 0 released: intact but not complete" in out
 
 
 def test_block_checks_name_each_problem():
@@ -116,7 +116,7 @@ def test_kill_then_resume_is_bit_identical(tmp_path, tokenizer_dir, corpus_lines
     process.communicate(timeout=300)
     assert process.returncode == -signal.SIGKILL
     store = Store.open(str(path))
-    assert store.teacher_arrays(0, store.teacher_manifest())[CHUNKS_DONE][:].tolist()[:3] == [1, 1, 0]
+    assert store.teacher_shard(0).flags().tolist()[:3] == [1, 1, 0]
     result = dump(path, tiny_teacher_dir, "--shard", "0")
     assert result.exit_code == 0 and "resuming: 2/7 chunks" in result.stderr
     assert shard_files(path, 0) == shard_files(sampled, 0)
@@ -143,14 +143,15 @@ def test_draws_follow_the_teacher_at_each_position(tmp_path, tokenizer_dir, corp
     assert stats["unique_ids_mean"] < DRAWS / 2
 
 
-def test_a_narrow_width_truncates_and_counts_it(tmp_path, tokenizer_dir, corpus_lines, tiny_teacher_dir):
+def test_a_narrow_width_truncates_and_counts_it(tmp_path, tokenizer_dir, corpus_lines, tiny_teacher_dir, capsys):
     path = small_store(tmp_path, tokenizer_dir, corpus_lines)
     assert dump(path, tiny_teacher_dir, "--shard", "1", "--sample-width", "4").exit_code == 0
     store = Store.open(str(path))
     _, counts = store.read_teacher(1)
     truncated = int((counts.sum(-1) < DRAWS).sum())
     assert truncated > 0 and store.teacher_manifest().shards["1"]["truncated_positions"] == truncated
-    assert run_verify(load_config(overrides={"store.path": str(path)}))  # truncated positions pass the checks
+    run_verify(load_config(overrides={"store.path": str(path)}))
+    assert "BAD" not in capsys.readouterr().out  # truncated positions pass the checks
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ def test_plan_json_on_a_small_real_store(tmp_path, tokenizer_dir, corpus_lines, 
     budget = int((per_shard[3] + 2.5 * max(per_shard[:3])) * 1.06)
     plan = plan_json(store_path, tiny_teacher_dir, "--disk-budget", str(budget))
     assert plan["teacher_bytes_source"] == "measured: 4 dumped shards in the store"
-    stored = sum(Store.open(str(store_path)).bytes_on_disk(f"teacher/{shard_name(s)}/") for s in range(4))
+    stored = sum(Store.open(str(store_path)).teacher_bytes(s) for s in range(4))
     assert plan["teacher_bytes_per_token"] == pytest.approx(stored / manifest.total_tokens, abs=0.01)
     assert plan["window_shards"] == 2 and plan["disk_budget"] == budget
     plan = plan_json(store_path, tiny_teacher_dir, "--disk-budget", str(per_shard[3]))

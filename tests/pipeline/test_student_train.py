@@ -224,7 +224,7 @@ def test_an_undumped_or_incomplete_shard_is_refused(kd_store, tmp_path, tokenize
     store_path = _copy_store(kd_store, tmp_path)
     store = Store.open(str(store_path), mode="r+")
     teacher = store.teacher_manifest()
-    store.teacher_arrays(1, teacher, create=True)["chunks_done"][1] = 0  # a chunk lost after the shard was recorded
+    store.teacher_shard(1, teacher).clear_flags([1])  # a done flag lost after the shard was recorded
     with pytest.raises(DaramError, match=r"lacks 1 shard \(incomplete: 1 \(2/3 chunks\)\); run `daram teacher-dump --shards 1`"):
         run_student_train(train_config(store_path, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
@@ -341,7 +341,7 @@ def test_a_non_finite_loss_stops_training_naming_the_step_and_shard(kd_store, tm
     store_path = _copy_store(kd_store, tmp_path)
     store = Store.open(str(store_path), mode="r+")
     teacher = store.teacher_manifest()
-    values = store.teacher_arrays(1, teacher, create=True)[teacher.array_names[1]]  # create: opened for writing
+    values = store.teacher_shard(1, teacher).arrays[teacher.array_names[1]]  # the store is open for writing
     values[0:16] = float("nan")  # what a teacher dumped at T = inf left behind (dumps now refuse it)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,9 +25,8 @@ from daram.config import load_config
 from daram.errors import DaramError
 from daram.pipeline.inspect import run_inspect, run_verify
 from daram.pipeline import teacher_dump
-from daram.pipeline.teacher_dump import CHUNK_STATS_ATTR, run_teacher_dump, select_shards
-from daram.storage import Store, shard_name
-from daram.storage.store import CHUNKS_DONE
+from daram.pipeline.teacher_dump import run_teacher_dump, select_shards
+from daram.storage import Store, TeacherShard, shard_name
 
 T, K = 2.0, 8
 REPO = Path(__file__).resolve().parents[2]
@@ -196,6 +196,40 @@ def test_teacher_without_tokenizer_or_weights(tmp_path, store_path, tiny_teacher
     assert result.exit_code == 2 and "cannot load model" in result.stderr and result.stderr.count("\n") == 1
 
 
+def test_a_lost_done_flag_or_chunk_file_is_repaired_by_dumping_the_shard_again(dumped, tiny_teacher_dir, tmp_path, capsys):
+    """Issue 10 item 6: the manifest says complete, the chunks say otherwise; the repair verify prints works."""
+    store_path = tmp_path / "store.zarr"
+    shutil.copytree(dumped, store_path)
+    store = Store.open(str(store_path), mode="r+")
+    store.teacher_shard(0).clear_flags([2])  # a lost done flag
+    (store_path / "teacher" / shard_name(1) / "topk_logprobs" / "c" / "4" / "0" / "0").unlink()  # a lost chunk file
+    cfg = load_config(overrides={"store.path": str(store_path)})
+    assert not run_verify(cfg)
+    out = capsys.readouterr().out
+    assert "teacher shard 0 chunk 2: written, but its done flag is lost\n     repair: daram teacher-dump --shard 0" in out
+    assert "teacher shard 1 chunk 4 (rows 16-20): topk_logprobs file missing\n     repair: daram teacher-dump --shard 1" in out
+
+    for shard, chunk in ((0, 2), (1, 4)):
+        result = dump(store_path, tiny_teacher_dir, "--shard", str(shard))
+        assert result.exit_code == 0, result.output
+        assert f"recorded complete, but 1 chunk ({chunk}) lost a file or its done flag: dumping them again" in result.stderr
+        assert shard_files(store_path, shard) == shard_files(dumped, shard)
+    assert run_verify(cfg)
+
+
+def test_a_released_shard_is_dumped_again_bit_identical(dumped, tiny_teacher_dir, tmp_path):
+    """Issue 13 part 2: a released shard is not "already complete": teacher-dump brings it back."""
+    store_path = tmp_path / "store.zarr"
+    shutil.copytree(dumped, store_path)
+    Store.open(str(store_path), mode="r+").release_shard(0)
+    result = dump(store_path, tiny_teacher_dir, "--all")
+    assert result.exit_code == 0, result.output
+    assert "shard 0: released (deleted); dumping it again" in result.stderr and "1 already complete" in result.stdout
+    assert shard_files(store_path, 0) == shard_files(dumped, 0)
+    store = Store.open(str(store_path))
+    assert store.shard_state(0).state == "complete" and store.teacher_manifest().released == {}
+
+
 def test_a_held_lock_stops_a_second_writer(store_path, tiny_teacher_dir):
     store = Store.open(str(store_path), mode="r+")
     with store.shard_lock(1):
@@ -276,15 +310,15 @@ def test_memory_url_store(tokenizer_dir, corpus_lines, tiny_teacher_dir, tmp_pat
 
 TORN_WRITE = """
 import os, signal, sys
-from daram.storage.store import Store
-write = Store.write_teacher_chunk
-def torn(self, arrays, chunk, ids, values, teacher):
+from daram.storage import TeacherShard
+write = TeacherShard.write_chunk
+def torn(self, chunk, arrays, stats=None):
     if chunk == {chunk}:  # half a chunk on disk (ids, no log-probs, no flag), then the power goes
-        lo = chunk * self.manifest.rows_per_chunk
-        arrays[teacher.array_names[0]][lo : lo + len(ids)] = ids
+        lo = chunk * self.store.manifest.rows_per_chunk
+        self.arrays["topk_ids"][lo : lo + len(arrays[0])] = arrays[0]
         os.kill(os.getpid(), signal.SIGKILL)
-    write(self, arrays, chunk, ids, values, teacher)
-Store.write_teacher_chunk = torn
+    write(self, chunk, arrays, stats)
+TeacherShard.write_chunk = torn
 from daram.cli import main
 sys.argv = ["daram"] + {args!r}
 main()
@@ -314,16 +348,16 @@ class PowerCut(BaseException):
 
 def test_torn_chunk_then_resume_is_bit_identical(store_path, dumped, tiny_teacher_dir, monkeypatch):
     """In-process twin of the kill -9 test below: chunk 3 is half written (ids only) when the run dies."""
-    write = Store.write_teacher_chunk
+    write = TeacherShard.write_chunk
 
-    def torn(self, arrays, chunk, ids, values, teacher):
+    def torn(self, chunk, arrays, stats=None):
         if chunk == 3:
-            lo = chunk * self.manifest.rows_per_chunk
-            arrays[teacher.array_names[0]][lo : lo + len(ids)] = ids
+            lo = chunk * self.store.manifest.rows_per_chunk
+            self.arrays["topk_ids"][lo : lo + len(arrays[0])] = arrays[0]
             raise PowerCut
-        write(self, arrays, chunk, ids, values, teacher)
+        write(self, chunk, arrays, stats)
 
-    monkeypatch.setattr(Store, "write_teacher_chunk", torn)
+    monkeypatch.setattr(TeacherShard, "write_chunk", torn)
     cfg = load_config(overrides={
         "store.path": str(store_path), "teacher.model": str(tiny_teacher_dir), "teacher.dtype": "float32",
         "teacher.device": "cpu", "teacher.temperature": T, "teacher.kind": "topk", "teacher.top_k": K,
@@ -331,9 +365,9 @@ def test_torn_chunk_then_resume_is_bit_identical(store_path, dumped, tiny_teache
     })
     with pytest.raises(PowerCut):
         run_teacher_dump(cfg, shard=0)
-    monkeypatch.setattr(Store, "write_teacher_chunk", write)
+    monkeypatch.setattr(TeacherShard, "write_chunk", write)
     store = Store.open(str(store_path))
-    assert store.teacher_arrays(0, store.teacher_manifest())[CHUNKS_DONE][:].tolist() == [1, 1, 1, 0, 0, 0, 0]
+    assert store.teacher_shard(0).flags().tolist() == [1, 1, 1, 0, 0, 0, 0]
     assert (store_path / "teacher" / shard_name(0) / "topk_ids" / "c" / "3" / "0" / "0").is_file()  # the torn chunk's ids
     with pytest.raises(DaramError, match="topk_logprobs chunk 3 .* is missing"):  # ... and no log-probs to read as zeros
         store.read_teacher(0, 12, 16)
@@ -349,7 +383,7 @@ def test_kill_mid_chunk_then_resume_is_bit_identical(store_path, dumped, tiny_te
     process.communicate(timeout=300)
     assert process.returncode == -signal.SIGKILL
     store = Store.open(str(store_path))
-    done = store.teacher_arrays(0, store.teacher_manifest())[CHUNKS_DONE][:]
+    done = store.teacher_shard(0).flags()
     assert done.tolist()[:4] == [1, 1, 1, 0] and not store.teacher_manifest().is_complete(0)
     assert (store_path / "teacher" / shard_name(0) / "topk_ids" / "c" / "3" / "0" / "0").is_file()  # the torn chunk's ids
     with pytest.raises(DaramError, match="topk_logprobs chunk 3 .* is missing"):  # ... and no log-probs to read as zeros
@@ -362,7 +396,7 @@ def test_kill_mid_chunk_then_resume_is_bit_identical(store_path, dumped, tiny_te
 def test_kill_at_an_arbitrary_moment_then_resume(store_path, dumped, tiny_teacher_dir):
     args = dump_args(store_path, tiny_teacher_dir, "--all")
     process = run_daram(f"import sys\nfrom daram.cli import main\nsys.argv = ['daram'] + {args!r}\nmain()\n")
-    flags = store_path / "teacher" / shard_name(0) / CHUNKS_DONE / "c"
+    flags = store_path / "teacher" / shard_name(0) / "chunks_done" / "c"
     deadline = time.time() + 240
     while not (flags.is_dir() and any(flags.iterdir())):  # the first chunk flag: the dump is under way
         assert process.poll() is None and time.time() < deadline, "dump ended before it could be killed"
@@ -375,8 +409,7 @@ def test_kill_at_an_arbitrary_moment_then_resume(store_path, dumped, tiny_teache
     assert dump(store_path, tiny_teacher_dir, "--all").exit_code == 0
     for shard in (0, 1):
         assert shard_files(store_path, shard) == shard_files(dumped, shard)
-    group_attrs = Store.open(str(store_path)).root[f"teacher/{shard_name(0)}"].attrs
-    assert len(group_attrs[CHUNK_STATS_ATTR]) == 7
+    assert len(Store.open(str(store_path)).teacher_shard(0).chunk_stats()) == 7
 
 
 # --- refusals before the teacher loads, damaged tokens, non-finite values, clean pauses -------------
@@ -481,13 +514,13 @@ def test_time_limit_pauses_cleanly_and_a_rerun_finishes(store_path, dumped, tiny
 
 SIGTERM_AT_CHUNK = """
 import os, signal, sys
-from daram.storage.store import Store
-write = Store.write_teacher_chunk
-def preempted(self, arrays, chunk, ids, values, teacher):
-    write(self, arrays, chunk, ids, values, teacher)
+from daram.storage import TeacherShard
+write = TeacherShard.write_chunk
+def preempted(self, chunk, arrays, stats=None):
+    write(self, chunk, arrays, stats)
     if chunk == {chunk}:  # the scheduler preempts the job just after this chunk
         os.kill(os.getpid(), signal.SIGTERM)
-Store.write_teacher_chunk = preempted
+TeacherShard.write_chunk = preempted
 from daram.cli import main
 sys.argv = ["daram"] + {args!r}
 main()
@@ -506,7 +539,7 @@ def test_sigterm_pauses_after_the_chunk_releases_the_lock_and_resumes_bit_identi
     assert process.returncode == 0, stderr
     store = Store.open(str(store_path))
     assert store.shard_lock(0).holder() is None  # a requeued task on another host can start at once
-    done = store.teacher_arrays(0, store.teacher_manifest())[CHUNKS_DONE][:].tolist()
+    done = store.teacher_shard(0).flags().astype(int).tolist()
     # chunk 3 was being computed when chunk 2's write sent the signal; it is finished, nothing later is started
     written = sum(done)
     assert written in (3, 4) and done == [1] * written + [0] * (7 - written)

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -13,9 +14,8 @@ import zarr
 
 from daram.errors import DaramError
 from daram.storage import (
-    LockHeld, Store, StoreManifest, TeacherManifest, TokenizerInfo, fingerprint_rows, token_dtype_for, tokens_fingerprint,
+    LockHeld, Store, StoreManifest, check_persistent, TeacherManifest, TokenizerInfo, fingerprint_rows, token_dtype_for, tokens_fingerprint,
 )
-from daram.storage.store import CHUNKS_DONE
 
 SEQ, ROWS, RPC, K, VOCAB = 8, 10, 4, 3, 100
 
@@ -24,7 +24,8 @@ def make_store(url: str, num_shards: int = 2) -> Store:
     store = Store.create(url)
     shards = [np.random.default_rng(s).integers(0, VOCAB, size=(ROWS, SEQ)).astype(np.uint16) for s in range(num_shards)]
     for s, rows in enumerate(shards):
-        store.create_token_shard(s, ROWS, SEQ, RPC, "uint16")[:] = rows
+        store.create_token_shard(s, ROWS, SEQ, RPC, "uint16")
+        store.write_tokens(s, 0, rows)
     fps = [fingerprint_rows(r) for r in shards]
     store.write_manifest(StoreManifest(
         tokenizer=TokenizerInfo("tok", VOCAB, "abc", 1, 3), seq_len=SEQ, rows_per_shard=(ROWS,) * num_shards,
@@ -63,9 +64,9 @@ def test_teacher_round_trip(url):
     ids = np.arange(RPC * SEQ * K, dtype=np.uint16).reshape(RPC, SEQ, K) % VOCAB
     logprobs = np.full((RPC, SEQ, K), -2.5, dtype=np.float16)
     with store.shard_lock(0):
-        arrays = store.teacher_arrays(0, teacher, create=True)
-        store.write_teacher_chunk(arrays, 1, ids, logprobs, teacher)
-    assert store.teacher_chunks_done(0, teacher).tolist() == [False, True, False]
+        store.teacher_shard(0, teacher, create=True).write_chunk(1, (ids, logprobs), {"positions": RPC * SEQ})
+    assert store.teacher_shard(0).chunk_states().tolist() == [False, True, False]
+    assert store.teacher_shard(0).chunk_stats() == {"1": {"positions": RPC * SEQ}}
     got_ids, got_lp = store.read_teacher(0, 4, 8)
     np.testing.assert_array_equal(got_ids, ids)
     np.testing.assert_array_equal(got_lp, logprobs)
@@ -88,8 +89,8 @@ def test_a_second_dump_with_other_settings_is_refused(url):
 def test_sampled_kind_arrays(url):
     store = Store.open(make_store(url).url, mode="r+")
     teacher = store.init_teacher(teacher_manifest(store, kind="sampled", width=5, draws=50))
-    arrays = store.teacher_arrays(1, teacher, create=True)
-    assert set(arrays) == {"sample_ids", "sample_counts", CHUNKS_DONE}
+    arrays = store.teacher_shard(1, teacher, create=True).arrays
+    assert set(arrays) == {"sample_ids", "sample_counts"}
     assert arrays["sample_counts"].dtype == np.uint8 and arrays["sample_ids"].shape == (ROWS, SEQ, 5)
 
 
@@ -136,7 +137,7 @@ KILL_MID_CHUNK = textwrap.dedent("""
     store = Store.open(sys.argv[1], mode="r+")
     teacher = store.teacher_manifest()
     lock = store.shard_lock(0).acquire()
-    arrays = store.teacher_arrays(0, teacher, create=True)
+    target = store.teacher_shard(0, teacher, create=True)
 
     class DieOnWrite:
         # the values array: the ids of this chunk are already on disk when the process dies here
@@ -144,9 +145,9 @@ KILL_MID_CHUNK = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
 
     ones = np.ones((4, 8, 3), dtype=np.uint16)
-    store.write_teacher_chunk(arrays, 0, ones, np.full((4, 8, 3), -1, np.float16), teacher)
-    arrays["topk_logprobs"] = DieOnWrite()
-    store.write_teacher_chunk(arrays, 1, ones, np.full((4, 8, 3), -1, np.float16), teacher)
+    target.write_chunk(0, (ones, np.full((4, 8, 3), -1, np.float16)))
+    target.arrays["topk_logprobs"] = DieOnWrite()
+    target.write_chunk(1, (ones, np.full((4, 8, 3), -1, np.float16)))
 """)
 
 
@@ -155,7 +156,7 @@ def test_a_write_killed_mid_chunk_leaves_nothing_marked_done(tmp_path):
     teacher = store.init_teacher(teacher_manifest(store))
     result = subprocess.run([sys.executable, "-c", KILL_MID_CHUNK, store.url])
     assert result.returncode == -9
-    assert store.teacher_chunks_done(0, teacher).tolist() == [True, False, False]
+    assert store.teacher_shard(0).chunk_states().tolist() == [True, False, False]
     # the dead writer's lock is stale: the next writer takes it over
     with store.shard_lock(0) as lock:
         assert lock.record["pid"] == os.getpid()
@@ -200,9 +201,9 @@ def test_an_absent_chunk_is_refused_never_read_as_zeros(url):
     teacher = store.init_teacher(teacher_manifest(store))
     ids = np.ones((RPC, SEQ, K), dtype=np.uint16)
     with store.shard_lock(0):
-        arrays = store.teacher_arrays(0, teacher, create=True)
+        target = store.teacher_shard(0, teacher, create=True)
         for chunk, (lo, hi) in enumerate(store.chunk_ranges(0)):
-            store.write_teacher_chunk(arrays, chunk, ids[: hi - lo], np.full((hi - lo, SEQ, K), -1, np.float16), teacher)
+            target.write_chunk(chunk, (ids[: hi - lo], np.full((hi - lo, SEQ, K), -1, np.float16)))
     _delete_chunk(url, "tokens/shard-00001", "c/1/0")
     with pytest.raises(DaramError, match=r"tokens/shard-00001 chunk 1 \(rows 4-8 of shard 1\) is missing.*prepare --overwrite"):
         store.read_tokens(1, 0, 10)
@@ -210,14 +211,15 @@ def test_an_absent_chunk_is_refused_never_read_as_zeros(url):
     _delete_chunk(url, "teacher/shard-00000/topk_logprobs", "c/2/0/0")
     with pytest.raises(DaramError, match=r"topk_logprobs chunk 2 .* missing.*teacher-dump --shard 0"):
         store.read_teacher(0, 6, 10)
-    assert store.teacher_chunks_done(0, teacher).tolist() == [True, True, False]
+    assert store.teacher_shard(0).chunk_states().tolist() == [True, True, False]
 
 
 def test_chunks_equal_to_the_fill_value_are_written(url):
     # without write_empty_chunks zarr skips an all-zero chunk, which a reader could not tell from a deleted one
     store = make_store(url)
-    store.create_token_shard(2, ROWS, SEQ, RPC, "uint16")[:] = np.zeros((ROWS, SEQ), np.uint16)
-    assert store.missing_chunks(store.root["tokens/shard-00002"]) == []
+    store.create_token_shard(2, ROWS, SEQ, RPC, "uint16")
+    store.write_tokens(2, 0, np.zeros((ROWS, SEQ), np.uint16))
+    assert len(store.kv.list_prefix("tokens/shard-00002/c/")) == 3
 
 
 def _record_completion(url: str, shard: int, start) -> None:
@@ -250,3 +252,50 @@ def test_a_waiting_lock_gets_it_once_released_and_gives_up_after_its_bound(url):
         store.lock("teacher-manifest", "the manifest").acquire(wait=0.2)
     threading.Timer(0.3, holder.release).start()
     assert store.lock("teacher-manifest", "the manifest").acquire(wait=30).record["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("scheme, extra", [("s3", "s3"), ("gs", "gcs")])
+def test_an_object_store_url_without_its_filesystem_names_the_pip_extra(scheme, extra):
+    if importlib.util.find_spec({"s3": "s3fs", "gs": "gcsfs"}[scheme]):
+        pytest.skip(f"{scheme}'s filesystem is installed")
+    with pytest.raises(DaramError, match=rf"{scheme}:// stores need a package .*pip install 'daram\[{extra}\]'"):
+        Store.open(f"{scheme}://bucket/store.zarr")
+
+
+def test_a_file_url_is_the_same_store_as_its_path(tmp_path):
+    path = tmp_path / "s.zarr"
+    make_store(str(path))
+    store = Store.open(f"file://{path}", mode="r+")
+    teacher = store.init_teacher(teacher_manifest(store))
+    with store.shard_lock(0):
+        store.teacher_shard(0, teacher, create=True).write_chunk(0, (np.ones((RPC, SEQ, K), np.uint16), np.zeros((RPC, SEQ, K), np.float16)))
+    assert Store.open(str(path)).teacher_shard(0).chunk_states().tolist() == [True, False, False]
+    np.testing.assert_array_equal(store.read_tokens(1), Store.open(str(path)).read_tokens(1))
+
+
+def test_a_read_only_store_is_refused_before_writing(tmp_path):
+    store = make_store(str(tmp_path / "s.zarr"))
+    os.chmod(store.url, 0o555)
+    try:
+        if os.access(store.url, os.W_OK):
+            pytest.skip("running as root: permissions do not make a directory read-only")
+        with pytest.raises(DaramError, match="is read-only"):
+            Store.open(store.url, mode="r+")
+        assert Store.open(store.url).read_tokens(0).shape == (ROWS, SEQ)  # reading is fine
+    finally:
+        os.chmod(store.url, 0o755)
+
+
+def test_a_memory_store_is_refused_where_a_command_would_lose_it():
+    check_persistent("/data/s.zarr")
+    with pytest.raises(DaramError, match="memory:// stores live inside one process"):
+        check_persistent("memory://s.zarr")
+
+
+def test_format_v1_stores_written_before_release_still_read(url):
+    # a teacher manifest without the "released" key (every v1 store so far) reads as nothing released,
+    # and a manifest with nothing released is written without it, so older daram versions read it too
+    store = Store.open(make_store(url).url, mode="r+")
+    store.init_teacher(teacher_manifest(store))
+    raw = zarr.open_group(url, mode="r")["teacher"].attrs["daram_teacher"]
+    assert "released" not in raw and TeacherManifest.from_dict(raw).released == {}
