@@ -184,7 +184,7 @@ def _measure_sample(cfg: Config, store: Store) -> tuple[float, str]:
 
     from daram.pipeline.hf import load_causal_lm, resolve_device
     from daram.pipeline.teacher_dump import TeacherRunner, chunk_uniforms, dump_width, resolve_dtype
-    from daram.storage.store import measure_teacher_bytes
+    from daram.storage import measure_teacher_bytes
 
     settings, manifest = cfg.teacher, store.manifest
     width = dump_width(cfg, store)

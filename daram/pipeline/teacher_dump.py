@@ -58,7 +58,10 @@ from daram.pipeline.hf import (
     check_store_tokenizer, load_causal_lm, load_tokenizer, loaded_commit, resolve_device, resolved_source,
 )
 from daram.pipeline.pause import Pause
-from daram.storage import COMPLETE, RELEASED, LockHeld, Store, TeacherManifest, TeacherShard, check_same_teacher, fingerprint_bytes, shard_name
+from daram.storage import (
+    COMPLETE, RELEASED, LockHeld, Store, TeacherManifest, TeacherShard, check_same_teacher, fingerprint_bytes, shard_name,
+    teacher_format,
+)
 from daram.text import plural
 from daram.units import parse_duration
 
@@ -380,7 +383,8 @@ class TeacherRunner:
         self.slice = min(slice_positions(vocab, device), self.batch_size * manifest.seq_len)
         self.buffers = [torch.empty(self.slice, vocab, dtype=torch.float32, device=device) for _ in range(2)]
         self.token_dtype = np.dtype(manifest.token_dtype)
-        self.value_dtype = {"topk": np.dtype("float16"), "sampled": np.dtype("uint8"), "draws": None}[kind]
+        arrays = teacher_format(kind).arrays  # ids, then log-probs or counts as stored; a draws dump has ids only
+        self.value_dtype = np.dtype(arrays[1].dtype) if len(arrays) > 1 else None
         self.device_name = str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})"
         self.dtype_name = str(head.weight.dtype).removeprefix("torch.")
         self._check_head_path()

@@ -90,7 +90,11 @@ class StoreLock:
         deadline = time.monotonic() + wait
         pause = POLL_FIRST_S
         while True:
-            if self.kv.set_if_absent(self.key, self._encode(record)):
+            try:
+                created = self.kv.set_if_absent(self.key, self._encode(record))
+            except OSError as exc:  # read-only store, full disk: the first write a writer makes is its lock
+                raise DaramError(f"{self.what}: cannot write the lock {self.key} ({exc.strerror or exc})") from None
+            if created:
                 self.record = record
                 return self
             raw = self.kv.get(self.key)

@@ -367,7 +367,7 @@ def test_token_arrays_whose_shape_or_dtype_changed_are_refused(kd_store, tmp_pat
         meta = json.loads(meta_path.read_text())
         meta[field] = value
         meta_path.write_text(json.dumps(meta))
-        with pytest.raises(DaramError, match=rf"tokens of shard 1 are .*{re.escape(shown)}.* but the manifest says"):
+        with pytest.raises(DaramError, match=rf"tokens/shard-00001 is .*{re.escape(shown)}.*, but the manifest says .*daram prepare --overwrite"):
             run_student_train(train_config(store_path, tmp_path / field / "out"))
         assert not (tmp_path / field / "out").exists()
 

@@ -299,3 +299,15 @@ def test_format_v1_stores_written_before_release_still_read(url):
     store.init_teacher(teacher_manifest(store))
     raw = zarr.open_group(url, mode="r")["teacher"].attrs["daram_teacher"]
     assert "released" not in raw and TeacherManifest.from_dict(raw).released == {}
+
+
+def test_a_lock_that_cannot_be_written_is_one_error(url, monkeypatch):
+    # a read-only store (or a full disk): the first write a writer makes is its lock
+    store = make_store(url)
+
+    def refuse(key, value):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(store.kv, "set_if_absent", refuse)
+    with pytest.raises(DaramError, match=r"teacher shard 0 .*: cannot write the lock locks/teacher-shard-00000/zarr.json \(Read-only"):
+        store.shard_lock(0).acquire()
