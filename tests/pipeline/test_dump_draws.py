@@ -57,7 +57,9 @@ def test_inspect_verify_and_block_checks(drawn, capsys):
     cfg = load_config(overrides={"store.path": str(drawn)})
     run_inspect(cfg, sample=False)
     assert f"draws (format v2), {DRAWS} sorted draws, seed {SEED}" in capsys.readouterr().out
-    assert run_verify(cfg)
+    assert not run_verify(cfg)  # shard 1 is not dumped: exit 1, though every check passes on shard 0's chunks
+    out = capsys.readouterr().out
+    assert "BAD" not in out and "teacher: 1 complete, 0 incomplete, 1 not dumped, 0 released" in out
     teacher = TeacherManifest("t", "-", "float32", 1.0, "draws", 4, 100, "fp", 4, draws=4)
     assert check_teacher_block(teacher, np.array([[[3, 3, 7, 9]]], dtype=np.uint16), np.zeros(0)) == []
     assert check_teacher_block(teacher, np.array([[[3, 9, 7, 7]]], dtype=np.uint16), np.zeros(0)) == ["draws not sorted in ascending order"]
