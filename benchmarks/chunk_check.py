@@ -4,7 +4,7 @@ A store of one token shard and one top-16 teacher shard (random ids and log-prob
 at file names, not at values) is read the way ``student-train`` reads it: chunk by chunk, tokens
 and both teacher arrays. One side calls ``Store.read_tokens`` / ``read_teacher`` as they are; the
 other replaces ``Store.require_chunks`` with a no-op. benchmarks/harness.py times them (warm-up,
-alternating rounds, medians, spread, the ratio); then the check alone, with the same calls.
+alternating rounds, medians, spread, the ratio); then the check alone: one existence call per chunk file.
 
     .venv/bin/python benchmarks/chunk_check.py                 # 4096 rows of 512, chunks of 64, 5 rounds
 """
