@@ -72,3 +72,12 @@ def test_the_cli_imports_pipelines_only_inside_commands():
     """``daram --help`` stays instant: torch and transformers load only when a command runs."""
     top = daram_imports(PACKAGE / "cli.py", top_level_only=True)
     assert not [m for m in top if m.startswith("daram.pipeline")], sorted(top)
+
+
+def test_stages_reach_the_store_only_through_its_package():
+    """``from daram.storage.store import ...`` in a stage is how the layout leaked out before."""
+    for path in (PACKAGE / "pipeline").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        inner = sorted({node.module for node in ast.walk(tree)
+                        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("daram.storage.")})
+        assert not inner, f"{module_name(path)} imports {inner}; use what daram.storage exports"
