@@ -637,6 +637,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # TOML and --set read inf and nan; no setting of daram means either
+                raise DaramError(f"config: {key} must be a finite number, got {value!r}")
             return float(value)
     elif hint is str:
         if isinstance(value, str):

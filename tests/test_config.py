@@ -72,6 +72,22 @@ def test_invalid_values_are_refused():
         load_config(overrides={"student.n_embd": 100, "student.n_head": 8})
 
 
+@pytest.mark.parametrize("key, value", [("train.lr", "inf"), ("train.alpha_kd", "nan"), ("eval.learning_rates.copa", "-inf")])
+def test_a_float_setting_that_is_not_finite_is_refused(tmp_path, key, value):
+    # lr = inf passed `lr > 0`, trained a step into NaN weights, checkpointed them, then crashed in the held-out pass
+    section, name = key.rsplit(".", 1)
+    message = rf"config: {key} must be a finite number, got {value}"
+    path = tmp_path / "d.toml"
+    path.write_text(f"[{section}]\n{name} = {value}\n")
+    with pytest.raises(DaramError, match=message):
+        load_config(path)
+    with pytest.raises(DaramError, match=message):
+        load_config(sets=[f"{section}={{{name}={value}}}" if section == "eval.learning_rates" else f"{key}={value}"])
+    if section != "eval.learning_rates":  # a flag (--lr inf)
+        with pytest.raises(DaramError, match=message):
+            load_config(overrides={key: float(value)})
+
+
 def test_precedence_file_then_set_then_flags(tmp_path):
     path = tmp_path / "d.toml"
     path.write_text("[teacher]\ntop_k = 8\ntemperature = 1.5\n[train]\nlr = 0.1\n")

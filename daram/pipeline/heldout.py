@@ -89,6 +89,11 @@ def heldout_metrics(
         for start in range(0, tokens.shape[1], EVAL_SLICE):  # one slice of float32 logits at a time
             stop = min(start + EVAL_SLICE, tokens.shape[1])
             logits = (hidden[:, start:stop] @ weight.to(hidden.dtype).T).float()
+            if not torch.isfinite(logits).all():  # broken weights: no metric of them means anything
+                raise DaramError(
+                    f"held-out shard {shard}: the model's logits on rows {lo}-{hi - 1} are not finite: its weights are "
+                    f"broken (a learning rate far too large, or a damaged checkpoint)"
+                )
             sums.add(logits, labels[:, start:stop], target, teacher_top1[:, start:stop], start, stop)
     model.train(was_training)
     return {**sums.result(), "rows": rows, "temperature": temperature,

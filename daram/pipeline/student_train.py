@@ -536,7 +536,8 @@ def finish(run: Run, continue_with: str | None = None) -> dict:
             done(f"{path} ({checkpoint_bytes(path) / 1e6:,.1f} MB)")
     if stop.finished:
         if run.train.heldout_shard >= 0:
-            with _phase(run, f"held-out evaluation on shard {run.train.heldout_shard} ({run.train.eval_rows} rows)") as done:
+            rows = min(run.train.eval_rows, run.store.manifest.rows_per_shard[run.train.heldout_shard])
+            with _phase(run, f"held-out evaluation on shard {run.train.heldout_shard} ({plural(rows, 'row')})") as done:
                 result = evaluate(run)
                 if result is not None:
                     done(f"KL {result['kl']:.4f}, CE {result['ce']:.4f}")

@@ -320,8 +320,10 @@ def test_the_console_says_which_limit_ended_the_run_and_what_follows_the_bar(kd_
         assert result.exit_code == 0, result.output
         return result.output
 
-    output = train("capped", "--max-steps", "1")
+    output = train("capped", "--max-steps", "1", "--set", "train.eval_rows=1000")
     assert "stopped at --max-steps 1 (train.max_steps)" in output
+    rows = Store.open(str(kd_store)).manifest.rows_per_shard[2]
+    assert f"held-out evaluation on shard 2 ({rows} rows) ..." in output  # the rows scored, not train.eval_rows
     # Shard 0 holds 9 micro-batches of 4 rows: 3 steps of 4 accumulated ones, the last with 1.
     output = train("epochs", "--max-steps", "5")
     assert "train.epochs = 1: the data ended after 3 steps (1 epoch of 1 shard); --max-steps 5 was not reached" in output
