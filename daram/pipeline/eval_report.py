@@ -125,8 +125,7 @@ def report_markdown(report: dict[str, Any], tasks: Sequence[Task]) -> str:
         + f". Epochs {protocol['epochs']}, batch {protocol['batch_size']}, length {protocol['max_length']}, "
         f"fine-tuning seeds {', '.join(map(str, protocol['seeds']))}.",
         "",
-        "Learning rates: " + "; ".join(f"{task} {r['rate']:g} ({r['source']})" for task, r in protocol["learning_rates"].items())
-        + ".",
+        "Learning rates: " + "; ".join(_rates_by_source(protocol["learning_rates"])) + ".",
         "",
     ]
     lines += _models_section(report)
@@ -135,6 +134,14 @@ def report_markdown(report: dict[str, Any], tasks: Sequence[Task]) -> str:
     if report["shots"]:
         lines += _shots_section(report, tasks)
     return "\n".join(lines) + "\n"
+
+
+def _rates_by_source(rates: dict[str, dict[str, Any]]) -> list[str]:
+    """"5e-06 for boolq (the seed (KoBEST paper))", tasks sharing a rate and its source grouped together."""
+    groups: dict[tuple[float, str], list[str]] = {}
+    for task, rate in rates.items():
+        groups.setdefault((rate["rate"], rate["source"]), []).append(task)
+    return [f"{rate:g} for {', '.join(tasks)} ({source})" for (rate, source), tasks in groups.items()]
 
 
 def _models_section(report: dict[str, Any]) -> list[str]:
