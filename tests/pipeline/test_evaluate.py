@@ -237,6 +237,8 @@ def test_eval_every_task_writes_the_report(tiny_teacher_dir: Path, shared_data: 
 
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert "Protocol **seed**, changed here: epochs = 1, batch_size = 8" in markdown
+    assert ("Learning rates: 5e-06 for boolq (the seed (KoBEST paper)); 5e-06 for copa, hellaswag, sentineg (ours: the "
+            "seed's BoolQ rate, no rate given); 2e-06 for wic (set for this run); 7e-06 for nsmc (set for this run).") in markdown
     assert "## Scores: test at the epoch chosen on dev (ours)" in markdown
     assert "## Scores under the seed's rule: the best test epoch" in markdown
     assert "| skt/ko-gpt-trinity-1.2B-v0.5 (cited) | 0.7177 | 0.6866 | 0.7873 | – | – | – | – |" in markdown
