@@ -47,12 +47,12 @@ class ShardState:
         """The command that brings the shard to complete ("" when it is)."""
         if self.state == COMPLETE:
             return ""
-        if self.state == RELEASED and self.released_to:
-            return f"daram release --restore --shards {self.shard}` (or `daram teacher-dump --shard {self.shard}"
+        if self.state == RELEASED and self.released_to:  # (dumping it again works too)
+            return f"daram release --restore --shards {self.shard}"
         return f"daram teacher-dump --shard {self.shard}"
 
     def describe(self) -> str:
-        """One phrase for messages: "incomplete (2/7 chunks)", "released to s3://..."."""
+        """One phrase for messages: "incomplete (2/7 chunks)", "released (moved to s3://...)"."""
         if self.state == INCOMPLETE:
             lost = " (recorded complete, but chunks were lost)" if self.recorded else ""
             return f"incomplete ({self.chunks_done}/{self.chunks} chunks){lost}"
