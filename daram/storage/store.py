@@ -316,8 +316,8 @@ class Store:
             group = zarr.open_group(self.root.store, path=path, mode=mode, use_consolidated=False)
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
             if not create:
-                raise DaramError(f"{self.url}: teacher shard {shard} is {self.shard_state(shard, teacher).describe()}; "
-                                 f"run `{self.shard_state(shard, teacher).repair}`") from None
+                state = self.shard_state(shard, teacher)
+                raise DaramError(f"{self.url}: teacher shard {shard} is {state.describe()}; run `{state.repair}`") from None
             group = self.root.require_group(path)
         except ValueError as exc:
             raise DaramError(
