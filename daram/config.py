@@ -365,7 +365,7 @@ class EvalConfig:
     out: str = setting("work/eval", "Report directory: report.md, report.json, report.png and seconds.png.")
     protocol: str = setting(
         "seed",
-        "seed | quick | custom: the preset under the settings below, which replace its values one by one. seed: the "
+        "seed | quick | custom: the preset under the other eval settings, which replace its values one by one. seed: the "
         "reference study's protocol (20 epochs, batch 64, length 512, its learning rates); quick: subsets for a CPU "
         "(3 epochs, batch 16, length 128, a few hundred examples); custom: the built-in defaults only. The report "
         "gives the test score at the epoch chosen on dev, and beside it the seed's rule (the best test epoch).",
