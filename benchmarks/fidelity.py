@@ -1,230 +1,354 @@
-"""Fidelity of the stored formats: students trained with equal steps, data and seed on a small real teacher.
+"""Fidelity of stored teacher formats: students trained with equal steps, data and seed, on real teachers.
 
-1. A store: the real `prepare` over ../shared/data/korean_corpus/sentences.txt with the KoGPT2 tokenizer
-   (rows of 64 tokens, 8 shards of about 1,000 rows). Students train on shard 0; shard 7 is held out from everyone.
-2. A teacher: a small GPT-2 over the KoGPT2 vocabulary (51,200 ids) trained briefly on shards 2-6 (with
-   daram's own sliced CE loss), so its distributions are those of a real, if weak, language model.
-3. The formats, each dumped by the real `teacher-dump` into its own copy of the store (same tokens):
-   top-k at k = 8, 16, 64 and sampled at 16 and 50 draws.
-4. Students (same shape, steps, rows, order and seed): CE-only; online full-logit KD (the teacher in the
-   loop, `run_student_train(..., online_teacher=...)`); stored top-k with the `bucket` and the
-   `renormalize` tail at each k; sampled at each draw count. All KD runs use alpha_kd 1, alpha_ce 0.1.
-5. Every student is scored on the same held-out rows against the teacher model itself: the exact
-   full-vocabulary KL at T, CE, top-1 agreement with the teacher's argmax, ECE (`heldout_metrics` with
-   ``teacher_model``), so the formats are judged by one yardstick, not by their own estimates.
+What it compares, per teacher and seed (every student sees the same rows in the same order, the
+same initial weights and the same learning-rate schedule):
 
-Columns: bytes per token of the teacher arrays on disk; held-out KL at T; held-out CE; top-1 agreement;
-ECE; step time / CE-only's; the share of online KD's KL gain over CE-only kept,
-``(KL_ce - KL) / (KL_ce - KL_online)``. Step times come from a separate timing phase: short runs of
-every student in round-robin, the order rotated each round, on one thread, timed in process CPU time
-(the medians of their per-step times, each run's first step left out). On a shared machine, wall time
-swings with the other jobs' load; one thread's CPU time measures the work and barely does.
+- ``CE-only``: the student alone (alpha_kd 0, alpha_ce 1);
+- ``online T=2`` / ``online T=1``: the seed's recipe, the teacher in the loop with its full logits
+  (alpha_kd 1, alpha_ce 0.1; ``online T=2`` is the seed's own setting);
+- stored formats (alpha_kd 1, alpha_ce 0.1), each produced from the same teacher logits by the
+  functions the dump and the store use (``daram.pipeline.dump_kernels`` to draw or select,
+  ``daram.storage.draws`` to encode and decode), so a format is judged exactly as it would be
+  stored, without writing a dump per format: v1's ``top-64`` and ``sampled-50`` at T = 2, and
+  v2's ``draws`` (``D`` sorted draws per position, stored and trained at T = 1).
 
-With ``--workdir``, stores, teacher and trained students found there are reused (a rerun only
-evaluates and times them).
+Teachers: ``../shared/data/teachers/ko-small`` (flat, about 7 nats at T = 1) and ``ko-small-sharp``
+(the same ranking, about 2.8 nats). The store is a real ``prepare`` of the lines of
+``korean_corpus/sentences.txt`` the teachers never saw (0-based even lines); students train on
+shards 0-6 and are scored on shard 7: held-out CE against the real next token, and the exact
+KL(teacher at T = 1 || student at T = 1) over the full vocabulary.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/fidelity.py --json /tmp/fidelity.json     # ~15 min on 2 cores
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/fidelity.py --teacher-steps 20 --steps 10 --heldout-rows 16  # smoke
+Bytes per token: each format's arrays for the first ``--bytes-rows`` rows of shard 0, written with
+the store's codecs for that kind (v1: Blosc zstd-5 bit-shuffle; draws: zstd-9 unshuffled; crc32c) in
+chunks of 64 rows, plus the token shards' own bytes per token. Unique ids: distinct ids per position with a nonzero probability.
+
+    nice -n 10 .venv/bin/python benchmarks/fidelity.py --teacher ko-small --json /tmp/fid-flat.json
+    nice -n 10 .venv/bin/python benchmarks/fidelity.py --teacher ko-small-sharp --json /tmp/fid-sharp.json
+    .venv/bin/python benchmarks/fidelity.py --report /tmp/fid-flat.json /tmp/fid-sharp.json
+    .venv/bin/python benchmarks/fidelity.py --steps 4 --seeds 0 --heldout-rows 4 --bytes-rows 8   # smoke
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import shutil
+import os
 import statistics
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from harness import SHARED, compare
+SHARED = Path(os.environ.get("DARAM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+HELDOUT = 7
+BYTES_CHUNK_ROWS = 64
 
-TRAIN_SHARDS, TEACHER_SHARDS, HELDOUT = "0", range(2, 7), 7
+
+@dataclass(frozen=True)
+class Format:
+    """A stored format: what the dump keeps per position, at which T it is stored and trained."""
+
+    kind: str  # topk | sampled | draws
+    temperature: float
+    width: int = 0  # topk: k; sampled and draws: draws per position
+    alpha_ce: float = 0.1  # the weight of the CE on the real next token beside alpha_kd = 1
+
+    def encode(self, logits, scratch, generator):
+        """The arrays the store would hold for these positions: logits ``(n, V)`` -> {name: numpy}."""
+        import torch
+
+        from daram.pipeline.dump_kernels import draws_slice, sample_slice, topk_slice
+
+        z = torch.div(logits, self.temperature)
+        if self.kind == "topk":
+            ids, logp, _ = topk_slice(z, scratch, self.width)
+            return {"topk_ids": ids.numpy().astype("uint16"), "topk_logprobs": logp.numpy().astype("float16")}
+        uniforms = torch.rand(z.shape[0], self.width, generator=generator)
+        if self.kind == "sampled":
+            ids, counts, _ = sample_slice(z, scratch, uniforms, self.width)
+            return {"sample_ids": ids.numpy().astype("uint16"), "sample_counts": counts.numpy().astype("uint8")}
+        draws, _ = draws_slice(z, scratch, uniforms)
+        return {"draw_ids": draws.numpy().astype("uint16")}
+
+    def decode(self, arrays):
+        """(ids int64, values float32) as the training loss reads them."""
+        import numpy as np
+
+        from daram.storage.draws import decode_draws
+
+        if self.kind == "topk":
+            return arrays["topk_ids"].astype(np.int64), arrays["topk_logprobs"].astype(np.float32)
+        if self.kind == "sampled":
+            return arrays["sample_ids"].astype(np.int64), arrays["sample_counts"].astype(np.float32)
+        return decode_draws(arrays["draw_ids"])
+
+    def target(self, ids, values):
+        from daram.pipeline.losses import SampledTarget, SparseTarget, TopkTarget
+
+        if self.kind == "topk":
+            return TopkTarget(ids, values, "bucket")
+        if self.kind == "sampled":
+            return SampledTarget(ids, values, self.width)
+        return SparseTarget(ids, values)
 
 
-def train_teacher(store, out: Path, layers: int, width: int, heads: int, steps: int, batch: int, lr: float) -> float:
-    """A GPT-2 over the store's vocabulary, trained on random rows of the teacher shards; returns its last loss."""
+FORMATS = {
+    "top-64 T=2 (v1)": Format("topk", 2.0, 64),
+    "sampled-50 T=2 (v1)": Format("sampled", 2.0, 50),
+    "draws-8 T=1": Format("draws", 1.0, 8),
+    "draws-16 T=1": Format("draws", 1.0, 16),
+    "draws-16 T=1 alpha_ce=0.5": Format("draws", 1.0, 16, alpha_ce=0.5),
+    "draws-16 T=1 alpha_ce=1": Format("draws", 1.0, 16, alpha_ce=1.0),
+}
+BASELINES = ("CE-only", "online T=2", "online T=1")
+
+
+def prepare_store(work: Path, seq_len: int):
+    """The real `prepare` over the sentences the teachers never saw (8 shards, rows of seq_len)."""
+    from daram.config import load_config
+    from daram.pipeline.prepare import run_prepare
+    from daram.storage import Store
+
+    path = work / f"store-L{seq_len}.zarr"
+    if not Store.exists(str(path)):
+        lines = (SHARED / "korean_corpus" / "sentences.txt").read_text(encoding="utf-8").splitlines()
+        unseen = work / "unseen-lines.txt"
+        unseen.write_text("\n".join(lines[0::2]) + "\n", encoding="utf-8")
+        run_prepare(load_config(overrides={
+            "store.path": str(path), "prepare.tokenizer": str(SHARED / "tokenizers" / "kogpt2-base-v2"),
+            "prepare.seq_len": seq_len, "prepare.num_shards": 8, "prepare.rows_per_chunk": BYTES_CHUNK_ROWS,
+            "prepare.sources": [{"path": str(unseen), "unit": "line"}],
+        }))
+    return Store.open(str(path))
+
+
+def format_bytes(store, teacher, fmt: Format, rows: int, seed: int) -> tuple[float, float]:
+    """(bytes per token of the format's arrays with the store's codecs, mean distinct ids per position)."""
+    import numpy as np
+    import torch
+    import zarr
+
+    from daram.pipeline.losses import final_hidden, head_weight
+    from daram.storage.store import compressors, id_compressors
+
+    tokens = torch.from_numpy(store.read_tokens(0, 0, rows).astype(np.int64))
+    memory = zarr.storage.MemoryStore()
+    group = zarr.open_group(memory, mode="w", zarr_format=3)
+    generator = torch.Generator().manual_seed(seed)
+    unique, positions = 0.0, 0
+    for lo in range(0, rows, BYTES_CHUNK_ROWS):
+        block = tokens[lo : lo + BYTES_CHUNK_ROWS]
+        with torch.no_grad():
+            logits = (final_hidden(teacher, block) @ head_weight(teacher).T).flatten(0, 1)
+        arrays = fmt.encode(logits, torch.empty_like(logits), generator)
+        _, values = fmt.decode(arrays)
+        unique += float((values != 0).sum()) if fmt.kind != "topk" else values.size
+        positions += values.shape[0]
+        for name, value in arrays.items():
+            value = value.reshape(block.shape + value.shape[1:])
+            if name not in group:
+                group.create_array(name, shape=(rows,) + value.shape[1:], chunks=(BYTES_CHUNK_ROWS,) + value.shape[1:],
+                                   dtype=value.dtype, compressors=id_compressors() if fmt.kind == "draws" else compressors(),
+                                   fill_value=0)
+            group[name][lo : lo + len(block)] = value
+    stored = sum(len(v.to_bytes()) for k, v in memory._store_dict.items() if not k.endswith("zarr.json"))
+    return stored / (rows * tokens.shape[1]), unique / positions
+
+
+def run_seed(store, teacher, seed: int, args) -> dict:
+    """Every student of one seed, trained in lockstep on the same batches; returns their held-out metrics."""
     import numpy as np
     import torch
 
-    from daram.pipeline.hf import load_tokenizer
-    from daram.pipeline.models import gpt2, train_small_teacher
+    from daram.pipeline.losses import (
+        IGNORE, DenseTarget, DistillObjective, Workspace, final_hidden, head_weight, next_token_labels, sliced_distill_loss,
+    )
+    from daram.pipeline.models import gpt2
+    from daram.pipeline.student_train import lr_factor
 
-    tokenizer = load_tokenizer(store.manifest.tokenizer.name_or_path)
-    torch.manual_seed(1234)
-    model = gpt2(store.manifest.tokenizer.vocab_size, width, heads, layers, tokenizer=tokenizer)
-    rows = np.concatenate([store.read_tokens(s) for s in TEACHER_SHARDS])
-    curve = train_small_teacher(model, rows, steps, batch, lr, seed=1234, desc="fidelity: train teacher")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return curve[-1]["loss"]
+    runs = {name: run for name, run in {"CE-only": None, "online T=2": 2.0, "online T=1": 1.0, **FORMATS}.items()
+            if name in args.runs}
+    students = {}
+    for name in runs:
+        torch.manual_seed(seed)  # the same initial weights for every student of this seed
+        model = gpt2(store.manifest.tokenizer.vocab_size, args.n_embd, args.n_head, args.n_layer)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        students[name] = (model, optimizer, Workspace())
+    rows = np.concatenate([store.read_tokens(s) for s in range(HELDOUT)]).astype(np.int64)
+    order = np.random.default_rng(seed).integers(0, len(rows), (args.steps, args.batch_size))
+    generator = torch.Generator().manual_seed(10_000 + seed)
+    weight = head_weight(teacher)
+    seconds = {name: 0.0 for name in runs}
+    started = time.perf_counter()
+    for step in range(args.steps):
+        tokens = torch.from_numpy(rows[order[step]])
+        labels = next_token_labels(tokens)
+        with torch.no_grad():
+            logits = final_hidden(teacher, tokens) @ weight.T  # (B, L, V) float32
+        flat = logits.flatten(0, 1)
+        scratch = torch.empty_like(flat)
+        for name, run in runs.items():
+            model, optimizer, workspace = students[name]
+            t0 = time.process_time()
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * lr_factor(step, max(1, args.steps // 10), args.steps, 0.1, "cosine")
+            if run is None:
+                objective = DistillObjective(labels, None, 1.0, 0.0, 1.0)
+            elif isinstance(run, float):
+                objective = DistillObjective(labels, DenseTarget(lambda a, b: logits[:, a:b], run), run, 1.0, 0.1)
+            else:
+                ids, values = run.decode(run.encode(flat, scratch, generator))
+                shape = tokens.shape + ids.shape[1:]
+                target = run.target(torch.from_numpy(ids).view(shape), torch.from_numpy(values).view(shape))
+                objective = DistillObjective(labels, target, run.temperature, 1.0, run.alpha_ce)
+            loss, _, _ = sliced_distill_loss(final_hidden(model, tokens), head_weight(model), objective, tokens.shape[1],
+                                             workspace=workspace)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds[name] += time.process_time() - t0
+        if (step + 1) % 25 == 0 or step + 1 == args.steps:
+            print(f"  seed {seed}: step {step + 1}/{args.steps} ({time.perf_counter() - started:.0f} s, "
+                  f"load {os.getloadavg()[0]:.1f})", flush=True)
+
+    # Held-out: exact CE and KL(teacher at T=1 || student at T=1), every student on the same positions.
+    sums = {name: [0.0, 0.0] for name in runs}
+    ce_positions = kl_positions = 0
+    held = store.read_tokens(HELDOUT, 0, args.heldout_rows).astype(np.int64)
+    with torch.no_grad():
+        for lo in range(0, len(held), args.batch_size):
+            tokens = torch.from_numpy(held[lo : lo + args.batch_size])
+            labels = next_token_labels(tokens)
+            has_label = labels != IGNORE
+            log_p = torch.log_softmax(final_hidden(teacher, tokens) @ weight.T, -1)
+            for name in runs:
+                model = students[name][0]
+                log_q = torch.log_softmax(final_hidden(model, tokens) @ head_weight(model).T, -1)
+                ce = -log_q.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+                sums[name][0] += float(ce[has_label].sum())
+                sums[name][1] += float((log_p.exp() * (log_p - log_q)).sum())
+            ce_positions += int(has_label.sum())
+            kl_positions += tokens.numel()
+    return {name: {"ce": s[0] / ce_positions, "kl": s[1] / kl_positions, "cpu_s_per_step": seconds[name] / args.steps}
+            for name, s in sums.items()}
+
+
+def spread(values: list[float], percent: bool = False) -> str:
+    """Mean ± sample standard deviation over seeds."""
+    mean = statistics.mean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.0%} ± {sd:.0%}" if percent else f"{mean:.3f} ± {sd:.3f}"
+
+
+def merged(paths: list[str]) -> list[dict]:
+    """One record per teacher: the seeds' results of every file of that teacher, merged by seed."""
+    by_teacher: dict[str, dict] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        into = by_teacher.setdefault(data["teacher"], {**data, "seeds": [], "formats": {}})
+        into["formats"] |= data["formats"]
+        for seed in data["seeds"]:
+            same = [s for s in into["seeds"] if s["seed"] == seed["seed"]]
+            if same:
+                same[0]["results"] |= seed["results"]
+            else:
+                into["seeds"].append({"seed": seed["seed"], "results": dict(seed["results"])})
+    return list(by_teacher.values())
+
+
+def report(paths: list[str]) -> None:
+    """Per teacher: each student's metrics and its share of the online recipes' gains over CE-only (mean ± sd over
+    seeds), then each format's held-out CE minus CE-only's (for where online does not beat CE-only)."""
+    for data in merged(paths):
+        seeds = [s for s in data["seeds"] if all(name in s["results"] for name in BASELINES)]
+        runs = [name for name in [*BASELINES, *FORMATS] if seeds and all(name in s["results"] for s in seeds)]
+        print(f"\n### teacher `{data['teacher']}` (entropy at T = 1: {data['teacher_entropy']:.2f} nats); "
+              f"seeds {', '.join(str(s['seed']) for s in seeds)}; students {data['args']['n_layer']}x{data['args']['n_embd']}, "
+              f"{data['args']['steps']} steps of {data['args']['batch_size']} x {data['args']['seq_len']}; "
+              f"tokens {data['token_bytes']:.2f} B/token\n")
+        print("| student | B/token (teacher + tokens) | unique ids | held-out CE | KL(T=1) | CE gain share vs online T=2 | "
+              "KL gain share vs online T=2 | CE share vs online T=1 | KL share vs online T=1 | CE minus CE-only's |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name in runs:
+            metric = {m: [s["results"][name][m] for s in seeds] for m in ("ce", "kl")}
+            shares = []
+            for online in ("online T=2", "online T=1"):
+                for m in ("ce", "kl"):
+                    gains = [s["results"]["CE-only"][m] - s["results"][online][m] for s in seeds]
+                    per_seed = [(s["results"]["CE-only"][m] - s["results"][name][m]) / g for s, g in zip(seeds, gains)]
+                    # A share of a gain that is not there means nothing: there, compare with CE-only (last column).
+                    shares.append(spread(per_seed, percent=True) if min(gains) > 0 else "n/a: online no better")
+            fmt = data["formats"].get(name)
+            size = f"{fmt['bytes'] + data['token_bytes']:.1f}" if fmt else f"{data['token_bytes']:.1f}"
+            unique = f"{fmt['unique']:.1f}" if fmt else "-"
+            worse = spread([s["results"][name]["ce"] - s["results"]["CE-only"]["ce"] for s in seeds])
+            print(f"| {name} | {size} | {unique} | {spread(metric['ce'])} | {spread(metric['kl'])} | {shares[0]} | "
+                  f"{shares[1]} | {shares[2]} | {shares[3]} | {worse} |")
+        for online in ("online T=2", "online T=1"):
+            gains = {m: spread([s["results"]["CE-only"][m] - s["results"][online][m] for s in seeds]) for m in ("ce", "kl")}
+            print(f"\n{online}: gain over CE-only in held-out CE {gains['ce']}, in KL {gains['kl']} (positive = online better)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="ko-small", help="a directory under ../shared/data/teachers, or a path")
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=2.0)
-    parser.add_argument("--teacher-layers", type=int, default=2)
-    parser.add_argument("--teacher-width", type=int, default=128)
-    parser.add_argument("--teacher-heads", type=int, default=4)
-    parser.add_argument("--teacher-steps", type=int, default=200)
-    parser.add_argument("--teacher-batch", type=int, default=16)
-    parser.add_argument("--teacher-lr", type=float, default=1e-2)
-    parser.add_argument("--n-embd", type=int, default=64)
+    parser.add_argument("--n-embd", type=int, default=128)
     parser.add_argument("--n-layer", type=int, default=2)
-    parser.add_argument("--n-head", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--top-k", default="8,16,64")
-    parser.add_argument("--draws", default="16,50")
-    parser.add_argument("--heldout-rows", type=int, default=128)
-    parser.add_argument("--timing-rounds", type=int, default=3)
-    parser.add_argument("--timing-steps", type=int, default=4)
-    parser.add_argument("--workdir", help="keep the stores, teacher and students here (default: a temporary directory)")
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--n-head", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--heldout-rows", type=int, default=32)
+    parser.add_argument("--bytes-rows", type=int, default=128)
+    parser.add_argument("--bytes-only", action="store_true", help="measure bytes per token and unique ids, train nothing")
+    parser.add_argument("--workdir", default="/tmp/daram-fidelity")
+    parser.add_argument("--json", help="write the results here (rewritten after every seed)")
+    parser.add_argument("--report", nargs="+", metavar="JSON", help="print the table of earlier runs and exit; files of "
+                        "one teacher are merged seed by seed (a later run may train only some students)")
+    parser.add_argument("--runs", default=",".join([*BASELINES, *FORMATS]),
+                        help="the students to train, by name (comma-separated; the three baselines and every format)")
     args = parser.parse_args()
+    args.runs = args.runs.split(",")
+    if args.report:
+        report(args.report)
+        return
 
-    from daram.config import load_config
-    from daram.pipeline.heldout import heldout_metrics
-    from daram.pipeline.hf import load_causal_lm
-    from daram.pipeline.prepare import run_prepare
-    from daram.pipeline.student_train import run_student_train
-    from daram.pipeline.teacher_dump import run_teacher_dump
-    from daram.storage import Store
-
-    started = time.perf_counter()
-    tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="fidelity-")
-    work = Path(args.workdir or tmp.name)
-    work.mkdir(parents=True, exist_ok=True)
-    base = work / "store.zarr"
-    common = {
-        "prepare.tokenizer": str(SHARED / "tokenizers" / "kogpt2-base-v2"), "prepare.seq_len": args.seq_len,
-        "prepare.num_shards": 8, "prepare.rows_per_chunk": 64,
-        "prepare.sources": [{"path": str(SHARED / "korean_corpus" / "sentences.txt"), "unit": "line"}],
-    }
-    if not Store.exists(str(base)):
-        run_prepare(load_config(overrides={"store.path": str(base), **common}))
-    store = Store.open(str(base))
-    teacher_dir = work / "teacher"
-    if not (teacher_dir / "model.safetensors").is_file():
-        train_teacher(store, teacher_dir, args.teacher_layers, args.teacher_width, args.teacher_heads,
-                      args.teacher_steps, args.teacher_batch, args.teacher_lr)
-    teacher = load_causal_lm(str(teacher_dir), "float32", "cpu")
-    train_shards = [0]
-    train_tokens = sum(store.shard_rows(s) for s in train_shards) * args.seq_len
-
-    # --- the formats: one store copy and one real dump each ------------------------------------------------
-    formats = {f"top-{k}": {"teacher.kind": "topk", "teacher.top_k": int(k)} for k in args.top_k.split(",")}
-    formats |= {f"sampled-{d}": {"teacher.kind": "sampled", "teacher.draws": int(d)} for d in args.draws.split(",")}
-    stores, format_info = {}, {}
-    for name, settings in formats.items():
-        path = work / f"store-{name}-T{args.temperature:g}.zarr"
-        if not path.exists():
-            shutil.copytree(base, path)
-            run_teacher_dump(load_config(overrides={
-                "store.path": str(path), "teacher.model": str(teacher_dir), "teacher.temperature": args.temperature,
-                "teacher.device": "cpu", "teacher.dtype": "float32", **settings,
-            }), shards=TRAIN_SHARDS)
-        dumped = Store.open(str(path))
-        stats = dumped.teacher_manifest().shards
-        format_info[name] = {
-            "bytes_per_token": sum(dumped.teacher_bytes(s) for s in train_shards) / train_tokens,
-            **{key: statistics.mean(stats[str(s)][key] for s in train_shards)
-               for key in ("captured_mass_mean", "unique_ids_mean", "truncated_positions", "entropy_mean")
-               if key in stats[str(train_shards[0])]},
-        }
-        stores[name] = path
-
-    # --- the students ----------------------------------------------------------------------------------------
-    runs = [("CE-only", base, {"train.alpha_kd": 0.0, "train.alpha_ce": 1.0}, None),
-            ("online KD (full logits)", base, {"train.temperature": args.temperature}, str(teacher_dir))]
-    for name in formats:
-        if name.startswith("top-"):
-            runs += [(f"{name} bucket", stores[name], {"train.tail": "bucket"}, None),
-                     (f"{name} renormalize", stores[name], {"train.tail": "renormalize"}, None)]
-        else:
-            runs.append((name, stores[name], {}, None))
-    def student_config(store_path: Path, out: Path, steps: int, settings: dict):
-        return load_config(overrides={
-            "store.path": str(store_path), "train.out": str(out), "train.shards": TRAIN_SHARDS, "train.heldout_shard": -1,
-            "student.n_embd": args.n_embd, "student.n_head": args.n_head, "student.n_layer": args.n_layer,
-            "train.batch_size": args.batch_size, "train.grad_accum": 1, "train.max_steps": steps,
-            "train.lr": args.lr, "train.min_lr": args.lr / 10, "train.warmup_steps": max(1, args.steps // 10),
-            "train.log_every": 10, "train.checkpoint_every": 0, "train.eval_every": 0, "train.device": "cpu",
-            "train.loss_slice": args.seq_len, "train.alpha_kd": 1.0, "train.alpha_ce": 0.1, "train.seed": 0, **settings,
-        })
-
-    results = {}
-    for label, store_path, settings, online in runs:
-        out = work / f"students-T{args.temperature:g}" / label.replace(" ", "_").replace("(", "").replace(")", "")
-        if not (out / "model.safetensors").is_file():
-            shutil.rmtree(out, ignore_errors=True)
-            run_student_train(student_config(store_path, out, args.steps, settings), online_teacher=online)
-        student = load_causal_lm(str(out), "float32", "cpu")
-        metrics = heldout_metrics(student, store, HELDOUT, args.temperature, args.heldout_rows, 16, "cpu", teacher_model=teacher)
-        fmt = format_info.get(label.split(" ")[0], {})
-        results[label] = {
-            **{k: metrics[k] for k in ("kl", "ce", "perplexity", "top1_agreement", "ece", "kl_tokens")},
-            "bytes_per_token": fmt.get("bytes_per_token", 0.0),
-            "format": fmt,
-        }
-        print(f"{label}: KL {metrics['kl']:.4f}, CE {metrics['ce']:.3f}, top-1 {metrics['top1_agreement']:.3f}, "
-              f"ECE {metrics['ece']:.4f}", flush=True)
-    reference = heldout_metrics(teacher, store, HELDOUT, args.temperature, args.heldout_rows, 16, "cpu", teacher_model=teacher)
-
-    # --- step times: short runs in round-robin (benchmarks/harness.py), so every student sees the same load -----
     import torch
 
-    threads = torch.get_num_threads()
+    from daram.pipeline.hf import load_causal_lm
+
     torch.set_num_threads(1)
-    def short_run(store_path, settings, online):
-        def run() -> float:
-            out = work / "timing"
-            shutil.rmtree(out, ignore_errors=True)
-            summary = run_student_train(student_config(store_path, out, args.timing_steps + 1, settings), online_teacher=online)
-            return statistics.median(summary["step_cpu_seconds"][1:])  # CPU time: the work, not the machine's load
-        return run
-
-    timing = compare({label: short_run(*rest) for label, *rest in runs}, rounds=args.timing_rounds, warmup=1,
-                     unit="s/step (CPU)", clocks=("measured",))
-    torch.set_num_threads(threads)
-    for label in results:
-        results[label]["step_s"] = timing.median(label)
-
-    # --- the table -------------------------------------------------------------------------------------------
-    ce_only, online = results["CE-only"], results["online KD (full logits)"]
-    gain = ce_only["kl"] - online["kl"]
-    lines = [
-        "| student | bytes / token | held-out KL at T | held-out CE | top-1 agreement | ECE | step / CE-only | KL gain of online KD kept |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for label, r in results.items():
-        kept = (ce_only["kl"] - r["kl"]) / gain if gain > 0 else math.nan
-        r["gain_kept"] = kept
-        lines.append(
-            f"| {label} | {r['bytes_per_token']:.1f} | {r['kl']:.4f} | {r['ce']:.3f} | {r['top1_agreement']:.3f} | "
-            f"{r['ece']:.4f} | {r['step_s'] / ce_only['step_s']:.2f} | "
-            f"{kept:.0%} |"
-        )
-    print()
-    print(
-        f"teacher {args.teacher_layers}x{args.teacher_width} ({args.teacher_steps} steps): held-out CE {reference['ce']:.3f}, "
-        f"ECE {reference['ece']:.4f}; T = {args.temperature}; students {args.n_layer}x{args.n_embd}, {args.steps} steps of "
-        f"{args.batch_size} x {args.seq_len} tokens; held-out {reference['kl_tokens']} positions of shard {HELDOUT}; "
-        f"CE-only step {ce_only['step_s']:.3f} s of CPU time on one thread (median of {args.timing_rounds} runs)"
-    )
-    for name, info in format_info.items():
-        extra = ", ".join(f"{k} {v:.3f}" for k, v in info.items() if k != "bytes_per_token")
-        print(f"  {name}: {info['bytes_per_token']:.1f} bytes/token; {extra}")
-    print("\n".join(lines))
-    print(f"\n(total {time.perf_counter() - started:.0f} s)")
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    store = prepare_store(work, args.seq_len)
+    teacher_dir = Path(args.teacher) if Path(args.teacher).is_dir() else SHARED / "teachers" / args.teacher
+    teacher = load_causal_lm(str(teacher_dir), "float32", "cpu").eval()
+    token_bytes = store.token_bytes() / store.manifest.total_tokens
+    formats = {}
+    for name, fmt in FORMATS.items():
+        if name not in args.runs:
+            continue
+        size, unique = format_bytes(store, teacher, fmt, args.bytes_rows, seed=0)
+        formats[name] = {"bytes": size, "unique": unique}
+        print(f"{name}: {size:.2f} B/token (+ {token_bytes:.2f} tokens), {unique:.1f} unique ids per position", flush=True)
+    if args.bytes_only:
+        return
+    with torch.no_grad():
+        sample = torch.from_numpy(store.read_tokens(HELDOUT, 0, 8).astype("int64"))
+        log_p = torch.log_softmax(teacher(sample).logits, -1)
+        entropy = float(-(log_p.exp() * log_p).sum(-1).mean())
+    data = {"teacher": args.teacher, "teacher_entropy": entropy, "token_bytes": token_bytes, "formats": formats,
+            "args": vars(args), "seeds": []}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        data["seeds"].append({"seed": seed, "results": run_seed(store, teacher, seed, args)})
+        if args.json:
+            Path(args.json).write_text(json.dumps(data, indent=1), encoding="utf-8")
+        for name, r in data["seeds"][-1]["results"].items():
+            print(f"  {name}: CE {r['ce']:.4f}, KL {r['kl']:.4f}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "teacher": reference, "formats": format_info,
-                                               "results": results}, indent=2), encoding="utf-8")
-    if tmp is not None:
-        tmp.cleanup()
+        report([args.json])
 
 
 if __name__ == "__main__":

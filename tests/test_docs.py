@@ -127,5 +127,5 @@ def test_readme_states_the_default_teacher_format():
     section = README.read_text(encoding="utf-8").split("## Which teacher format is the default")[1]
     first_paragraph = section.split("\n\n")[1]
     assert f'kind = "{teacher.kind}"' in first_paragraph
-    if teacher.kind == "sampled":
-        assert f"{teacher.draws} draws" in first_paragraph
+    if teacher.kind in ("sampled", "draws"):
+        assert f"{teacher.draws} draws" in first_paragraph and f"T = {teacher.temperature:g}" in first_paragraph

@@ -234,8 +234,9 @@ class DistillObjective:
         if self.alpha_kd > 0:
             # softmax(z / T) before normalizing: exp((z - shift) / T) = e1 ** (1 / T), one pass instead of three.
             # Ids whose e1 underflowed (z more than 87 below the maximum) have tempered mass below e^-87/T: negligible.
-            eT = torch.pow(e1, 1.0 / T, out=scratch)
-            sT = eT.sum(-1)
+            # At T = 1 (format v2's default) it is e1 itself: no pass, no buffer.
+            eT = e1 if T == 1 else torch.pow(e1, 1.0 / T, out=scratch)
+            sT = s1 if T == 1 else eT.sum(-1)
             small["lseT"] = shift.squeeze(-1) / T + sT.log()
 
         # The losses as functions of the small tensors; autograd differentiates them there.
@@ -255,9 +256,13 @@ class DistillObjective:
         g = {n: (torch.zeros_like(leaves[n]) if d is None else d) for n, d in zip(names, grads)}
 
         # dL/dz = dL/dlse_1 * softmax(z) [+ dL/dlse_T * softmax(z / T) / T] + sparse terms at the ids.
-        grad = e1.mul_((g["lse1"] / s1).unsqueeze(-1))
+        if self.alpha_kd > 0 and T == 1:  # softmax(z / T) is softmax(z): one scaling of e1 carries both terms
+            grad = e1.mul_(((g["lse1"] + g["lseT"]) / s1).unsqueeze(-1))
+        else:
+            grad = e1.mul_((g["lse1"] / s1).unsqueeze(-1))
         if self.alpha_kd > 0:
-            grad.addcmul_(eT, (g["lseT"] / (T * sT)).unsqueeze(-1))
+            if T != 1:
+                grad.addcmul_(eT, (g["lseT"] / (T * sT)).unsqueeze(-1))
             if dense_p is not None:
                 grad.addcmul_(dense_p, g["p_dot_z"].unsqueeze(-1))
             else:
@@ -300,7 +305,7 @@ class _SlicedHeadLoss(torch.autograd.Function):
         # Two slice-sized float32 buffers, reused by every slice: the logits (then their gradient) and a scratch.
         size = batch * min(loss_slice, length) * weight.shape[0]
         logits_buffer = workspace.get("logits", size, hidden.device)
-        scratch_buffer = workspace.get("scratch", size, hidden.device) if objective.alpha_kd > 0 else None
+        scratch_buffer = workspace.get("scratch", size, hidden.device) if objective.alpha_kd > 0 and objective.temperature != 1 else None
         for start in range(0, length, loss_slice):
             stop = min(start + loss_slice, length)
             shape = (batch, stop - start, weight.shape[0])

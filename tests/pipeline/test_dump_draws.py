@@ -39,6 +39,9 @@ def test_layout_and_manifest(drawn):
     assert draws.dtype == np.uint16 and draws.shape == (*store.read_tokens(0).shape, DRAWS)
     assert (np.diff(draws.astype(int), axis=-1) >= 0).all()
     assert store.manifest.format_version == 2
+    stats = teacher.shards["0"]  # every draw is kept: nothing is ever truncated
+    unique = (decode_draws(draws)[1] > 0).sum(-1).mean()
+    assert stats["truncated_positions"] == 0 and stats["unique_ids_mean"] == pytest.approx(float(unique))
 
 
 def test_the_same_draws_as_a_sampled_dump_of_the_same_seed(drawn, sampled):  # noqa: F811

@@ -214,3 +214,35 @@ def test_bfloat16_head_matmul_stays_close_to_float32():
     lossb.backward()
     torch.testing.assert_close(lossb, loss32, rtol=2e-2, atol=1e-3)
     assert torch.nn.functional.cosine_similarity(hb.grad.flatten(), h32.grad.flatten(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])  # T = 1 takes the no-pow path: softmax(z / T) is e1 itself
+@pytest.mark.parametrize("kind", ["draws", "dense"])
+def test_sliced_loss_at_each_temperature_equals_dense_autograd(kind, temperature):
+    import numpy as np
+
+    from daram.pipeline.losses import SparseTarget
+    from daram.storage.draws import decode_draws
+
+    g = torch.Generator().manual_seed(1)
+    tokens, h, w, _ = _setup("ce-only")
+    teacher = torch.randn(*tokens.shape, w.shape[0], generator=g) * 2
+    if kind == "draws":  # 16 sorted draws per position, decoded by the store's own numpy decode
+        drawn = torch.multinomial(torch.softmax(teacher / temperature, -1).flatten(0, 1), 16, replacement=True, generator=g)
+        ids, p = decode_draws(np.sort(drawn.numpy(), -1).reshape(*tokens.shape, 16).astype(np.uint16))
+        target = SparseTarget(torch.from_numpy(ids), torch.from_numpy(p))
+    else:
+        target = DenseTarget(lambda a, b: teacher[:, a:b], temperature)
+    h_ref, w_ref = h.clone().requires_grad_(), w.clone().requires_grad_()
+    logits = h_ref @ w_ref.T
+    labels = next_token_labels(tokens)
+    log_q = torch.log_softmax(logits / temperature, -1)
+    kl = target.kl(student_logq_at(target, log_q, 0, tokens.shape[1]), 0, tokens.shape[1]).mean()
+    expected = temperature**2 * kl + 0.1 * torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+    expected.backward()
+    h_, w_ = h.clone().requires_grad_(), w.clone().requires_grad_()
+    loss, _, _ = sliced_distill_loss(h_, w_, DistillObjective(labels, target, temperature, 1.0, 0.1), 4)
+    loss.backward()
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_.grad, h_ref.grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(w_.grad, w_ref.grad, rtol=1e-4, atol=1e-7)

@@ -71,7 +71,7 @@ def test_plan_without_a_store_estimates_from_the_corpus_bytes(tmp_path):
     ])
     assert result.exit_code == 0, result.output
     assert f"{int(corpus.stat().st_size / CORPUS_BYTES_PER_TOKEN) // 128 * 128:,} in 8 shards" in result.stdout
-    assert "estimate: 1.79 B per sampled slot (docs/benchmarks.md)" in result.stdout  # the default: 50 draws
+    assert "estimate: 0.92 B per draw of a peaked teacher" in result.stdout  # the default: draws (format v2)
     assert "MFU assumed, not measured" in result.stdout
 
 
