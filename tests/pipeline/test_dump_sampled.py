@@ -128,7 +128,7 @@ def test_draws_follow_the_teacher_at_each_position(tmp_path, tokenizer_dir, corp
     from transformers import AutoModelForCausalLM
 
     path = small_store(tmp_path, tokenizer_dir, corpus_lines)
-    assert dump(path, sharp_teacher, "--shard", "1").exit_code == 0
+    assert dump(path, sharp_teacher, "--shard", "1", "--temperature", "2").exit_code == 0
     store = Store.open(str(path))
     ids, counts = store.read_teacher(1)
     model = AutoModelForCausalLM.from_pretrained(sharp_teacher, dtype=torch.float32).eval()
