@@ -261,7 +261,10 @@ def report(paths: list[str]) -> None:
     seeds), then each format's held-out CE minus CE-only's (for where online does not beat CE-only)."""
     for data in merged(paths):
         seeds = [s for s in data["seeds"] if all(name in s["results"] for name in BASELINES)]
-        runs = [name for name in [*BASELINES, *FORMATS] if seeds and all(name in s["results"] for s in seeds)]
+        if not seeds:
+            print(f"\n(teacher {data['teacher']}: no seed with the three baselines in these files; add the run that has them)")
+            continue
+        runs = [name for name in [*BASELINES, *FORMATS] if all(name in s["results"] for s in seeds)]
         print(f"\n### teacher `{data['teacher']}` (entropy at T = 1: {data['teacher_entropy']:.2f} nats); "
               f"seeds {', '.join(str(s['seed']) for s in seeds)}; students {data['args']['n_layer']}x{data['args']['n_embd']}, "
               f"{data['args']['steps']} steps of {data['args']['batch_size']} x {data['args']['seq_len']}; "

@@ -149,7 +149,8 @@ def main() -> None:
                 [sys.executable, "-m", "daram", "student-train", "--store", str(store), "--out", str(out),
                  "--shards", "0", "--heldout-shard", "-1", "--n-embd", str(args.n_embd), "--n-layer", str(args.n_layer),
                  "--n-head", str(args.n_head), "--batch-size", str(args.batch_size), "--max-steps", str(args.steps),
-                 "--device", "cpu", "--set", "train.eval_every=0", "--set", "train.checkpoint_every=0", *extra],
+                 "--device", "cpu", "--set", "train.grad_accum=1", "--set", "train.eval_every=0",
+                 "--set", "train.checkpoint_every=0", *extra],
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 env={**__import__("os").environ, "OMP_NUM_THREADS": str(args.threads)},
             )

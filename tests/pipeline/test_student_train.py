@@ -44,7 +44,7 @@ def train_config(store: Path, out: Path, **settings):
     overrides = {
         "store.path": str(store), "train.out": str(out), "train.shards": "0-1", "train.heldout_shard": 2,
         "student.n_embd": 32, "student.n_head": 2, "student.n_layer": 2,
-        "train.batch_size": 4, "train.grad_accum": 1, "train.lr": 3e-3, "train.warmup_steps": 2,
+        "train.batch_size": 4, "train.grad_accum": 1, "train.lr": 3e-3, "train.warmup_steps": 2, "train.alpha_ce": 0.1,
         "train.log_every": 1, "train.eval_every": 0, "train.checkpoint_every": 0, "train.eval_rows": 8,
         "train.loss_slice": 32, "train.device": "cpu",
     }
@@ -305,7 +305,7 @@ def test_ce_only_never_needs_the_teacher_dump_and_says_what_its_loss_is(tmp_path
     assert result.exit_code == 0, result.output
     records = read_metrics(out)
     assert [r["step"] for r in records] == [1, 2] and all(r["kd"] is None for r in records)
-    # The CE-only baseline's "loss" is alpha_ce x CE (0.1 x CE by default), and says so.
+    # The CE-only baseline's "loss" is alpha_ce x CE (here 0.1 x CE), and says so.
     assert all(r["objective"] == "0.1 x CE" and r["loss"] == pytest.approx(0.1 * r["ce"]) for r in records)
     assert "student-train (ce-only): 2 steps" in result.output and "(= 0.1 x CE)" in result.output
 

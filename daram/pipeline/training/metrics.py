@@ -14,7 +14,7 @@ CURVE = "loss_curve.png"
 
 def objective_formula(alpha_kd: float, alpha_ce: float, temperature: float) -> str:
     """What the logged ``loss`` is, in words a reader can check against ``kd`` and ``ce``: a CE-only run's loss
-    is ``alpha_ce x CE`` (0.1 x CE by default), not the CE itself."""
+    is ``alpha_ce x CE`` (0.5 x CE by default), not the CE itself."""
     ce = "CE" if alpha_ce == 1 else f"{alpha_ce:g} x CE"
     if alpha_kd == 0:
         return ce
