@@ -404,7 +404,9 @@ def _swap_into_place(staging: Path, final: Path) -> None:
 
 
 def _say(message: str) -> None:
-    print(f"prepare: {message}", file=sys.stderr, flush=True)
+    from tqdm import tqdm
+
+    tqdm.write(f"prepare: {message}", file=sys.stderr)  # on a line of its own, not glued to the progress bar
 
 
 def _describe(exc: OSError) -> str:
