@@ -22,7 +22,8 @@ def gpt2(vocab_size: int, n_embd: int, n_head: int, n_layer: int, n_positions: i
 
     ``dropout`` is the residual, embedding and attention dropout alike. With ``tokenizer``, its BOS, EOS and
     PAD ids go into the config (BOS and PAD fall back to EOS, as `prepare` does), so ``generate`` and an
-    exported model know them.
+    exported model know them. Without one the config names no special ids: GPT2Config's default, English
+    GPT-2's 50256, means nothing in another vocabulary.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -32,7 +33,7 @@ def gpt2(vocab_size: int, n_embd: int, n_head: int, n_layer: int, n_positions: i
             f"n_positions {n_positions}, dropout {dropout}: sizes must be >= 1, n_embd a multiple of n_head, "
             "dropout in [0, 1)"
         )
-    special = {}
+    special = {"bos_token_id": None, "eos_token_id": None}
     if tokenizer is not None:
         eos = tokenizer.eos_token_id
         special = {

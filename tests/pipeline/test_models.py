@@ -24,6 +24,7 @@ def test_gpt2_carries_the_tokenizers_special_ids_and_one_dropout(tokenizer):
     assert config.resid_pdrop == config.embd_pdrop == config.attn_pdrop == 0.1
     assert (config.n_layer, config.n_positions) == (3, 64)
     assert model.get_output_embeddings().weight.shape == (len(tokenizer), 32)
+    assert gpt2(100, n_embd=16, n_head=2, n_layer=1).config.eos_token_id is None  # not English GPT-2's 50256
 
 
 @pytest.mark.parametrize("shape", [dict(n_embd=30, n_head=4), dict(n_embd=32, n_head=0), dict(dropout=1.0)])
