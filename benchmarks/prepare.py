@@ -1,15 +1,16 @@
 """`daram prepare` against the bare tokenizer, worker scaling, and peak memory, from one run.
 
-Prints, each as a ratio measured within this run by benchmarks/harness.py (a warm-up call per side,
-then rounds in rotating order; medians, spread and same-round ratios):
+Prints, each as a ratio of marginal rates (the seconds that a corpus twice as large adds, so start-up
+cancels out) measured within this run by benchmarks/harness.py (a warm-up call per side, then rounds in
+rotating order; medians, spread and same-round ratios):
 - line units and regex-sentence units: prepare's end-to-end MB/s on every core over the MB/s of the
   Rust tokenizer alone (``encode_batch_fast`` on every core) over the same text (target >= 0.8);
-- kiwi sentence units: prepare's MB/s on 2 workers over 1 worker (target >= 1.7), and MB/s per core;
+- kiwi sentence splitting: MB/s through 2 worker processes over 1 (target >= 1.7), and MB/s per core;
 - peak RSS of a whole prepare (its workers included) on a 20 MB and a 200 MB generated corpus.
 
 Each measurement runs in a fresh process, so none inherits another's threads, caches or memory.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/prepare.py [--data ../shared/data] [--rounds 3] [--kiwi-mb 0.15] [--skip-memory]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/prepare.py [--data ../shared/data] [--rounds 3] [--kiwi-mb 0.3] [--skip-memory]
 """
 
 from __future__ import annotations
@@ -36,7 +37,22 @@ def _one(args: argparse.Namespace) -> None:
     """A single measurement, in this (fresh) process; prints one JSON line."""
     text = Path(args.corpus).read_text(encoding="utf-8")
     mb = len(text.encode()) / 1e6
-    if args.one == "tokenizer":
+    if args.one == "kiwi":
+        from daram.pipeline.encode import BlockEncoder, EncodeSpec
+        from daram.pipeline.prepare import _blocks
+        from tokenizers import Tokenizer
+
+        spec = EncodeSpec(Tokenizer.from_file(str(Path(args.tokenizer, "tokenizer.json"))).to_str(), 1, "<u2", "kiwi")
+        lines = [line for line in text.splitlines() if line.strip()]
+        with BlockEncoder(spec, args.workers) as encoder:
+            # every worker loads kiwi first (seconds each): what is timed is splitting and tokenizing
+            list(encoder.map(iter([(["워밍업 문장입니다. 두 번째 문장."], True)] * (2 * args.workers))))
+            cpu_before = _cpu()
+            started = time.perf_counter()
+            units = sum(block.units for block in encoder.map((b, True) for b in _blocks(iter(lines))))
+            seconds = time.perf_counter() - started
+        assert units >= len(lines)
+    elif args.one == "tokenizer":
         os.environ["RAYON_NUM_THREADS"] = str(args.workers)
         from tokenizers import Tokenizer
 
@@ -103,8 +119,8 @@ def _corpus(lines: list[str], megabytes: float, path: Path, seed: int = 0) -> Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SHARED))
-    parser.add_argument("--text-mb", type=float, default=8, help="MB of text for the tokenizer comparison")
-    parser.add_argument("--kiwi-mb", type=float, default=0.15, help="MB of text for the kiwi scaling runs (and twice that)")
+    parser.add_argument("--text-mb", type=float, default=4, help="MB of text for the tokenizer comparison (and twice that)")
+    parser.add_argument("--kiwi-mb", type=float, default=0.3, help="MB of text for the kiwi scaling runs")
     parser.add_argument("--skip-memory", action="store_true")
     add_timing_arguments(parser)
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)
@@ -123,17 +139,20 @@ def main() -> None:
     lines = Path(args.data, "korean_corpus", "sentences.txt").read_text(encoding="utf-8").splitlines()
     cores = cpu_count()
     with tempfile.TemporaryDirectory() as tmp:
-        text = _corpus(list(lines), args.text_mb, Path(tmp, "text.txt"))
-        mb = text.stat().st_size / 1e6
-        print(f"== prepare on every core ({cores}) vs the tokenizer alone on {cores} threads: {mb:.1f} MB of real "
-              "Korean sentences, KoGPT2 tokenizer")
+        # Marginal rates, between a corpus and one twice its size: the fixed seconds of a run (starting
+        # Python, loading the tokenizer, starting the workers) cancel out, as they do on a real corpus.
+        text = _corpus(list(lines), args.text_mb, Path(tmp, "text-1.txt"), seed=2)
+        double = _corpus(list(lines), 2 * args.text_mb, Path(tmp, "text-2.txt"), seed=2)
+        mb = (double.stat().st_size - text.stat().st_size) / 1e6
+        print(f"== prepare on every core ({cores}) vs the tokenizer alone on {cores} threads: the marginal seconds of "
+              f"{mb:.1f} MB more real Korean sentences, KoGPT2 tokenizer")
         cpu: dict[str, list[float]] = {}
 
         def side(name: str, *how) -> Callable[[], float]:
             def run() -> float:
-                measured = _measure(args, text, *how)
-                cpu.setdefault(name, []).append(measured["cpu_seconds"])
-                return measured["seconds"]
+                runs = [_measure(args, corpus, *how) for corpus in (text, double)]
+                cpu.setdefault(name, []).append(runs[1]["cpu_seconds"] - runs[0]["cpu_seconds"])
+                return runs[1]["seconds"] - runs[0]["seconds"]
             return run
 
         result = compare({
@@ -150,27 +169,25 @@ def main() -> None:
             print(f"  {name}: throughput / tokenizer alone = {1 / result.ratio(name):.2f} "
                   f"(same-round {min(per_round):.2f}-{max(per_round):.2f}; target >= 0.8)")
 
-        # kiwi: the marginal seconds between a corpus and one twice its size, so each worker's seconds
-        # of loading kiwi cancel out and what is compared is splitting and tokenizing
-        small = _corpus(list(lines), args.kiwi_mb, Path(tmp, "kiwi-1.txt"), seed=1)
-        large = _corpus(list(lines), 2 * args.kiwi_mb, Path(tmp, "kiwi-2.txt"), seed=1)
-        extra_mb = (large.stat().st_size - small.stat().st_size) / 1e6
-
+        # kiwi: the blocks of a corpus through 1 and through 2 worker processes, after each worker has
+        # loaded kiwi (seconds each, once per prepare): the splitting itself, which is what scales
+        kiwi_text = _corpus(list(lines), args.kiwi_mb, Path(tmp, "kiwi.txt"), seed=1)
+        kiwi_mb = kiwi_text.stat().st_size / 1e6
         kiwi_cpu: list[float] = []
 
-        def marginal(workers: int) -> float:
-            runs = [_measure(args, corpus, "prepare", workers, "sentence", "kiwi") for corpus in (small, large)]
+        def kiwi(workers: int) -> float:
+            measured = _measure(args, kiwi_text, "kiwi", workers)
             if workers == 1:
-                kiwi_cpu.append(runs[1]["cpu_seconds"] - runs[0]["cpu_seconds"])
-            return runs[1]["seconds"] - runs[0]["seconds"]
+                kiwi_cpu.append(measured["cpu_seconds"])
+            return measured["seconds"]
 
-        print(f"== kiwi sentence units, 1 vs 2 workers: the marginal seconds of {extra_mb:.2f} MB more text")
-        result = compare({"kiwi, 1 worker": lambda: marginal(1), "kiwi, 2 workers": lambda: marginal(2)},
+        print(f"== kiwi sentence splitting (and tokenizing), 1 vs 2 worker processes: {kiwi_mb:.2f} MB")
+        result = compare({"kiwi, 1 worker": lambda: kiwi(1), "kiwi, 2 workers": lambda: kiwi(2)},
                          rounds=args.rounds, warmup=args.warmup, clocks=("measured",))
         print(result.summary(clocks=("measured",)))
         per_round = [1 / r for r in result.round_ratios("kiwi, 2 workers")]
-        print(f"  kiwi, 1 worker: {extra_mb / result.median('kiwi, 1 worker'):.3f} MB/s; "
-              f"{extra_mb / statistics.median(kiwi_cpu):.3f} MB per CPU-second")
+        print(f"  kiwi, 1 worker: {kiwi_mb / result.median('kiwi, 1 worker'):.3f} MB/s; "
+              f"{kiwi_mb / statistics.median(kiwi_cpu):.3f} MB per CPU-second")
         print(f"  kiwi, 2 workers / 1 worker throughput = {1 / result.ratio('kiwi, 2 workers'):.2f} "
               f"(same-round {min(per_round):.2f}-{max(per_round):.2f}; target >= 1.7)")
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from daram.errors import DaramError
 
-BLOCK_CHARS = 1 << 17  # characters per block: ~0.3 MB of Korean; a few seconds of kiwi, tens of ms of tokenizer
+BLOCK_CHARS = 1 << 15  # characters per block: ~80 KB of Korean; about a second of kiwi, ~15 ms of tokenizer
 
 
 @dataclass(frozen=True)
