@@ -170,7 +170,7 @@ class PrepareConfig:
                               "The store is byte-identical for any number.")
     sentence_splitter: str = setting(
         "kiwi",
-        "For unit = \"sentence\": kiwi (kiwipiepy's morphological splitter: accurate, about 0.065 MB/s per core) "
+        "For unit = \"sentence\": kiwi (kiwipiepy's morphological splitter: accurate, about 0.2 MB/s per core) "
         "| regex (split after . ? ! …: fast, misses sentences without punctuation).",
     )
 

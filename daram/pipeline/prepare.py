@@ -54,10 +54,11 @@ from daram.text import plural
 WRITE_CHUNKS = 16  # chunks per write call: zarr compresses the chunks of one call on several threads
 LONG_UNIT_ROWS = 4  # a paragraph unit longer than this many rows, in a file of sentence-like lines, gets a warning
 
-# prepare's measured throughput per core, MB of UTF-8 text per second, for forecasts (`daram plan`).
-# Source: `python benchmarks/prepare.py` on the 2.7 MB shared sentences.txt with KoGPT2's tokenizer,
-# 1 worker, on the 2-core development machine shared with other jobs (docs/benchmarks.md, "prepare").
-MB_PER_S_PER_CORE = {"line": 3.6, "paragraph": 3.6, "sentence-regex": 3.0, "sentence-kiwi": 0.065}
+# prepare's measured throughput per core, MB of UTF-8 text per CPU-second (what one unshared core does),
+# for forecasts (`daram plan`). Source: `python benchmarks/prepare.py` (docs/benchmarks.md, "prepare"):
+# real Korean sentences, KoGPT2's tokenizer, the whole command on 2 workers (marginal rate, so start-up
+# is left out); kiwi: splitting and tokenizing on 1 worker after kiwi is loaded. 2-core VM, load 12-15.
+MB_PER_S_PER_CORE = {"line": 2.54, "paragraph": 2.54, "sentence-regex": 2.42, "sentence-kiwi": 0.19}
 
 
 def mb_per_s_per_core(unit: str, splitter: str = "kiwi") -> float:

@@ -229,3 +229,20 @@ def test_entry_bytes_count_a_slice_once_and_the_forecast_uses_them(tmp_path):
     assert entry_bytes(SourceConfig(path=str(corpus), take="10 lines"), [corpus]) == size  # lines: an upper bound
     settings = load_config(overrides={"prepare.sources": [{"path": str(corpus), "unit": "sentence", "take": "500000B"}]}).prepare
     assert forecast_seconds(settings, cores=2) == pytest.approx(0.5 / (2 * mb_per_s_per_core("sentence", "kiwi")))
+
+
+@pytest.mark.parametrize("read_bytes", [1 << 22, 1000, 7])
+def test_a_whole_source_reads_as_its_line_by_line_slice(tmp_path, korean_sentences, monkeypatch, read_bytes):
+    # Catches the fast path of a whole source (megabytes decoded at once) parting from the line-by-line
+    # path of a slice: a line lost at a read boundary, a CRLF or BOM kept, a bad line miscounted.
+    from daram.pipeline import sources
+
+    monkeypatch.setattr(sources, "_READ_BYTES", read_bytes)
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes("\ufeff첫 줄\r\n".encode() + korean_sentences.read_bytes()[:200_000].rsplit(b"\n", 1)[0]
+                       + b"\n\xff\xfe bad\n\nlast \xea\xb0\x80 no newline")
+    whole, sliced = SourceCounter(), SourceCounter()
+    fast = list(iter_documents(SourceConfig(path=str(corpus)), [corpus], whole))
+    slow = list(iter_documents(SourceConfig(path=str(corpus), skip="0B"), [corpus], sliced))
+    assert fast == slow and fast[0] == "첫 줄" and fast[-1] == "last 가 no newline"
+    assert whole == sliced and whole.skipped_lines == 1 and whole.bytes == corpus.stat().st_size
