@@ -10,7 +10,7 @@ rotating order; medians, spread and same-round ratios):
 
 Each measurement runs in a fresh process, so none inherits another's threads, caches or memory.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/prepare.py [--data ../shared/data] [--rounds 3] [--kiwi-mb 0.3] [--skip-memory]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/prepare.py [--data ../shared/data] [--rounds 3] [--kiwi-mb 0.3] [--skip-memory | --memory-only]
 """
 
 from __future__ import annotations
@@ -35,15 +35,14 @@ HERE = Path(__file__).resolve()
 
 def _one(args: argparse.Namespace) -> None:
     """A single measurement, in this (fresh) process; prints one JSON line."""
-    text = Path(args.corpus).read_text(encoding="utf-8")
-    mb = len(text.encode()) / 1e6
+    mb = Path(args.corpus).stat().st_size / 1e6  # not read here unless needed: it would count in the peak RSS
     if args.one == "kiwi":
         from daram.pipeline.encode import BlockEncoder, EncodeSpec
         from daram.pipeline.prepare import _blocks
         from tokenizers import Tokenizer
 
         spec = EncodeSpec(Tokenizer.from_file(str(Path(args.tokenizer, "tokenizer.json"))).to_str(), 1, "<u2", "kiwi")
-        lines = [line for line in text.splitlines() if line.strip()]
+        lines = [line for line in Path(args.corpus).read_text(encoding="utf-8").splitlines() if line.strip()]
         with BlockEncoder(spec, args.workers) as encoder:
             # every worker loads kiwi first (seconds each): what is timed is splitting and tokenizing
             list(encoder.map(iter([(["워밍업 문장입니다. 두 번째 문장."], True)] * (2 * args.workers))))
@@ -57,7 +56,7 @@ def _one(args: argparse.Namespace) -> None:
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(Path(args.tokenizer, "tokenizer.json")))
-        lines = [line for line in text.splitlines() if line.strip()]
+        lines = [line for line in Path(args.corpus).read_text(encoding="utf-8").splitlines() if line.strip()]
         tokenizer.encode_batch_fast(lines[:2048], add_special_tokens=False)  # warm-up: the thread pool starts
         cpu_before = _cpu()
         started = time.perf_counter()
@@ -122,6 +121,7 @@ def main() -> None:
     parser.add_argument("--text-mb", type=float, default=4, help="MB of text for the tokenizer comparison (and twice that)")
     parser.add_argument("--kiwi-mb", type=float, default=0.3, help="MB of text for the kiwi scaling runs")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak RSS at 20 and 200 MB")
     add_timing_arguments(parser)
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", default="", help=argparse.SUPPRESS)
@@ -139,6 +139,8 @@ def main() -> None:
     lines = Path(args.data, "korean_corpus", "sentences.txt").read_text(encoding="utf-8").splitlines()
     cores = cpu_count()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.memory_only:
+            return _memory(args, lines, Path(tmp))
         # Marginal rates, between a corpus and one twice its size: the fixed seconds of a run (starting
         # Python, loading the tokenizer, starting the workers) cancel out, as they do on a real corpus.
         text = _corpus(list(lines), args.text_mb, Path(tmp, "text-1.txt"), seed=2)
@@ -192,13 +194,16 @@ def main() -> None:
               f"(same-round {min(per_round):.2f}-{max(per_round):.2f}; target >= 1.7)")
 
         if not args.skip_memory:
-            print("== peak RSS of a whole prepare, line units, every core (this process and its largest worker)")
-            for megabytes in (20, 200):
-                corpus = _corpus(list(lines), megabytes, Path(tmp, f"mem-{megabytes}.txt"), seed=megabytes)
-                measured = _measure(args, corpus, "prepare", 0, "line")
-                corpus.unlink()
-                print(f"  {megabytes:3d} MB corpus: peak RSS {measured['peak_rss_mb']:.0f} MB ({measured['mb_per_s']:.2f} MB/s)")
+            _memory(args, lines, Path(tmp))
 
+
+def _memory(args: argparse.Namespace, lines: list[str], tmp: Path) -> None:
+    print("== peak RSS of a whole prepare, line units, every core (this process and its largest worker)")
+    for megabytes in (20, 200):
+        corpus = _corpus(list(lines), megabytes, tmp / f"mem-{megabytes}.txt", seed=megabytes)
+        measured = _measure(args, corpus, "prepare", 0, "line")
+        corpus.unlink()
+        print(f"  {megabytes:3d} MB corpus: peak RSS {measured['peak_rss_mb']:.0f} MB ({measured['mb_per_s']:.2f} MB/s)")
 
 if __name__ == "__main__":
     main()
