@@ -121,6 +121,13 @@ def test_readme_code_blocks_run(kind, dumped_stores, monkeypatch):
     assert ids.shape[:2] == p.shape[:2] == (2, 32) and ((0 <= p) & (p <= 1)).all() and (p.sum(-1) <= 1 + 1e-2).all()
 
 
+def test_scaling_sizes_disk_with_the_default_teacher_format():
+    """docs/scaling.md's disk sizing uses the default format's figures; a new default must bring its own."""
+    kind = Config().teacher.kind
+    text = (REPO / "docs" / "scaling.md").read_text(encoding="utf-8")
+    assert f'`teacher.kind = "{kind}"`, the default' in text, "docs/scaling.md: size disk with the default format"
+
+
 def test_readme_states_the_default_teacher_format():
     """The README explains the default format; when config.py changes it, this says where to follow."""
     teacher = Config().teacher
