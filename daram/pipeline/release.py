@@ -12,6 +12,7 @@ from daram.config import Config, parse_shards
 from daram.errors import DaramError
 from daram.storage import RELEASED, Store, check_persistent
 from daram.text import plural
+from daram.units import format_size
 
 
 def run_release(cfg: Config, shards: str, to: str | None = None, restore: bool = False, source: str | None = None) -> list[int]:
@@ -38,7 +39,7 @@ def run_release(cfg: Config, shards: str, to: str | None = None, restore: bool =
         freed = store.teacher_bytes(shard)
         after = store.release_shard(shard, to)
         changed.append(shard)
-        print(f"shard {shard}: {after.describe()}, {freed / 1e6:,.1f} MB freed")
+        print(f"shard {shard}: {after.describe()}, {format_size(freed)} freed")
     print(f"release: {store.url}: {plural(len(changed), 'shard')} released" + (f" to {to}" if to and changed else ""))
     return changed
 
@@ -51,6 +52,6 @@ def _restore(store: Store, selection: list[int], source: str | None) -> list[int
             continue
         store.restore_shard(shard, source)
         changed.append(shard)
-        print(f"shard {shard}: restored, {store.teacher_bytes(shard) / 1e6:,.1f} MB")
+        print(f"shard {shard}: restored, {format_size(store.teacher_bytes(shard))}")
     print(f"release --restore: {store.url}: {plural(len(changed), 'shard')} restored")
     return changed

@@ -13,6 +13,7 @@ from daram.errors import DaramError
 from daram.pipeline.batches import check_teacher_shards
 from daram.pipeline.inspect import run_inspect, run_verify
 from daram.storage import Store
+from daram.units import format_size
 
 
 def files_of(store_path: Path, shard: int) -> dict[str, bytes]:
@@ -33,6 +34,8 @@ def test_release_to_a_file_url_then_restore_gives_back_the_same_bytes(dumped_sto
     result = CliRunner().invoke(app, ["release", "--store", str(dumped_store), "--shards", "0", "--to", away])
     assert result.exit_code == 0, result.output
     assert "shard 0: released (moved to file://" in result.stdout and "1 shard released to" in result.stdout
+    # the bytes freed in a unit that fits them (a small shard read "0.0 MB freed")
+    assert f"), {format_size(sum(map(len, before.values())))} freed" in result.stdout
     assert not (dumped_store / "teacher" / "shard-00000").exists()
     assert files_of(tmp_path / "released.zarr", 0) == before  # moved whole
 
@@ -49,7 +52,7 @@ def test_release_to_a_file_url_then_restore_gives_back_the_same_bytes(dumped_sto
 
     result = CliRunner().invoke(app, ["release", "--store", str(dumped_store), "--shards", "0-1", "--restore"])
     assert result.exit_code == 0, result.output
-    assert "shard 0: restored" in result.stdout and "shard 1: complete, not released; left as it is" in result.stdout
+    assert f"shard 0: restored, {format_size(sum(map(len, before.values())))}" in result.stdout and "shard 1: complete, not released; left as it is" in result.stdout
     assert files_of(dumped_store, 0) == before
     assert Store.open(str(dumped_store)).shard_state(0).state == "complete"
     assert run_verify(cfg) and "intact and complete" in capsys.readouterr().out
