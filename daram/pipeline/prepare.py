@@ -97,7 +97,10 @@ def run_prepare(cfg: Config, overwrite: bool = False) -> StoreManifest:
     recipe = _recipe(settings, info.vocab_sha256, files)
 
     started = time.perf_counter()
-    work = WorkDir.claim(url, recipe, _layout(settings))
+    try:
+        work = WorkDir.claim(url, recipe, _layout(settings))
+    except OSError as exc:  # the work directory cannot be made or written: a full or read-only disk
+        raise DaramError(f"prepare cannot write its work directory beside {url}: {_describe(exc)}") from None
     try:
         spec = EncodeSpec(tokenizer.backend_tokenizer.to_str(), info.eos_id, dtype.str, settings.sentence_splitter)
         stats = _tokenize(settings, files, spec, workers, work)
