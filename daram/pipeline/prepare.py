@@ -47,7 +47,7 @@ from daram.pipeline.sources import (
     resolve_files,
 )
 from daram.storage import (
-    SourceStats, Store, StoreManifest, check_not_foreign, fingerprint_bytes, is_local, token_dtype_for, tokens_fingerprint,
+    SourceStats, Store, StoreManifest, check_not_foreign, discard_torn_writes, fingerprint_bytes, is_local, token_dtype_for, tokens_fingerprint,
 )
 from daram.text import plural
 
@@ -187,6 +187,7 @@ class WorkDir:
                     if child.name != "lock":
                         shutil.rmtree(child) if child.is_dir() else child.unlink()
         work = cls(path, journal, fd)
+        discard_torn_writes(str(work.staging_path))  # what a kill mid-write left behind; the journal redoes that write
         work.save()
         return work
 

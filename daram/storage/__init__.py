@@ -8,7 +8,7 @@ from daram.storage.formats import TEACHER_FORMATS, ArraySpec, TeacherFormat, tea
 from daram.storage.lock import LockHeld, StoreLock
 from daram.storage.manifest import SourceStats, StoreManifest, TeacherManifest, TokenizerInfo, token_dtype_for
 from daram.storage.store import (
-    Store, check_not_foreign, check_persistent, check_same_teacher, fingerprint_bytes, fingerprint_rows, is_local, local_path,
+    Store, check_not_foreign, check_persistent, check_same_teacher, discard_torn_writes, fingerprint_bytes, fingerprint_rows, is_local, local_path,
     measure_teacher_bytes, shard_name, tokens_fingerprint,
 )
 from daram.storage.teacher import COMPLETE, INCOMPLETE, NOT_DUMPED, RELEASED, ShardState, TeacherShard
@@ -33,6 +33,7 @@ __all__ = [
     "check_not_foreign",
     "check_persistent",
     "check_same_teacher",
+    "discard_torn_writes",
     "fingerprint_bytes",
     "fingerprint_rows",
     "is_local",

@@ -77,6 +77,19 @@ def local_path(url: str) -> str:
 FSSPEC_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}  # URL scheme -> daram's pip extra
 
 
+def discard_torn_writes(url: str, prefix: str = "") -> int:
+    """Delete what killed writes left under ``prefix``: zarr's local store writes ``<key>.<uuid>.partial``
+    and renames it into place, so a SIGKILL mid-write leaves that file behind. Nothing reads it, but a
+    resumed store would not equal a clean one. Call only where no other process writes."""
+    root = Path(local_path(url), prefix)
+    if not is_local(url) or not root.is_dir():
+        return 0
+    torn = list(root.rglob("*.partial"))
+    for path in torn:
+        path.unlink(missing_ok=True)
+    return len(torn)
+
+
 def check_persistent(url: str) -> None:
     """Refuse a store URL whose contents vanish with the process (``memory://``): a command would "succeed"
     and leave nothing behind."""
@@ -324,7 +337,10 @@ class Store:
                 f"{self.url}: {path}/zarr.json is damaged ({exc}); remove {path} and run "
                 f"`daram teacher-dump --shard {shard}` to dump it again"
             ) from None
-        return TeacherShard.create(self, shard, teacher, group) if create else TeacherShard.open(self, shard, teacher, group)
+        if not create:
+            return TeacherShard.open(self, shard, teacher, group)
+        discard_torn_writes(self.url, f"teacher/{shard_name(shard)}")  # the lock holder is the shard's only writer
+        return TeacherShard.create(self, shard, teacher, group)
 
     def shard_state(self, shard: int, teacher: TeacherManifest | None = None) -> ShardState:
         """Complete only when every chunk is flagged done, present in every array, and the shard is recorded."""

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from daram.cli import app
 from daram.config import load_config
 from daram.errors import DaramError
+from daram.pipeline.pause import Pause
 from daram.pipeline.student_train import finish, fit, read_metrics, run_student_train, setup
 from daram.storage import Store
 
@@ -402,7 +403,13 @@ def _cli(*args):
     return CliRunner().invoke(app, ["student-train", *args])
 
 
-def test_time_limit_pauses_and_resume_needs_only_out_and_refuses_a_contradicting_flag(kd_store, tmp_path):
+def test_time_limit_pauses_and_resume_needs_only_out_and_refuses_a_contradicting_flag(kd_store, tmp_path, monkeypatch):
+    # A clock of 0.25 s per check, so the 1 s limit falls within the first steps on any machine, quiet or loaded.
+    def elapsed(pause):
+        pause.checks = getattr(pause, "checks", 0) + 1
+        return 0.25 * pause.checks
+
+    monkeypatch.setattr(Pause, "elapsed", elapsed)
     out = tmp_path / "student"
     paused = _cli("--store", str(kd_store), "--out", str(out), "--shards", "0-1", "--heldout-shard", "2",
                   "--n-embd", "32", "--n-head", "2", "--n-layer", "2", "--batch-size", "4", "--lr", "0.003",

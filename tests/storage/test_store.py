@@ -162,6 +162,21 @@ def test_a_write_killed_mid_chunk_leaves_nothing_marked_done(tmp_path):
         assert lock.record["pid"] == os.getpid()
 
 
+def test_the_files_of_a_write_killed_mid_rename_are_gone_when_the_next_writer_opens_the_shard(tmp_path):
+    # zarr's local store writes <key>.<uuid>.partial and renames it; SIGKILL between the two leaves the
+    # file, and a resumed shard would then differ from a clean one (caught first by prepare's kill test).
+    store = Store.open(make_store(str(tmp_path / "s.zarr")).url, mode="r+")
+    teacher = store.init_teacher(teacher_manifest(store))
+    store.teacher_shard(0, teacher, create=True)
+    torn = tmp_path / "s.zarr" / "teacher" / "shard-00000" / "topk_ids" / "c" / "1" / "0" / "0.0123abcd.partial"
+    torn.parent.mkdir(parents=True, exist_ok=True)
+    torn.write_bytes(b"half a chunk")
+    elsewhere = tmp_path / "s.zarr" / "teacher" / "zarr.json.4567.partial"  # another writer's: not this shard's
+    elsewhere.write_bytes(b"{")
+    store.teacher_shard(0, teacher, create=True)
+    assert not torn.exists() and elsewhere.exists()
+
+
 def test_lock_is_exclusive_and_released(url):
     store = make_store(url)
     with store.shard_lock(1):
