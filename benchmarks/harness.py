@@ -9,9 +9,10 @@ measured itself (e.g. a training run's median step time without start-up), or (s
 which then count as its time.
 
 It prints each round, then per side the median with its spread (min-max, and the range as a share of the
-median), and each side's ratio to the baseline: the ratio of the medians, with the min-max of the same-round
-ratios. On a shared machine the spread says how far a figure can be trusted; the CPU-time ratio is usually
-the steadier one.
+median), and each side's ratio to the baseline: the ratio of the medians, with the median and min-max of the
+same-round ratios (when the load changes between rounds, the two medians can come from different rounds).
+On a shared machine the spread says how far a figure can be trusted; the CPU-time ratio is usually the
+steadier one.
 
     from harness import add_timing_arguments, compare
     result = compare({"ce-only": run_ce, "kd": run_kd}, rounds=args.rounds, warmup=args.warmup)
@@ -80,7 +81,8 @@ class Comparison:
             for name in self.names[1:]:
                 per_round = self.round_ratios(name, clock)
                 lines.append(f"  {name} / {self.names[0]} ({label}) = {self.ratio(name, clock):.3f} "
-                             f"(same-round ratios {min(per_round):.3f}-{max(per_round):.3f})")
+                             f"(same-round ratios: median {statistics.median(per_round):.3f}, "
+                             f"min {min(per_round):.3f}, max {max(per_round):.3f})")
         return "\n".join(lines)
 
 

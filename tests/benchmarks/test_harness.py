@@ -29,7 +29,7 @@ def test_sides_alternate_after_untimed_warm_up_and_ratios_are_of_medians(capsys)
     assert result.ratio("other") == pytest.approx(2.2 / 1.0)  # median 2.2 over median 1.0
     assert result.round_ratios("other") == pytest.approx([2.0, 2.5, 2.75])
     out = capsys.readouterr().out
-    assert "other / base (time) = 2.200 (same-round ratios 2.000-2.750)" in out
+    assert "other / base (time) = 2.200 (same-round ratios: median 2.500, min 2.000, max 2.750)" in out
     assert "median 1 s (min 0.8, max 1.2; range 40% of the median; 3 rounds)" in out
 
 
