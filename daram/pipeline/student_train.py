@@ -53,6 +53,7 @@ from daram.pipeline.training.export import export_student
 from daram.pipeline.training.metrics import MetricsLog, objective_formula, plot_curves, read_metrics, summary_line
 from daram.pipeline.training.model import StudentWithLoss, build_student, precision_for
 from daram.pipeline.training.optim import build_optimizer, lr_factor
+from daram.pipeline.training.out_lock import claim_out
 from daram.pipeline.training.targets import NoTargets, OnlineTeacher, StoredTargets, TargetSource
 from daram.storage import Store, TeacherManifest
 from daram.text import plural
@@ -195,7 +196,8 @@ def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None,
     temperature = _temperature(train, None if online_teacher else teacher, needed=use_kd or train.heldout_shard >= 0)
     tokenizer = _store_tokenizer(store)
     out = Path(train.out)
-    if dist.main:
+    if dist.main:  # the other ranks share rank 0's directory
+        claim_out(out)
         _check_writable(out)
 
     autocast_dtype, use_scaler = precision_for(train.precision, dist.device)

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -501,3 +502,23 @@ def test_kd_brings_the_student_closer_to_the_teacher_than_ce_only(kind, tmp_path
                                         teacher_model=teacher)["kl"]
     # Measured after 15 steps: CE-only 0.83; KD from 50 draws 0.40 (0.48 of it); from top-16, see the xfail.
     assert full_kl["kd"] < 0.6 * full_kl["ce"], full_kl
+
+
+def test_a_second_training_process_on_one_out_is_refused(kd_store, tmp_path):
+    # Catches a second `daram run` / `student-train --resume` training beside a running one into the same out:
+    # their checkpoints interleaved and metrics lines were lost.
+    out = tmp_path / "out"
+    hold = "import sys, time; from daram.pipeline.training.out_lock import claim_out; claim_out(sys.argv[1]); print('held', flush=True); time.sleep(60)"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = CliRunner().invoke(app, ["student-train", "--store", str(kd_store), "--out", str(out), "--shards", "0-1",
+                                          "--heldout-shard", "2", "--n-embd", "32", "--n-head", "2", "--n-layer", "2"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: train.out {out.resolve()} is in use by pid {holder.pid} on {socket.gethostname()} (daram {str(out)}); wait "
+        "for it to end (or pause it with SIGTERM), or choose another --out"]
