@@ -315,7 +315,7 @@ write = TeacherShard.write_chunk
 def torn(self, chunk, arrays, stats=None):
     if chunk == {chunk}:  # half a chunk on disk (ids, no log-probs, no flag), then the power goes
         lo = chunk * self.store.manifest.rows_per_chunk
-        self.arrays["topk_ids"][lo : lo + len(arrays[0])] = arrays[0]
+        self.arrays[self.format.arrays[0].name][lo : lo + len(arrays[0])] = arrays[0]  # the kind's ids array
         os.kill(os.getpid(), signal.SIGKILL)
     write(self, chunk, arrays, stats)
 TeacherShard.write_chunk = torn
@@ -353,7 +353,7 @@ def test_torn_chunk_then_resume_is_bit_identical(store_path, dumped, tiny_teache
     def torn(self, chunk, arrays, stats=None):
         if chunk == 3:
             lo = chunk * self.store.manifest.rows_per_chunk
-            self.arrays["topk_ids"][lo : lo + len(arrays[0])] = arrays[0]
+            self.arrays[self.format.arrays[0].name][lo : lo + len(arrays[0])] = arrays[0]  # the kind's ids array
             raise PowerCut
         write(self, chunk, arrays, stats)
 
