@@ -66,6 +66,14 @@ def _options(
     pass
 
 
+# What a second Ctrl-C (or SIGTERM for prepare) leaves, and how to go on; a command not named keeps nothing.
+AFTER_INTERRUPT = {
+    "prepare": ": the work directory beside the store is kept; run the same command again to resume from it",
+    "teacher_dump": ": every written chunk is kept; run the same command again to continue",
+    "run": ": every finished chunk and checkpoint is kept; run the same command again to continue",
+}
+
+
 def command(fn: Callable) -> Callable:
     """Register ``fn`` as a command whose :class:`DaramError` becomes one line on stderr and exit code 2."""
 
@@ -77,7 +85,7 @@ def command(fn: Callable) -> Callable:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted (teacher-dump resumes where it stopped when rerun; student-train with --resume)", err=True)
+            typer.echo(f"interrupted{AFTER_INTERRUPT.get(fn.__name__, '')}", err=True)
             raise typer.Exit(130) from None
 
     return app.command()(wrapper)

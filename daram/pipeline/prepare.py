@@ -18,6 +18,7 @@ appears atomically and an old one survives a failed ``--overwrite``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -25,8 +26,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -103,8 +106,9 @@ def run_prepare(cfg: Config, overwrite: bool = False) -> StoreManifest:
         raise DaramError(f"prepare cannot write its work directory beside {url}: {_describe(exc)}") from None
     try:
         spec = EncodeSpec(tokenizer.backend_tokenizer.to_str(), info.eos_id, dtype.str, settings.sentence_splitter)
-        stats = _tokenize(settings, files, spec, workers, work)
-        manifest = _write_store(url, overwrite, settings, info, stats, dtype, work)
+        with _sigterm_interrupts():
+            stats = _tokenize(settings, files, spec, workers, work)
+            manifest = _write_store(url, overwrite, settings, info, stats, dtype, work)
     except DaramError:
         work.discard()  # bad input: a rerun needs other settings, which could not resume this work anyway
         raise
@@ -212,6 +216,24 @@ class WorkDir:
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
         self.release()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (preemption, a notebook shutting down) stops prepare as Ctrl-C does: the work directory
+    and its journal are kept, and the same command resumes from them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _work_path(url: str) -> Path:

@@ -204,7 +204,8 @@ def _dump(pipeline: Pipeline, shards: list[int]) -> bool:
     # Loading the teacher draws from torch's global generator; training must not see it (dropout, equal weights).
     rng = torch.get_rng_state()
     started = time.perf_counter()
-    outcome = run_teacher_dump(pipeline.cfg, shards=",".join(map(str, todo)), pause=pipeline.pause)
+    # run's own pause line says how to continue: the user typed `daram run`, not teacher-dump
+    outcome = run_teacher_dump(pipeline.cfg, shards=",".join(map(str, todo)), pause=pipeline.pause, how_to_continue="")
     torch.set_rng_state(rng)
     pipeline.dump_seconds += time.perf_counter() - started
     pipeline.dumped_tokens += sum(s["tokens_computed"] for s in outcome.completed)

@@ -108,15 +108,16 @@ class DumpOutcome:
 
 def run_teacher_dump(
     cfg: Config, shard: int | None = None, shards: str | None = None, all_shards: bool = False,
-    pause: Pause | None = None,
+    pause: Pause | None = None, how_to_continue: str = "run the same command again to continue",
 ) -> DumpOutcome:
     """Dump the selected shards: setup (every check, instant) -> run (the teacher) -> finish (one summary).
 
     Without ``pause``, SIGTERM / SIGINT and ``run.time_limit`` pause the dump cleanly after the current chunk.
+    A caller with its own pause (``daram run``) passes ``how_to_continue=""`` and says it itself.
     """
     if pause is None:
         with Pause(parse_duration(cfg.run.time_limit)) as own:
-            return run_teacher_dump(cfg, shard, shards, all_shards, own)
+            return run_teacher_dump(cfg, shard, shards, all_shards, own, how_to_continue)
     job = setup_dump(cfg, shard, shards, all_shards, pause)
     for s in job.complete:
         print(f"shard {s}: already complete, skipped", file=sys.stderr)
@@ -124,7 +125,7 @@ def run_teacher_dump(
         print(f"teacher-dump: rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')}: no shards to dump")
         return DumpOutcome()
     outcome = dump_shards(job) if job.todo else DumpOutcome(skipped=list(job.complete))
-    return finish_dump(job, outcome)
+    return finish_dump(job, outcome, how_to_continue)
 
 
 def setup_dump(cfg: Config, shard: int | None, shards: str | None, all_shards: bool, pause: Pause) -> DumpJob:
@@ -231,7 +232,7 @@ def _wait_for_others(store: Store, teacher: TeacherManifest, runner, pause: Paus
                 outcome.completed.append(stats)  # its writer stopped before the end; this run finished it
 
 
-def finish_dump(job: DumpJob, outcome: DumpOutcome) -> DumpOutcome:
+def finish_dump(job: DumpJob, outcome: DumpOutcome, how_to_continue: str) -> DumpOutcome:
     """One summary line; a clean pause says how to continue."""
     tokens = sum(st["tokens_computed"] for st in outcome.completed)
     line = (
@@ -250,7 +251,7 @@ def finish_dump(job: DumpJob, outcome: DumpOutcome) -> DumpOutcome:
         left = [s for s in job.todo if job.store.shard_state(s).state != COMPLETE]
         print(
             f"teacher-dump: paused ({outcome.paused}) with {plural(len(left), 'shard')} left ({_ranges(left)}); "
-            "every written chunk is kept and the shard locks are released: run the same command again to continue"
+            "every written chunk is kept and the shard locks are released" + (f": {how_to_continue}" if how_to_continue else "")
         )
     return outcome
 

@@ -249,6 +249,27 @@ def test_sigkilled_prepare_resumes_to_the_same_bytes(tmp_path, tokenizer_dir, co
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_sigterm_stops_prepare_with_one_line_and_keeps_its_work_to_resume(tmp_path, tokenizer_dir, corpus_lines):
+    # Preemption sends SIGTERM: before, prepare died with exit 143 and not a word, so the user could not
+    # know that the same command resumes.
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(corpus_lines[:1500]) + "\n")
+    store = tmp_path / "s.zarr"
+    process = subprocess.Popen(_prepare_command(tmp_path, tokenizer_dir, corpus, store), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    while _journal(store).get("blocks", 0) < 2:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == ("interrupted: the work directory beside the store is kept; "
+                                       "run the same command again to resume from it")
+    assert _journal(store).get("blocks", 0) >= 2 and not store.exists()
+    rerun = subprocess.run(_prepare_command(tmp_path, tokenizer_dir, corpus, store), capture_output=True, text=True)
+    assert rerun.returncode == 0 and "resuming the interrupted prepare" in rerun.stderr, rerun.stderr
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_resumes_to_the_same_bytes(tmp_path, tokenizer_dir, corpus_lines):
     corpus = tmp_path / "c.txt"

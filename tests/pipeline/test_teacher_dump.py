@@ -512,6 +512,24 @@ def test_time_limit_pauses_cleanly_and_a_rerun_finishes(store_path, dumped, tiny
     assert shard_files(store_path, 0) == shard_files(dumped, 0)
 
 
+def test_a_caller_with_its_own_pause_says_how_to_continue_itself(store_path, tiny_teacher_dir, capsys):
+    # `daram run` pauses the dump inside it: the user typed `daram run`, so teacher-dump's own
+    # "run the same command again" would name the wrong command.
+    from daram.config import load_config
+    from daram.pipeline.pause import Pause
+    from daram.pipeline.teacher_dump import run_teacher_dump
+
+    cfg = load_config(overrides={"store.path": str(store_path), "teacher.model": str(tiny_teacher_dir),
+                                 "teacher.device": "cpu", "teacher.kind": "topk", "teacher.top_k": K,
+                                 "teacher.temperature": T})
+    pause = Pause()
+    pause.reason = "SIGTERM"  # arrived before the first chunk
+    outcome = run_teacher_dump(cfg, shards="0,1", pause=pause, how_to_continue="")
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert outcome.completed == [] and line.startswith("teacher-dump: paused (SIGTERM) with 2 shards left (0,1)")
+    assert line.endswith("the shard locks are released") and "same command" not in line
+
+
 SIGTERM_AT_CHUNK = """
 import os, signal, sys
 from daram.storage import TeacherShard
