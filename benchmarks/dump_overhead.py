@@ -2,7 +2,7 @@
 
 The bare forward is what any user of the teacher pays: ``model(input_ids).logits`` over the same
 rows in batches of the same size. The dump adds the tempered full-vocabulary softmax statistics,
-top-k (or draws), the float16 conversion, compression and the chunk writes (on a background
+top-k (or the draws), the float16 conversion, compression and the chunk writes (on a background
 thread). benchmarks/harness.py times them: a warm-up call each, then rounds that alternate which of
 the two runs first; each call dumps a fresh shard. Both wall time and process CPU time (all threads)
 are reported: on a shared machine the CPU-time ratio is
@@ -10,6 +10,7 @@ the steadier of the two, the wall ratio what a user waits.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/dump_overhead.py                 # 12 x 768, k = 64
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/dump_overhead.py --kind sampled --draws 50
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/dump_overhead.py --kind draws --draws 16 --temperature 1   # v2 default
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/dump_overhead.py --layers 2 --width 64 --heads 2   # quick
 """
 
@@ -24,7 +25,7 @@ import torch
 from daram.config import load_config
 from daram.pipeline.prepare import run_prepare
 from daram.pipeline.pause import Pause
-from daram.pipeline.teacher_dump import TeacherRunner, dump_shard
+from daram.pipeline.teacher_dump import DRAWN, TeacherRunner, dump_shard
 from daram.storage import Store, TeacherManifest
 from harness import SHARED, add_timing_arguments, compare
 
@@ -62,7 +63,7 @@ def teacher_manifest(
     return TeacherManifest(
         teacher="random", revision="-", dtype=dtype, temperature=temperature, kind=kind, width=width,
         vocab_size=m.tokenizer.vocab_size, tokens_fingerprint=m.tokens_fingerprint, rows_per_chunk=m.rows_per_chunk,
-        draws=draws if kind == "sampled" else 0,
+        draws=draws if kind in DRAWN else 0,
     )
 
 
@@ -77,9 +78,10 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rows-per-chunk", type=int, default=8)
-    parser.add_argument("--kind", default="topk", choices=("topk", "sampled"))
+    parser.add_argument("--kind", default="topk", choices=("topk", "sampled", "draws"))
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--draws", type=int, default=50)
+    parser.add_argument("--temperature", type=float, default=2.0, help="T of the dump (teacher.temperature is 1)")
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--heads", type=int, default=12)
@@ -93,8 +95,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = build_store(Path(tmp, "bench.zarr"), args.rows, args.seq_len, calls, args.rows_per_chunk)
         width = args.k if args.kind == "topk" else args.draws
-        teacher = store.init_teacher(teacher_manifest(store, args.kind, width, args.draws))
-        runner = TeacherRunner(model, args.kind, width, 2.0, device, args.batch, store.manifest)
+        teacher = store.init_teacher(teacher_manifest(store, args.kind, width, args.draws, temperature=args.temperature))
+        runner = TeacherRunner(model, args.kind, width, args.temperature, device, args.batch, store.manifest)
         print(f"{store.shard_rows(0)} rows x {args.seq_len} tokens per shard, batch {args.batch}")
         shards = {"bare forward": iter(range(calls)), "dump": iter(range(calls))}
 
@@ -107,7 +109,8 @@ def main() -> None:
 
         with torch.inference_mode():
             result = compare({"bare forward": bare, "dump": dump}, rounds=args.rounds, warmup=args.warmup)
-    what = f"top-{args.k}" if args.kind == "topk" else f"sampled, {args.draws} draws"
+    what = f"top-{args.k}" if args.kind == "topk" else f"{args.kind}, {args.draws} draws"
+    what += f", T = {args.temperature:g}"
     wall, cpu = result.round_ratios("dump"), result.round_ratios("dump", "cpu")
     print(
         f"teacher {args.layers} layers x {args.width} wide, vocab 51200 ({params / 1e6:.0f}M params), float32, "
