@@ -531,6 +531,10 @@ def finish(run: Run, continue_with: str | None = None) -> dict:
     the summary, also printed as one line; a paused run prints how to continue instead (``continue_with``,
     by default ``daram student-train --resume --out OUT``)."""
     stop = run.stop or Stop("paused", "fit was not run")
+    if stop.finished and run.micro == run.start_micro and (run.out / "model.safetensors").is_file():
+        # a rerun of a finished run: its checkpoint, held-out record and export are all written already
+        run.say(f"already complete at step {run.step}: the student is in {run.out}; nothing to do")
+        return _summary(run, stop)
     run.say(stop.message if stop.finished else f"stopping: {stop.message}")
     with _phase(run, f"checkpoint of step {run.step}") as done:
         path = checkpoint(run)

@@ -440,6 +440,14 @@ def test_time_limit_pauses_and_resume_needs_only_out_and_refuses_a_contradicting
     assert [r["step"] for r in read_metrics(out) if r.get("split") != "heldout"] == list(range(1, 41))
     assert (out / "model.safetensors").is_file()
 
+    # Rerunning the finished run writes nothing: no second held-out record, no second export.
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in (".train.lock", "metrics.jsonl")}
+    metrics = (out / "metrics.jsonl").read_text()
+    again = _cli("--resume", "--out", str(out))
+    assert again.exit_code == 0 and f"already complete at step 40: the student is in {out}" in again.output
+    assert (out / "metrics.jsonl").read_text() == metrics
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in (".train.lock", "metrics.jsonl")} == written
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
