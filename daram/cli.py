@@ -70,6 +70,7 @@ def _options(
 AFTER_INTERRUPT = {
     "prepare": ": the work directory beside the store is kept; run the same command again to resume from it",
     "teacher_dump": ": every written chunk is kept; run the same command again to continue",
+    "student_train": ": rerun with --resume to continue from the last checkpoint",
     "run": ": every finished chunk and checkpoint is kept; run the same command again to continue",
 }
 
@@ -454,11 +455,7 @@ def student_train(
     cfg = _config(config, set_, **flags)
     from daram.pipeline.student_train import run_student_train
 
-    try:
-        run_student_train(cfg, resume=resume, given=_given_settings(cfg, set_, flags))
-    except KeyboardInterrupt:
-        typer.echo("interrupted: rerun with --resume to continue from the last checkpoint", err=True)
-        raise typer.Exit(130) from None
+    run_student_train(cfg, resume=resume, given=_given_settings(cfg, set_, flags))
 
 
 @command

@@ -110,3 +110,14 @@ def test_a_memory_store_is_refused_and_a_file_url_works(prepared_store):
     result = runner.invoke(app, ["verify", "--tokens-only", "--store", f"file://{prepared_store}"])
     assert result.exit_code == 0, result.output
     assert "intact and complete" in result.stdout
+
+
+def test_an_interrupted_student_train_says_how_to_resume(monkeypatch, tmp_path):
+    # Ctrl-C that got past the clean pause: the line names --resume, the one way on for student-train.
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("daram.pipeline.student_train.run_student_train", interrupted)
+    result = runner.invoke(app, ["student-train", "--store", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 130
+    assert result.output.strip().splitlines()[-1] == "interrupted: rerun with --resume to continue from the last checkpoint"
