@@ -60,6 +60,10 @@ def start_distributed(device_setting: str) -> Distributed:
 
 def stop_distributed(dist: Distributed) -> None:
     if dist.world > 1 and torch.distributed.is_initialized():
+        # Every rank reaches this point before any tears its connections down: a rank that destroys the
+        # group while a peer still talks to it can abort the peer in gloo ("terminate called without an
+        # active exception", SIGABRT).
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
