@@ -46,7 +46,9 @@ from daram.pipeline.sources import (
     check_overlaps,
     entry_bytes,
     iter_documents,
+    iter_line_pieces,
     kiwi_available,
+    reads_line_pieces,
     resolve_files,
 )
 from daram.storage import (
@@ -151,6 +153,7 @@ class Journal:
     units: int = 0
     tokens: int = 0
     longest: int = 0
+    skipped_lines: int = 0  # undecodable lines of the current entry that workers skipped
     shards: list[str] = field(default_factory=list)  # fingerprints of the shards written to the staging store
 
 
@@ -281,16 +284,21 @@ def _tokenize(settings: PrepareConfig, files: list[list[Path]], spec: EncodeSpec
             warned = False
             bytes_before = bar.n
             done = journal.blocks  # blocks already in the stream: read again, not tokenized again
-            texts = _blocks(iter_documents(source, files[index], counter))
+            if reads_line_pieces(source):  # raw lines: the workers decode and strip them
+                counter.skipped_lines = journal.skipped_lines  # the workers counted these; the blocks are not decoded again
+                texts = iter_line_pieces(source, files[index], counter, 3 * BLOCK_CHARS)
+            else:
+                texts = _blocks(iter_documents(source, files[index], counter))
             todo = ((block, source.unit == "sentence") for i, block in enumerate(texts) if i >= done)
             for block in encoder.map(todo):
                 block.tokens.tofile(stream)
                 stream.flush()  # in the page cache: survives SIGKILL, and the journal may now count it
                 counter.units += block.units
                 counter.tokens += block.tokens.size
+                counter.skipped_lines += block.skipped_lines
                 journal.stream_bytes += block.tokens.nbytes
                 journal.blocks += 1
-                journal.units, journal.tokens = counter.units, counter.tokens
+                journal.units, journal.tokens, journal.skipped_lines = counter.units, counter.tokens, counter.skipped_lines
                 journal.longest = max(journal.longest, block.longest)
                 work.save()
                 bar.update(bytes_before + counter.bytes - bar.n)
@@ -298,7 +306,7 @@ def _tokenize(settings: PrepareConfig, files: list[list[Path]], spec: EncodeSpec
                     warned = True
             stats.append(_finish_source(source, counter))
             journal.sources.append(dataclasses.asdict(stats[-1]))
-            journal.blocks = journal.units = journal.tokens = journal.longest = 0
+            journal.blocks = journal.units = journal.tokens = journal.longest = journal.skipped_lines = 0
             work.save()
     return stats
 

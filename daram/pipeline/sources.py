@@ -166,6 +166,89 @@ def _decoded_block(data: bytes, counter: SourceCounter) -> Iterator[str]:
         yield line.removeprefix("\ufeff").rstrip("\r")
 
 
+def reads_line_pieces(source: SourceConfig) -> bool:
+    """Whether an entry's units are its lines (or the sentences of its lines) and its slice, if any, is in
+    bytes: then :func:`iter_line_pieces` reads it, and the decoding and stripping happen in the workers."""
+    return source.format == "text" and source.unit in ("line", "sentence") and source.measure in ("", "bytes")
+
+
+def iter_line_pieces(source: SourceConfig, files: list[Path], counter: SourceCounter, piece_bytes: int) -> Iterator[bytes]:
+    """The raw bytes of an entry's lines (those that start inside its byte slice), in pieces of whole lines
+    of about ``piece_bytes``; :func:`piece_units` turns a piece into the units :func:`iter_documents` gives.
+
+    The main process only cuts bytes at line ends (no per-line Python), so on many cores it keeps
+    every worker busy; the pieces are the same for any number of workers.
+    """
+    start, stop = source.span
+    position = 0  # bytes (decompressed) since the first file's start
+    for path in files:
+        if stop is not None and position >= stop:
+            return
+        compressed = sniff(path) == "compressed"
+        size = path.stat().st_size
+        if not compressed and position + size <= start:
+            position += size  # the whole file lies before the slice: never read it
+            continue
+        counter.files += 1
+        with _open(path) as handle:
+            if not compressed and position < start:
+                handle.seek(start - position - 1)
+                if handle.read(1) != b"\n":
+                    handle.readline()  # the rest of a line that started before the slice
+                position += handle.tell()
+            rest = b""
+            while True:
+                chunk = handle.read(_READ_BYTES)
+                data = rest + chunk
+                cut = data.rfind(b"\n") + 1 if chunk else len(data)  # whole lines; the file's last may lack its newline
+                lines, rest = data[:cut], data[cut:]
+                first = _line_start(lines, start - position)
+                last = len(lines) if stop is None else _line_start(lines, stop - position)
+                position += len(lines)
+                lo = first
+                while lo < last:
+                    hi = min(_line_start(lines, lo + piece_bytes), last)
+                    piece = lines[lo:hi]
+                    counter.bytes += len(piece)
+                    counter.lines += piece.count(b"\n") + (not piece.endswith(b"\n"))
+                    yield piece
+                    lo = hi
+                if last < len(lines):
+                    return  # the slice ends inside this chunk
+                if not chunk:
+                    break
+
+
+def _line_start(lines: bytes, offset: int) -> int:
+    """Index of the first line of ``lines`` (whole lines) that starts at or after ``offset``."""
+    if offset <= 0:
+        return 0
+    if offset >= len(lines):
+        return len(lines)
+    if lines[offset - 1] == 0x0A:
+        return offset
+    end = lines.find(b"\n", offset)
+    return len(lines) if end < 0 else end + 1
+
+
+def piece_units(piece: bytes) -> tuple[list[str], int]:
+    """A piece's units (its non-blank lines, stripped, a leading BOM dropped) and how many of its lines
+    are not UTF-8 (skipped): what :func:`iter_documents` gives for the same lines."""
+    skipped = 0
+    try:
+        lines = piece.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        lines = []
+        for raw in piece.split(b"\n"):
+            try:
+                lines.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                skipped += 1
+    if b"\xef\xbb\xbf" in piece:  # a BOM, at the start of some file's first line
+        lines = [line.removeprefix("\ufeff") for line in lines]
+    return [unit for unit in map(str.strip, lines) if unit], skipped
+
+
 def _decoded(raws: Iterator[bytes], counter: SourceCounter) -> Iterator[str]:
     """Lines without line endings; a line that is not valid UTF-8 is skipped and counted."""
     for raw in raws:

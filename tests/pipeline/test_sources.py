@@ -246,3 +246,46 @@ def test_a_whole_source_reads_as_its_line_by_line_slice(tmp_path, korean_sentenc
     slow = list(iter_documents(SourceConfig(path=str(corpus), skip="0B"), [corpus], sliced))
     assert fast == slow and fast[0] == "첫 줄" and fast[-1] == "last 가 no newline"
     assert whole == sliced and whole.skipped_lines == 1 and whole.bytes == corpus.stat().st_size
+
+
+@pytest.mark.parametrize("read_bytes,piece_bytes", [(1 << 22, 1 << 16), (1000, 300), (7, 5)])
+@pytest.mark.parametrize("skip,take", [("", ""), ("0B", ""), ("1234B", "50000B"), ("777B", "200B"), ("150000B", "")])
+def test_raw_line_pieces_give_the_units_and_counts_of_the_line_reader(tmp_path, korean_sentences, monkeypatch,
+                                                                      read_bytes, piece_bytes, skip, take):
+    # Catches the workers' reading (raw pieces cut at line ends, decoded and stripped in each worker) parting
+    # from the main process's line reader: a line lost or doubled at a read or piece boundary, a slice cut
+    # at the wrong line, a BOM or CR kept, a bad line not counted, a file's last line without its newline.
+    from daram.pipeline import sources
+
+    monkeypatch.setattr(sources, "_READ_BYTES", read_bytes)
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_bytes("\ufeff첫 줄\r\n".encode() + korean_sentences.read_bytes()[:100_000].rsplit(b"\n", 1)[0]
+                      + b"\n\xff\xfe bad\n\n  \nlast \xea\xb0\x80 no newline")
+    second.write_bytes("\ufeff둘째 파일\n".encode() + korean_sentences.read_bytes()[-60_000:].split(b"\n", 1)[1])
+    source = SourceConfig(path=str(tmp_path), skip=skip, take=take)
+    assert sources.reads_line_pieces(source)
+    by_line, by_piece = SourceCounter(), SourceCounter()
+    expected = list(iter_documents(source, [first, second], by_line))
+    units = []
+    for piece in sources.iter_line_pieces(source, [first, second], by_piece, piece_bytes):
+        got, skipped = sources.piece_units(piece)
+        units += got
+        by_piece.skipped_lines += skipped
+    assert units == expected and by_piece == by_line
+    assert expected  # every case reads something
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_raw_line_pieces_cut_slices_on_exact_line_starts(tmp_path, compressed):
+    # Catches an off-by-one line where a slice's start or stop falls exactly on a line start: a compressed
+    # file is not seeked, so its slice is cut inside the read chunk.
+    from daram.pipeline import sources
+
+    text = "".join(f"{i:03d}가나\n" for i in range(100)).encode()  # 10 bytes a line
+    path = tmp_path / ("c.txt.gz" if compressed else "c.txt")
+    path.write_bytes(gzip.compress(text) if compressed else text)
+    source = SourceConfig(path=str(path), skip="30B", take="50B")
+    counter = SourceCounter()
+    units = [u for piece in sources.iter_line_pieces(source, [path], counter, 16) for u in sources.piece_units(piece)[0]]
+    assert units == [f"{i:03d}가나" for i in range(3, 8)] == list(iter_documents(source, [path], SourceCounter()))
+    assert counter.bytes == 50 and counter.lines == 5
