@@ -45,10 +45,16 @@ def compressors() -> tuple:
     return (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"), Crc32cCodec())
 
 
-def id_compressors() -> tuple:
+def id_compressors(clevel: int = 9) -> tuple:
     """For arrays of vocabulary ids (tokens, draws): zstd's matches find the ids a corpus repeats, which
     bit-shuffling hides (KoGPT2 tokens: 1.56 B/token against 1.97; docs/benchmarks.md, format v2)."""
-    return (BloscCodec(cname="zstd", clevel=9, shuffle="noshuffle"), Crc32cCodec())
+    return (BloscCodec(cname="zstd", clevel=clevel, shuffle="noshuffle"), Crc32cCodec())
+
+
+# Token shards are compressed at zstd level 3: 118 MB/s against level 9's 13 MB/s on one core, for 1.567
+# B/token against 1.558 (KoGPT2 tokens of real Korean text; docs/benchmarks.md, prepare). At level 9 the
+# compression alone took a third of prepare's time on top of the tokenizer's.
+TOKEN_ZSTD_LEVEL = 3
 
 
 def fingerprint_bytes(rows: np.ndarray) -> bytes:
@@ -200,7 +206,7 @@ class Store:
             shape=(n_rows, seq_len),
             chunks=(rows_per_chunk, seq_len),
             dtype=dtype,
-            compressors=id_compressors(),
+            compressors=id_compressors(TOKEN_ZSTD_LEVEL),
             fill_value=0,
             config=WRITE_EVERY_CHUNK,
             overwrite=True,  # a shard half written by a killed prepare is written again whole
