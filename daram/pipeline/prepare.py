@@ -60,10 +60,12 @@ WRITE_CHUNKS = 16  # chunks per write call: zarr compresses the chunks of one ca
 LONG_UNIT_ROWS = 4  # a paragraph unit longer than this many rows, in a file of sentence-like lines, gets a warning
 
 # prepare's measured throughput per core, MB of UTF-8 text per CPU-second (what one unshared core does),
-# for forecasts (`daram plan`). Source: `python benchmarks/prepare.py` (docs/benchmarks.md, "prepare"):
-# real Korean sentences, KoGPT2's tokenizer, the whole command on 2 workers (marginal rate, so start-up
-# is left out); kiwi: splitting and tokenizing on 1 worker after kiwi is loaded. 2-core VM, load 12-15.
-MB_PER_S_PER_CORE = {"line": 2.54, "paragraph": 2.54, "sentence-regex": 2.42, "sentence-kiwi": 0.19}
+# for forecasts (`daram plan`). Source: `python benchmarks/prepare.py --text-mb 16 --kiwi-mb 1.5`
+# (docs/benchmarks.md, "prepare"): real Korean sentences, KoGPT2's tokenizer, the whole command on 2
+# workers (marginal rate, so start-up is left out); kiwi: splitting and tokenizing on 1 worker after kiwi
+# is loaded. 2-core VM, load 1.4-1.7. Paragraph units still go through the main process's line reader:
+# their figure is the line units' one from before line units moved to the workers (2026-12-01, load 12-15).
+MB_PER_S_PER_CORE = {"line": 4.45, "paragraph": 2.54, "sentence-regex": 4.32, "sentence-kiwi": 0.247}
 
 
 def mb_per_s_per_core(unit: str, splitter: str = "kiwi") -> float:
