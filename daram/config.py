@@ -225,6 +225,7 @@ class TeacherConfig:
         _check_choice("teacher.kind", self.kind, ("topk", "sampled", "draws"))
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise DaramError(f"teacher.temperature must be finite and > 0, got {self.temperature}")
+        _check_temperature("teacher.temperature", self.temperature)
         _check_positive("teacher.top_k", self.top_k)
         _check_positive("teacher.draws", self.draws)
         if self.sample_width < 0:
@@ -327,6 +328,8 @@ class TrainConfig:
             raise DaramError(f"train.grad_clip must be > 0, got {self.grad_clip}")
         if self.temperature < 0:
             raise DaramError(f"train.temperature must be >= 0 (0 = the teacher manifest's), got {self.temperature}")
+        if self.temperature:
+            _check_temperature("train.temperature", self.temperature)
         if self.alpha_kd < 0 or self.alpha_ce < 0 or self.alpha_kd + self.alpha_ce == 0:
             raise DaramError("train.alpha_kd and train.alpha_ce must be >= 0 and not both 0")
 
@@ -655,6 +658,18 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
     raise DaramError(f"config: {key} must be {hint.__name__}, got {value!r}")
+
+
+# Outside this range a KD temperature silently stops being KD: below it softmax(logits / T) is the argmax
+# (the run is CE on the teacher's greedy tokens), above it the distribution is uniform to float16.
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+def _check_temperature(key: str, value: float) -> None:
+    low, high = TEMPERATURE_RANGE
+    if not low <= value <= high:
+        what = "the teacher's argmax alone (CE on its greedy tokens)" if value < low else "a uniform distribution"
+        raise DaramError(f"{key} must be in [{low}, {high}], got {value}: that temperature stores {what}, not distillation")
 
 
 def _check_positive(key: str, value: int) -> None:

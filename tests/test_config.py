@@ -68,6 +68,12 @@ def test_unknown_section_and_bad_source(tmp_path):
 def test_invalid_values_are_refused():
     with pytest.raises(DaramError, match="temperature must be finite and > 0"):
         load_config(overrides={"teacher.temperature": 0.0})
+    # a temperature that is not KD any more: it was accepted, and the run was CE-only without a word
+    with pytest.raises(DaramError, match=r"teacher.temperature must be in \[0.05, 20.0\], got 1e-30: .*argmax"):
+        load_config(overrides={"teacher.temperature": 1e-30})
+    with pytest.raises(DaramError, match=r"train.temperature must be in .*got 1000.0: .*uniform"):
+        load_config(overrides={"train.temperature": 1000.0})
+    assert load_config(overrides={"teacher.temperature": 0.05, "train.temperature": 20.0}).train.temperature == 20.0
     with pytest.raises(DaramError, match="divisible"):
         load_config(overrides={"student.n_embd": 100, "student.n_head": 8})
 
