@@ -573,7 +573,14 @@ def demo(
 
 
 def main() -> None:
-    app(prog_name="daram")
+    try:
+        app(prog_name="daram")
+    except SystemExit as done:
+        distributed = sys.modules.get("daram.pipeline.training.distributed")
+        if distributed is not None and distributed.GROUP_STARTED:  # a torchrun rank: see exit_rank
+            code = done.code
+            distributed.exit_rank(code if isinstance(code, int) else (0 if code is None else 1))
+        raise
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from daram.pipeline.training.distributed import Distributed, no_sync, start_distributed, stop_distributed, wrap_for_ddp
+from daram.pipeline.training.distributed import (
+    Distributed, exit_rank, no_sync, start_distributed, stop_distributed, wrap_for_ddp,
+)
 
 
 def test_one_process_is_its_own_world():
@@ -42,6 +44,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
         "mean": dist.mean([float(rank), 2.0]), "any": dist.any(rank == 1), "none": dist.any(False),
     }, os.path.join(out, f"rank{rank}.pt"))
     stop_distributed(dist)
+    exit_rank(0)  # as `daram` does on a rank: leave before the interpreter's shutdown, which gloo can abort
 
 
 @pytest.mark.slow  # two processes importing torch: about 20 s on a busy 2-core machine
