@@ -86,7 +86,7 @@ class _Encoder:
             ids = encoding.ids
             stream.extend(ids)
             stream.append(self.spec.eos_id)
-            if len(ids) >= longest:
+            if len(ids) + 1 > longest:
                 longest = len(ids) + 1
         tokens = np.frombuffer(stream, dtype=self.dtype.newbyteorder("=")).astype(self.dtype, copy=False)
         return EncodedBlock(tokens, len(units), longest, skipped)
