@@ -1,8 +1,9 @@
 """Sentence splitting and tokenizing of text blocks, on every core, in order.
 
-A block is a run of consecutive units (about :data:`BLOCK_CHARS` characters), or the raw bytes of
-consecutive lines (about ``3 * BLOCK_CHARS``: Hangul takes 3 bytes a character), which the worker
-decodes and strips itself so that the main process does no per-line work. Each worker process
+A block is a run of consecutive units (about :data:`BLOCK_CHARS` characters), or a
+:class:`~daram.pipeline.sources.LinePiece`, the raw bytes of consecutive lines (about
+``3 * BLOCK_CHARS``: Hangul takes 3 bytes a character), which the worker decodes, parses and strips
+itself so that the main process does no per-line work. Each worker process
 holds its own single-threaded tokenizer and splitter and turns a block into ``ids + [EOS]`` per
 unit. Results come back in submission order, so the token stream does not depend on the number
 of workers: one worker or sixteen give the same bytes.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daram.errors import DaramError
+from daram.pipeline.sources import LinePiece, piece_units
 
 BLOCK_CHARS = 1 << 16  # characters per block: ~190 KB of Korean; about 2 s of kiwi, ~30 ms of tokenizer
 
@@ -41,7 +43,7 @@ class EncodedBlock:
     tokens: np.ndarray  # ids + [EOS] for every unit of the block, in order
     units: int  # units after sentence splitting
     longest: int  # tokens of the longest unit (EOS included)
-    skipped_lines: int = 0  # lines of a raw block that were not UTF-8
+    skipped_lines: int = 0  # lines of a LinePiece that were skipped (not UTF-8; JSONL: not JSON or no text)
 
 
 def cpu_count() -> int:
@@ -67,11 +69,9 @@ class _Encoder:
         self.dtype = np.dtype(spec.dtype)
         self.split = None  # the splitter loads on the first sentence block (kiwi takes seconds)
 
-    def encode(self, texts: list[str] | bytes, sentences: bool) -> EncodedBlock:
+    def encode(self, texts: list[str] | LinePiece, sentences: bool) -> EncodedBlock:
         skipped = 0
-        if isinstance(texts, bytes):
-            from daram.pipeline.sources import piece_units
-
+        if isinstance(texts, LinePiece):
             texts, skipped = piece_units(texts)
         if sentences and self.split is None:
             from daram.pipeline.sources import sentence_splitter
@@ -100,7 +100,7 @@ def _start_worker(spec: EncodeSpec) -> None:
     _worker = _Encoder(spec)
 
 
-def _encode_in_worker(texts: list[str] | bytes, sentences: bool) -> EncodedBlock:
+def _encode_in_worker(texts: list[str] | LinePiece, sentences: bool) -> EncodedBlock:
     assert _worker is not None
     return _worker.encode(texts, sentences)
 
@@ -123,7 +123,7 @@ class BlockEncoder:
             context = multiprocessing.get_context("fork")
             self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(spec,))
 
-    def map(self, blocks: Iterator[tuple[list[str] | bytes, bool]]) -> Iterator[EncodedBlock]:
+    def map(self, blocks: Iterator[tuple[list[str] | LinePiece, bool]]) -> Iterator[EncodedBlock]:
         if self.local is not None:
             for texts, sentences in blocks:
                 yield self.local.encode(texts, sentences)

@@ -166,19 +166,31 @@ def _decoded_block(data: bytes, counter: SourceCounter) -> Iterator[str]:
         yield line.removeprefix("\ufeff").rstrip("\r")
 
 
+@dataclass(frozen=True)
+class LinePiece:
+    """Whole lines of an entry as raw bytes; a worker turns them into units with :func:`piece_units`."""
+
+    data: bytes
+    jsonl_field: str = ""  # JSONL: the key that holds each record's text; "" = lines of a text file
+    unit: str = "line"
+
+
 def reads_line_pieces(source: SourceConfig) -> bool:
-    """Whether an entry's units are its lines (or the sentences of its lines) and its slice, if any, is in
-    bytes: then :func:`iter_line_pieces` reads it, and the decoding and stripping happen in the workers."""
-    return source.format == "text" and source.unit in ("line", "sentence") and source.measure in ("", "bytes")
+    """Whether an entry's units come from its lines one by one (text lines or sentences, or JSONL records)
+    and its slice, if any, is in bytes: then :func:`iter_line_pieces` reads it, and decoding, JSON parsing
+    and stripping happen in the workers. Text paragraphs span lines and stay with :func:`iter_documents`."""
+    by_line = source.format == "jsonl" or (source.format == "text" and source.unit != "paragraph")
+    return by_line and source.measure in ("", "bytes")
 
 
-def iter_line_pieces(source: SourceConfig, files: list[Path], counter: SourceCounter, piece_bytes: int) -> Iterator[bytes]:
+def iter_line_pieces(source: SourceConfig, files: list[Path], counter: SourceCounter, piece_bytes: int) -> Iterator[LinePiece]:
     """The raw bytes of an entry's lines (those that start inside its byte slice), in pieces of whole lines
     of about ``piece_bytes``; :func:`piece_units` turns a piece into the units :func:`iter_documents` gives.
 
     The main process only cuts bytes at line ends (no per-line Python), so on many cores it keeps
     every worker busy; the pieces are the same for any number of workers.
     """
+    field = source.text_field if source.format == "jsonl" else ""
     start, stop = source.span
     position = 0  # bytes (decompressed) since the first file's start
     for path in files:
@@ -211,7 +223,7 @@ def iter_line_pieces(source: SourceConfig, files: list[Path], counter: SourceCou
                     piece = lines[lo:hi]
                     counter.bytes += len(piece)
                     counter.lines += piece.count(b"\n") + (not piece.endswith(b"\n"))
-                    yield piece
+                    yield LinePiece(piece, field, source.unit)
                     lo = hi
                 if last < len(lines):
                     return  # the slice ends inside this chunk
@@ -231,22 +243,25 @@ def _line_start(lines: bytes, offset: int) -> int:
     return len(lines) if end < 0 else end + 1
 
 
-def piece_units(piece: bytes) -> tuple[list[str], int]:
-    """A piece's units (its non-blank lines, stripped, a leading BOM dropped) and how many of its lines
-    are not UTF-8 (skipped): what :func:`iter_documents` gives for the same lines."""
-    skipped = 0
+def piece_units(piece: LinePiece) -> tuple[list[str], int]:
+    """A piece's units and how many of its lines were skipped (not UTF-8; JSONL: not JSON, or without a
+    text): what :func:`iter_documents` gives for the same lines."""
+    counter = SourceCounter()
     try:
-        lines = piece.decode("utf-8").split("\n")
+        lines = piece.data.decode("utf-8").split("\n")
     except UnicodeDecodeError:
         lines = []
-        for raw in piece.split(b"\n"):
+        for raw in piece.data.split(b"\n"):
             try:
                 lines.append(raw.decode("utf-8"))
             except UnicodeDecodeError:
-                skipped += 1
-    if b"\xef\xbb\xbf" in piece:  # a BOM, at the start of some file's first line
+                counter.skipped_lines += 1
+    if b"\xef\xbb\xbf" in piece.data:  # a BOM, at the start of some file's first line
         lines = [line.removeprefix("\ufeff") for line in lines]
-    return [unit for unit in map(str.strip, lines) if unit], skipped
+    if not piece.jsonl_field:
+        return [unit for unit in map(str.strip, lines) if unit], counter.skipped_lines
+    texts = _jsonl_texts(lines, counter, piece.jsonl_field)
+    return list(_split_lines(texts) if piece.unit == "line" else texts), counter.skipped_lines
 
 
 def _decoded(raws: Iterator[bytes], counter: SourceCounter) -> Iterator[str]:

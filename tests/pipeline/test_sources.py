@@ -289,3 +289,28 @@ def test_raw_line_pieces_cut_slices_on_exact_line_starts(tmp_path, compressed):
     units = [u for piece in sources.iter_line_pieces(source, [path], counter, 16) for u in sources.piece_units(piece)[0]]
     assert units == [f"{i:03d}가나" for i in range(3, 8)] == list(iter_documents(source, [path], SourceCounter()))
     assert counter.bytes == 50 and counter.lines == 5
+
+
+@pytest.mark.parametrize("unit", ["line", "sentence", "paragraph"])
+@pytest.mark.parametrize("skip,take", [("", ""), ("100B", "700B")])
+def test_jsonl_pieces_give_the_units_and_counts_of_the_record_reader(tmp_path, corpus_lines, monkeypatch, unit, skip, take):
+    # Catches the workers' JSONL parsing parting from the main process's: a bad or text-less record not
+    # counted, a blank text kept, a record's lines not split for line units, a BOM left before the JSON.
+    from daram.pipeline import sources
+
+    monkeypatch.setattr(sources, "_READ_BYTES", 333)
+    records = [json.dumps({"text": f"{a}\n{b}"}, ensure_ascii=False) for a, b in zip(corpus_lines[:40:2], corpus_lines[1:40:2])]
+    records[3:3] = ["not json", json.dumps({"text": 5}), json.dumps(["a list"]), json.dumps({"text": "  "}), "", json.dumps({"body": "x"})]
+    path = tmp_path / "r.jsonl"
+    path.write_bytes("\ufeff".encode() + "\r\n".join(records).encode() + b"\n\xff\xfe\n")
+    source = SourceConfig(path=str(path), format="jsonl", unit=unit, skip=skip, take=take)
+    assert sources.reads_line_pieces(source)
+    by_line, by_piece = SourceCounter(), SourceCounter()
+    expected = list(iter_documents(source, [path], by_line))
+    units = []
+    for piece in sources.iter_line_pieces(source, [path], by_piece, 200):
+        got, skipped = sources.piece_units(piece)
+        units += got
+        by_piece.skipped_lines += skipped
+    assert units == expected and by_piece == by_line
+    assert expected and by_line.skipped_lines >= (4 if not skip else 0)
