@@ -250,7 +250,7 @@ def test_a_whole_source_reads_as_its_line_by_line_slice(tmp_path, korean_sentenc
 
 @pytest.mark.parametrize("read_bytes,piece_bytes", [(1 << 22, 1 << 16), (1000, 300), (7, 5)])
 @pytest.mark.parametrize("skip,take", [("", ""), ("0B", ""), ("1234B", "50000B"), ("777B", "200B"), ("150000B", "")])
-def test_raw_line_pieces_give_the_units_and_counts_of_the_line_reader(tmp_path, korean_sentences, monkeypatch,
+def test_raw_line_pieces_give_the_units_and_counts_of_the_line_reader(tmp_path, corpus_lines, monkeypatch,
                                                                       read_bytes, piece_bytes, skip, take):
     # Catches the workers' reading (raw pieces cut at line ends, decoded and stripped in each worker) parting
     # from the main process's line reader: a line lost or doubled at a read or piece boundary, a slice cut
@@ -259,9 +259,10 @@ def test_raw_line_pieces_give_the_units_and_counts_of_the_line_reader(tmp_path, 
 
     monkeypatch.setattr(sources, "_READ_BYTES", read_bytes)
     first, second = tmp_path / "a.txt", tmp_path / "b.txt"
-    first.write_bytes("\ufeff첫 줄\r\n".encode() + korean_sentences.read_bytes()[:100_000].rsplit(b"\n", 1)[0]
+    text = ("\n".join(corpus_lines) + "\n").encode()
+    first.write_bytes("\ufeff첫 줄\r\n".encode() + text[:100_000].rsplit(b"\n", 1)[0]
                       + b"\n\xff\xfe bad\n\n  \nlast \xea\xb0\x80 no newline")
-    second.write_bytes("\ufeff둘째 파일\n".encode() + korean_sentences.read_bytes()[-60_000:].split(b"\n", 1)[1])
+    second.write_bytes("\ufeff둘째 파일\n".encode() + text[-60_000:].split(b"\n", 1)[1])
     source = SourceConfig(path=str(tmp_path), skip=skip, take=take)
     assert sources.reads_line_pieces(source)
     by_line, by_piece = SourceCounter(), SourceCounter()
