@@ -127,11 +127,8 @@ def _sliced_lines(source: SourceConfig, files: list[Path], counter: SourceCounte
 
 
 def _whole_lines(files: list[Path], counter: SourceCounter) -> Iterator[str]:
-    """Every line of the files, decoded, without line endings: the fast path of a source read whole.
-
-    Reads megabytes at a time and decodes them in one call; only a block holding invalid UTF-8 is
-    decoded line by line, so that exactly its bad lines are skipped and counted.
-    """
+    """Every line of the files, decoded (see :func:`_decoded_lines`), without line endings: the fast path
+    of a source read whole. Reads megabytes at a time."""
     for path in files:
         counter.files += 1
         with _open(path) as handle:
@@ -147,23 +144,31 @@ def _whole_lines(files: list[Path], counter: SourceCounter) -> Iterator[str]:
 def _decoded_block(data: bytes, counter: SourceCounter) -> Iterator[str]:
     if not data:
         return
+    counter.bytes += len(data)
+    counter.lines += _line_count(data)
+    yield from _decoded_lines(data, counter)
+
+
+def _decoded_lines(data: bytes, counter: SourceCounter) -> list[str]:
+    """Whole lines of bytes as text, without line endings or a BOM. A block is decoded in one call; only a
+    block holding invalid UTF-8 is decoded line by line, so that exactly its bad lines are skipped and counted."""
     try:
-        text = data.decode("utf-8")
+        lines = data.decode("utf-8").split("\n")
     except UnicodeDecodeError:
         raws = data.split(b"\n")
         if raws[-1] == b"":
             raws.pop()
-        counter.bytes += len(data)
-        counter.lines += len(raws)
-        yield from _decoded(iter(raws), counter)
-        return
-    lines = text.split("\n")
+        return list(_decoded(iter(raws), counter))
     if lines[-1] == "":
         lines.pop()  # the block ends with a line ending
-    counter.bytes += len(data)
-    counter.lines += len(lines)
-    for line in lines:
-        yield line.removeprefix("\ufeff").rstrip("\r")
+    if b"\r" in data or b"\xef\xbb\xbf" in data:  # a CRLF file, or a BOM at the start of some file's first line
+        lines = [line.removeprefix("\ufeff").rstrip("\r") for line in lines]
+    return lines
+
+
+def _line_count(data: bytes) -> int:
+    """Lines in a non-empty block of whole lines (the last may lack its line ending)."""
+    return data.count(b"\n") + (not data.endswith(b"\n"))
 
 
 @dataclass(frozen=True)
@@ -222,7 +227,7 @@ def iter_line_pieces(source: SourceConfig, files: list[Path], counter: SourceCou
                     hi = min(_line_start(lines, lo + piece_bytes), last)
                     piece = lines[lo:hi]
                     counter.bytes += len(piece)
-                    counter.lines += piece.count(b"\n") + (not piece.endswith(b"\n"))
+                    counter.lines += _line_count(piece)
                     yield LinePiece(piece, field, source.unit)
                     lo = hi
                 if last < len(lines):
@@ -247,17 +252,7 @@ def piece_units(piece: LinePiece) -> tuple[list[str], int]:
     """A piece's units and how many of its lines were skipped (not UTF-8; JSONL: not JSON, or without a
     text): what :func:`iter_documents` gives for the same lines."""
     counter = SourceCounter()
-    try:
-        lines = piece.data.decode("utf-8").split("\n")
-    except UnicodeDecodeError:
-        lines = []
-        for raw in piece.data.split(b"\n"):
-            try:
-                lines.append(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                counter.skipped_lines += 1
-    if b"\xef\xbb\xbf" in piece.data:  # a BOM, at the start of some file's first line
-        lines = [line.removeprefix("\ufeff") for line in lines]
+    lines = _decoded_lines(piece.data, counter)
     if not piece.jsonl_field:
         return [unit for unit in map(str.strip, lines) if unit], counter.skipped_lines
     texts = _jsonl_texts(lines, counter, piece.jsonl_field)
