@@ -233,14 +233,20 @@ def plan(
         typer.Option(help="Measure the teacher's bytes per token on a few hundred rows (loads the teacher); "
                           "--no-measure uses the estimate from docs/benchmarks.md."),
     ] = True,
+    measured: Annotated[
+        Optional[str],
+        typer.Option("--measured", metavar="FILE",
+                     help="The JSON of benchmarks/gpu_suite.py: its measured MFU of the dump and of training replaces "
+                          "the assumed one (the notes say so)."),
+    ] = None,
 ) -> None:
     """Forecast the whole job before running it: tokens, bytes of the token and teacher shards, the window of
     shards that fits --disk-budget, GPU-hours of the dump and of training on P100 / T4 / A100 / H100 (FLOPs
-    per token at an assumed MFU), and the sessions of --time-limit they fill."""
+    per token at an assumed MFU, or the one --measured FILE holds), and the sessions of --time-limit they fill."""
     cfg = _config(config, set_, **{"store.path": store, "run.disk_budget": disk_budget, "run.time_limit": time_limit})
     from daram.pipeline.plan import run_plan
 
-    run_plan(cfg, as_json=as_json, measure=measure)
+    run_plan(cfg, as_json=as_json, measure=measure, measured=measured)
 
 
 @command

@@ -6,8 +6,8 @@ bytes per token come, best first, from the teacher shards already in the store, 
 hundred rows with the configured teacher into memory (when it loads), or from the per-slot figures of
 ``docs/benchmarks.md`` (an estimate, and labelled so). From those: the window of shards that fits
 ``run.disk_budget``, and the GPU-hours of the dump and of training on P100, T4, A100 and H100 from FLOPs
-per token and an assumed MFU (:data:`ASSUMED_MFU`: no GPU was measured), and the sessions of
-``run.time_limit`` they fill.
+per token and an assumed MFU (:data:`ASSUMED_MFU`: no GPU was measured), or the MFU that
+``benchmarks/gpu_suite.py`` measured (``--measured FILE``), and the sessions of ``run.time_limit`` they fill.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 
 from daram.config import REFERENCE_TEACHER, Config, parse_shards
 from daram.errors import DaramError
+from daram.pipeline.measured import DATASHEET_PEAKS, MeasuredMFU, read_measured
 from daram.storage import Store
 from daram.units import format_duration, format_size, parse_duration, parse_size
 
@@ -32,9 +33,8 @@ TOPK_BYTES_PER_ID = 170.3 / 64
 SAMPLED_BYTES_PER_SLOT = 89.7 / 50
 # format v2, draws at T = 1: 7.38 B/token for 8 draws of ko-small-sharp (2.8 nats), 13.34 for ko-small (7 nats).
 DRAWS_BYTES_PER_DRAW = 7.38 / 8
-# Dense float16/bfloat16 tensor peaks from the vendors' data sheets (P100 PCIe has no tensor cores: its
-# float16 rate is twice float32). A100 and H100 are the SXM parts.
-PEAK_FLOPS = {"P100": 18.7e12, "T4": 65e12, "A100": 312e12, "H100": 989e12}
+# Dense float16 tensor peaks from the vendors' data sheets (daram/pipeline/measured.py): P100 PCIe, H100 SXM.
+PEAK_FLOPS = {gpu: DATASHEET_PEAKS[gpu].float16 for gpu in ("P100", "T4", "A100", "H100")}
 # ASSUMED model FLOPs utilisation, not measured (no GPU was lent when this was written): the dump is a
 # large-batch inference forward, training a small model with a 51,200-way softmax in its loss.
 ASSUMED_MFU = {"dump": 0.40, "train": 0.30}
@@ -70,9 +70,11 @@ class Plan:
     notes: list[str]
 
 
-def make_plan(cfg: Config, measure: bool = True) -> Plan:
-    """The forecast for ``cfg``; ``measure=False`` never loads the teacher (estimates instead)."""
+def make_plan(cfg: Config, measure: bool = True, measured: str | None = None) -> Plan:
+    """The forecast for ``cfg``; ``measure=False`` never loads the teacher (estimates instead); ``measured``: a
+    ``benchmarks/gpu_suite.py`` JSON whose MFU replaces the assumed one."""
     notes: list[str] = []
+    mfu, mfu_note = effective_mfu(read_measured(measured) if measured else None)
     store = Store.open(cfg.store.path) if Store.exists(cfg.store.path) else None
     rows, seq_len, tokens_source = _rows_per_shard(cfg, store)
     shards = len(rows)
@@ -108,18 +110,18 @@ def make_plan(cfg: Config, measure: bool = True) -> Plan:
     trained_tokens = sum(shard_tokens[s] for s in training) * cfg.train.epochs
     if cfg.train.max_steps:
         trained_tokens = min(trained_tokens, cfg.train.max_steps * cfg.train.batch_size * cfg.train.grad_accum * seq_len)
-    dump_hours = {gpu: tokens * dump_flops / (peak * ASSUMED_MFU["dump"]) / 3600 for gpu, peak in PEAK_FLOPS.items()}
-    train_hours = {gpu: trained_tokens * train_flops / (peak * ASSUMED_MFU["train"]) / 3600 for gpu, peak in PEAK_FLOPS.items()}
+    dump_hours = {gpu: tokens * dump_flops / (peak * mfu["dump"]) / 3600 for gpu, peak in PEAK_FLOPS.items()}
+    train_hours = {gpu: trained_tokens * train_flops / (peak * mfu["train"]) / 3600 for gpu, peak in PEAK_FLOPS.items()}
     limit_h = parse_duration(cfg.run.time_limit) / 3600
     sessions = {gpu: (math.ceil((dump_hours[gpu] + train_hours[gpu]) / limit_h) if limit_h else None) for gpu in PEAK_FLOPS}
-    notes.append(f"MFU assumed, not measured: {ASSUMED_MFU['dump']:.0%} for the dump, {ASSUMED_MFU['train']:.0%} for training")
+    notes.append(mfu_note)
     return Plan(
         tokens=tokens, tokens_source=tokens_source, shards=shards, training_shards=training, heldout_shard=heldout,
         training_tokens=sum(shard_tokens[s] for s in training), token_bytes=int(token_bytes),
         token_bytes_source=token_bytes_source, teacher_bytes_per_token=round(per_token, 2),
         teacher_bytes_source=teacher_source, teacher_bytes=sum(shard_bytes),
         largest_shard_teacher_bytes=max(shard_bytes), disk_budget=budget, window_shards=window,
-        dump_flops_per_token=dump_flops, train_flops_per_token=train_flops, mfu=dict(ASSUMED_MFU),
+        dump_flops_per_token=dump_flops, train_flops_per_token=train_flops, mfu=mfu,
         dump_gpu_hours={k: float(f"{v:.4g}") for k, v in dump_hours.items()},
         train_gpu_hours={k: float(f"{v:.4g}") for k, v in train_hours.items()},
         time_limit_hours=round(limit_h, 4), sessions=sessions, notes=notes,
@@ -127,6 +129,22 @@ def make_plan(cfg: Config, measure: bool = True) -> Plan:
 
 
 # --- components ----------------------------------------------------------------------------------------
+
+
+def effective_mfu(measured: MeasuredMFU | None) -> tuple[dict[str, float], str]:
+    """The MFU of the dump and of training the forecast uses, and the note that says where it comes from."""
+    if measured is None:
+        return dict(ASSUMED_MFU), (
+            f"MFU assumed, not measured: {ASSUMED_MFU['dump']:.0%} for the dump, {ASSUMED_MFU['train']:.0%} for training")
+    mfu = {"dump": measured.dump or ASSUMED_MFU["dump"], "train": measured.train or ASSUMED_MFU["train"]}
+    parts = [f"{mfu['dump']:.1%} for the dump ({measured.dump_dtype})" if measured.dump else
+             f"{mfu['dump']:.0%} for the dump (assumed: the suite skipped it)",
+             f"{mfu['train']:.1%} for training ({measured.train_precision})" if measured.train else
+             f"{mfu['train']:.0%} for training (assumed: the suite skipped it)"]
+    where = (f"on {measured.device}, applied to every GPU below" if measured.mode == "gpu" else
+             f"on the CPU ({measured.device}): a test of the suite, not a GPU figure")
+    return mfu, f"MFU measured by benchmarks/gpu_suite.py ({measured.path}) {where}: {parts[0]}, {parts[1]}"
+
 
 
 def window_size(shard_bytes: list[int], budget: int, fixed: int = 0) -> int:
@@ -247,8 +265,8 @@ def _teacher_shape(cfg: Config) -> tuple[dict[str, Any], str]:
 # --- output ----------------------------------------------------------------------------------------------
 
 
-def run_plan(cfg: Config, as_json: bool = False, measure: bool = True) -> Plan:
-    plan = make_plan(cfg, measure)
+def run_plan(cfg: Config, as_json: bool = False, measure: bool = True, measured: str | None = None) -> Plan:
+    plan = make_plan(cfg, measure, measured)
     print(json.dumps(asdict(plan), indent=2) if as_json else plan_table(plan))
     return plan
 
