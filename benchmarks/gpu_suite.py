@@ -209,7 +209,7 @@ def peaks(device: torch.device, shapes: Shapes) -> dict:
         figures = {"float16": peak.float16, **({"bfloat16": peak.bfloat16} if peak.bfloat16 else {})}
         return {**figures, "source": f"datasheet: {key} (daram/pipeline/measured.py)"}
     figures = {"float16": matmul_flops(device, torch.float16, shapes.matmul)}
-    if torch.cuda.is_bf16_supported():
+    if torch.cuda.is_bf16_supported(including_emulation=False):
         figures["bfloat16"] = matmul_flops(device, torch.bfloat16, shapes.matmul)
     return {**figures, "source": f"measured: best of 5 {shapes.matmul}^3 matmuls (card not in the datasheet table)"}
 
@@ -265,6 +265,7 @@ class Dump:
         self.model, self.store, self.teacher, self.device = model, store, teacher, device
         self.runner = TeacherRunner(model, KIND, teacher.width, teacher.temperature, device, batch, store.manifest)
         self.dumped: list[int] = []
+        self.peak_memory: list[int] = []  # of each dump call (the bare forward's full logits left out)
 
     def chunk(self, shard: int = 0) -> tuple[np.ndarray, torch.Tensor]:
         """Shard ``shard``'s first chunk of tokens and its uniforms."""
@@ -282,15 +283,16 @@ class Dump:
         return timed(self.device, forward)
 
     def dump(self, shard: int) -> float:
+        reset_peak_memory(self.device)
         with contextlib.redirect_stderr(io.StringIO()):  # a progress bar and a summary line per shard
             seconds = timed(self.device, lambda: dump_shard(self.store, shard, self.teacher, self.runner, Pause()))
+        self.peak_memory.append(peak_memory(self.device))
         self.dumped.append(shard)
         return seconds
 
 
 def measure_dump(dump: Dump, shards: list[int], rounds: int, warmup: int, flops: float, peak: float) -> dict:
-    """The dump of fresh shards against a bare forward over the same rows and batch, with the peak memory."""
-    reset_peak_memory(dump.device)
+    """The dump of fresh shards against a bare forward over the same rows and batch, with the dump's peak memory."""
     bare_shards, dump_shards = iter(shards), iter(shards)
     result = compare({"bare forward": lambda: dump.bare_forward(next(bare_shards)),
                       "dump": lambda: dump.dump(next(dump_shards))}, rounds=rounds, warmup=warmup, clocks=("measured",))
@@ -302,7 +304,7 @@ def measure_dump(dump: Dump, shards: list[int], rounds: int, warmup: int, flops:
         "bare_forward_tokens_per_s": bare_tps, "bare_forward_mfu": bare_tps * flops / peak,
         "dump_over_bare": result.ratio("dump"), "dump_over_bare_min": min(ratios), "dump_over_bare_max": max(ratios),
         "rounds": rounds, "tokens_per_shard": tokens, "batch": dump.runner.batch_size,
-        "peak_memory_bytes": peak_memory(dump.device),
+        "peak_memory_bytes": max(dump.peak_memory),
     }
 
 
@@ -409,6 +411,7 @@ def measure_training(store: Store, shard: int, shapes: Shapes, device: torch.dev
                 "student.n_head": shapes.student_heads,
             }
             reset_peak_memory(device)
+            held = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0  # the teacher, not training's
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 run = setup(load_config(overrides=overrides))  # student-train's setup -> fit, without its export
                 try:
@@ -417,7 +420,7 @@ def measure_training(store: Store, shard: int, shapes: Shapes, device: torch.dev
                 finally:
                     stop_distributed(run.dist)
             if kd:
-                memory.append(peak_memory(device))
+                memory.append(peak_memory(device) - held)
             return statistics.median(run.step_seconds[1:])  # the first step pays for allocations
         return run
 
@@ -452,7 +455,6 @@ def training_estimate(shapes: Shapes, chunk_s: float, dump_flops: float, runs: i
 def run_suite(device: torch.device, shapes: Shapes, budget: Budget, rounds: int, warmup: int, work: Path) -> dict:
     defaults = load_config(overrides={}).teacher
     dump_dtype = resolve_dtype("auto", device)
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     calls = warmup + rounds  # each dump call takes a fresh shard; shard 0 is the chunk the other parts reuse
     first_shards, bf16_shards = list(range(1, 1 + calls)), list(range(1 + calls, 1 + 2 * calls))
     write_shard = 1 + 2 * calls
@@ -494,7 +496,8 @@ def run_suite(device: torch.device, shapes: Shapes, budget: Budget, rounds: int,
         dump.runner = None  # its buffers out of the memory figures of each batch size
         with budget.part("dump memory"):
             results["dump_memory"] = measure_batches(dump, budget, chunk_s) or None
-        if bf16 and budget.allows("dump (bfloat16)", 2.5 * calls * shard_s + 10):
+        # only a card with bfloat16 of its own (emulated, it would measure the emulation)
+        if "bfloat16" in peak and budget.allows("dump (bfloat16)", 2.5 * calls * shard_s + 10):
             with budget.part("dump bfloat16"):
                 dump = Dump(dump.model.to(torch.bfloat16), store, teacher, device)
                 results["dump"]["bfloat16"] = measure_dump(dump, bf16_shards, rounds, warmup, flops, peak["bfloat16"])

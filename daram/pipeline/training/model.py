@@ -15,7 +15,8 @@ def precision_for(name: str, device: torch.device) -> tuple[torch.dtype | None, 
     if name == "auto":
         if device.type != "cuda":
             return None, False
-        name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"  # P100 / T4 class: fp16 + scaler
+        # P100 / T4 class: fp16 + scaler. Not torch's default answer, which counts bfloat16 emulated (slowly) there.
+        name = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     if name == "fp16" and device.type != "cuda":
         raise DaramError("train.precision fp16 needs a CUDA GPU (use bf16 or fp32 on CPU)")
     return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[name]

@@ -18,6 +18,13 @@ def test_precision_on_cpu():
         precision_for("fp16", torch.device("cpu"))
 
 
+@pytest.mark.parametrize("native, expected", [(True, (torch.bfloat16, False)), (False, (torch.float16, True))])
+def test_auto_precision_on_cuda_counts_only_native_bfloat16(monkeypatch, native, expected):
+    # torch's is_bf16_supported() says True on a P100 or T4 too (bfloat16 emulated, slowly): auto must take fp16 there
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert precision_for("auto", torch.device("cuda")) == expected
+
+
 def _student_and_batch():
     torch.manual_seed(0)
     model = gpt2(64, n_embd=16, n_head=2, n_layer=1, n_positions=16).eval()  # no dropout: both computations see one network
