@@ -259,11 +259,11 @@ def random_teacher(shapes: Shapes, device: torch.device, dtype: torch.dtype):
 
 
 class Dump:
-    """The teacher, its runner and the store's fresh shards: each dump call takes the next one."""
+    """The teacher and its runner at the automatic batch size (a whole chunk on CUDA), over the suite's store."""
 
-    def __init__(self, model, store: Store, teacher: TeacherManifest, device: torch.device, batch: int = 0) -> None:
+    def __init__(self, model, store: Store, teacher: TeacherManifest, device: torch.device) -> None:
         self.model, self.store, self.teacher, self.device = model, store, teacher, device
-        self.runner = TeacherRunner(model, KIND, teacher.width, teacher.temperature, device, batch, store.manifest)
+        self.runner = TeacherRunner(model, KIND, teacher.width, teacher.temperature, device, 0, store.manifest)
         self.dumped: list[int] = []
         self.peak_memory: list[int] = []  # of each dump call (the bare forward's full logits left out)
 
