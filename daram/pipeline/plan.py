@@ -146,7 +146,6 @@ def effective_mfu(measured: MeasuredMFU | None) -> tuple[dict[str, float], str]:
     return mfu, f"MFU measured by benchmarks/gpu_suite.py ({measured.path}) {where}: {parts[0]}, {parts[1]}"
 
 
-
 def window_size(shard_bytes: list[int], budget: int, fixed: int = 0) -> int:
     """How many consecutive training shards (of these sizes, in order) fit beside ``fixed`` bytes (the held-out
     shard) in ``budget``, whichever run of them is taken: the largest ones decide. 0 = budget too small;
