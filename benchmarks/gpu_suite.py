@@ -41,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -155,12 +156,23 @@ class Budget:
         self.seconds, self.started = seconds, time.perf_counter()
         self.skipped: list[dict[str, str]] = []
         self.part_seconds: dict[str, float] = {}  # wall-clock seconds each part took, set-up and its warm-up included
+        self.failed: list[dict[str, str]] = []
 
     @contextlib.contextmanager
-    def part(self, name: str):
+    def part(self, name: str, needed: bool = False):
+        """Time a part. One that fails is recorded, its traceback printed, and the next part runs: on a lent GPU
+        one broken part must not cost the others their figures. A ``needed`` part (the others use it) raises."""
         started = time.perf_counter()
-        yield
-        self.part_seconds[name] = time.perf_counter() - started
+        try:
+            yield
+        except Exception as exc:
+            if needed:
+                raise
+            traceback.print_exc()
+            self.failed.append({"what": name, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]})
+            print(f"failed: {name} ({self.failed[-1]['error']}); going on with the next part", flush=True)
+        finally:
+            self.part_seconds[name] = time.perf_counter() - started
 
     def left(self) -> float:
         return self.seconds - (time.perf_counter() - self.started)
@@ -452,7 +464,9 @@ def training_estimate(shapes: Shapes, chunk_s: float, dump_flops: float, runs: i
 # --- the suite -------------------------------------------------------------------------------------------
 
 
-def run_suite(device: torch.device, shapes: Shapes, budget: Budget, rounds: int, warmup: int, work: Path) -> dict:
+def run_suite(results: dict, device: torch.device, shapes: Shapes, budget: Budget, rounds: int, warmup: int,
+              work: Path) -> None:
+    """Fill ``results`` part by part (what is there when a part fails or time runs out is kept)."""
     defaults = load_config(overrides={}).teacher
     dump_dtype = resolve_dtype("auto", device)
     calls = warmup + rounds  # each dump call takes a fresh shard; shard 0 is the chunk the other parts reuse
@@ -464,15 +478,16 @@ def run_suite(device: torch.device, shapes: Shapes, budget: Budget, rounds: int,
         width=defaults.draws, vocab_size=shapes.vocab, tokens_fingerprint=store.manifest.tokens_fingerprint,
         rows_per_chunk=shapes.rows_per_chunk, draws=defaults.draws, seed=defaults.seed,
     ))
-    with budget.part("peak"):
-        peak = peaks(device, shapes)
     flops = forward_flops_per_token(shapes.teacher_layers, shapes.teacher_width, shapes.vocab, shapes.seq_len)
-    results: dict = {"peak_flops": peak, "dump": {}, "dump_split": None, "dump_repeat": None, "dump_memory": None,
-                     "train": None}
+    results["shapes"] = {**asdict(shapes), "kind": KIND, "draws": defaults.draws, "temperature": defaults.temperature,
+                         "dump_flops_per_token": flops}
+    results["dump_dtype"] = dump_dtype
+    with budget.part("peak", needed=True):
+        peak = results["peak_flops"] = peaks(device, shapes)
     print(f"peak: {', '.join(f'{k} {v / 1e12:.4g} TFLOP/s' for k, v in peak.items() if k != 'source')} ({peak['source']})")
 
     with torch.inference_mode():
-        with budget.part("teacher"):
+        with budget.part("teacher", needed=True):
             dump = Dump(random_teacher(shapes, device, getattr(torch, dump_dtype)), store, teacher, device)
             tokens, uniforms = dump.chunk()
             chunk_s = timed(device, lambda: dump.runner.run_chunk(tokens, uniforms))  # a first warm-up: the estimates
@@ -501,10 +516,6 @@ def run_suite(device: torch.device, shapes: Shapes, budget: Budget, rounds: int,
             with budget.part("dump bfloat16"):
                 dump = Dump(dump.model.to(torch.bfloat16), store, teacher, device)
                 results["dump"]["bfloat16"] = measure_dump(dump, bf16_shards, rounds, warmup, flops, peak["bfloat16"])
-    results["dump_dtype"] = dump_dtype
-    results["shapes"] = {**asdict(shapes), "kind": KIND, "draws": defaults.draws, "temperature": defaults.temperature,
-                         "dump_flops_per_token": flops}
-    return results
 
 
 def device_info(device: torch.device) -> dict:
@@ -544,6 +555,9 @@ def table(result: dict) -> str:
                      f"{t['micro_batch']}  peak {gib(t['peak_memory_bytes'])}")
     lines.append("seconds         " + ", ".join(f"{part} {s:.1f}" for part, s in result["part_seconds"].items()))
     lines += [f"skipped: {s['what']} ({s['why']})" for s in result["skipped"]]
+    lines += [f"FAILED: {f['what']} ({f['error']})" for f in result["failed"]]
+    if "error" in result:
+        lines.append(f"STOPPED: {result['error']}")
     return "\n".join(lines)
 
 
@@ -561,18 +575,26 @@ def main() -> None:
     device = torch.device("cpu" if args.cpu else "cuda")
     shapes = TINY if args.tiny else reference_shapes()
     budget = Budget(args.budget)
-    started, load = time.perf_counter(), load_average()
-    with tempfile.TemporaryDirectory(prefix="gpu_suite-") as tmp:
-        results = run_suite(device, shapes, budget, args.rounds, args.warmup, Path(tmp))
+    started = time.perf_counter()
     result = {
         "suite": SUITE, "version": SUITE_VERSION, "mode": device.type if device.type == "cpu" else "gpu",
         "tiny": args.tiny, "command": " ".join([Path(sys.executable).name, *sys.argv]), "device": device_info(device),
-        "load_average": load, "budget_s": args.budget, "seconds": time.perf_counter() - started, **results,
-        "part_seconds": budget.part_seconds, "skipped": budget.skipped,
+        "load_average": load_average(), "budget_s": args.budget, "peak_flops": None, "dump": {}, "train": None,
+        "dump_split": None, "dump_repeat": None, "dump_memory": None,
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(table(result))
-    print(f"wrote {args.out}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="gpu_suite-") as tmp:
+            run_suite(result, device, shapes, budget, args.rounds, args.warmup, Path(tmp))
+    finally:  # even a crash leaves what was measured, and says so
+        result.update(seconds=time.perf_counter() - started, part_seconds=budget.part_seconds, skipped=budget.skipped,
+                      failed=budget.failed)
+        if sys.exc_info()[0] is not None:
+            result["error"] = f"{sys.exc_info()[0].__name__}: {sys.exc_info()[1]}".splitlines()[0]
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(table(result))
+        print(f"wrote {args.out}")
+    if budget.failed:
+        raise SystemExit(f"gpu_suite: {len(budget.failed)} part(s) failed: {', '.join(f['what'] for f in budget.failed)}")
 
 
 if __name__ == "__main__":

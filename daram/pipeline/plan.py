@@ -138,9 +138,9 @@ def effective_mfu(measured: MeasuredMFU | None) -> tuple[dict[str, float], str]:
             f"MFU assumed, not measured: {ASSUMED_MFU['dump']:.0%} for the dump, {ASSUMED_MFU['train']:.0%} for training")
     mfu = {"dump": measured.dump or ASSUMED_MFU["dump"], "train": measured.train or ASSUMED_MFU["train"]}
     parts = [f"{mfu['dump']:.1%} for the dump ({measured.dump_dtype})" if measured.dump else
-             f"{mfu['dump']:.0%} for the dump (assumed: the suite skipped it)",
+             f"{mfu['dump']:.0%} for the dump (assumed: the suite did not measure it)",
              f"{mfu['train']:.1%} for training ({measured.train_precision})" if measured.train else
-             f"{mfu['train']:.0%} for training (assumed: the suite skipped it)"]
+             f"{mfu['train']:.0%} for training (assumed: the suite did not measure it)"]
     where = (f"on {measured.device}, applied to every GPU below" if measured.mode == "gpu" else
              f"on the CPU ({measured.device}): a test of the suite, not a GPU figure")
     return mfu, f"MFU measured by benchmarks/gpu_suite.py ({measured.path}) {where}: {parts[0]}, {parts[1]}"

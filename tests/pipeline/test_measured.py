@@ -30,4 +30,4 @@ def test_a_part_the_suite_skipped_stays_assumed(tmp_path):
     mfu, note = effective_mfu(read_measured(path))
     assert mfu == {"dump": 0.25, "train": ASSUMED_MFU["train"]}
     assert "on NVIDIA L4, applied to every GPU below: 25.0% for the dump (float16)" in note
-    assert "30% for training (assumed: the suite skipped it)" in note
+    assert "30% for training (assumed: the suite did not measure it)" in note
