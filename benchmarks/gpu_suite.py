@@ -3,8 +3,8 @@
 Random-weight models of the reference shapes (the teacher at skt/ko-gpt-trinity-1.2B-v0.5's 24 x 1920 with 16
 heads and 51,200 ids, the student at the default 4 x 768 x 8) run the project's own code over a real Zarr store of
 random tokens: `TeacherRunner` and `dump_shard` (the dump of kind draws, the default: 16 draws at T = 1) and
-student-train's `setup` and `fit` (a step of the sliced KD loss on those draws, and the same step CE-only). In order of what
-`daram plan` needs most, it measures:
+student-train's `setup` and `fit` (a step of the sliced KD loss on those draws, and the same step CE-only). In
+order of what `daram plan` needs most, it measures:
 
 - the peak: the card's dense float16 / bfloat16 tensor peak from the datasheet table (daram/pipeline/measured.py),
   or a large matmul's FLOP/s for a card the table does not hold (and on CPU, float32);
@@ -20,9 +20,10 @@ student-train's `setup` and `fit` (a step of the sliced KD loss on those draws, 
 - the batch size (rows per forward) with the best dump throughput, and each one's peak memory;
 - the dump in bfloat16, where the card has it.
 
-Every GPU time comes from CUDA events (the work is synchronised before and after). The suite watches its own
-clock (--budget, 6 minutes by default): a part that would not fit in what is left is skipped, and the JSON lists
-it under "skipped". `daram plan --measured FILE` reads the JSON. MFU counts the FLOPs of daram plan
+Every dump time comes from CUDA events (the work is synchronised before and after); a training step's from the
+loop's own step clock (each step ends on the host). The suite watches its own clock (--budget, 6 minutes by
+default): a part that would not fit in what is left is skipped and listed under "skipped"; a part that fails is
+listed under "failed" and the next one runs. `daram plan --measured FILE` reads the JSON. MFU counts the FLOPs of daram plan
 (`forward_flops_per_token`): 2 per weight of the blocks and the LM head plus the causal attention.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_suite.py --out gpu-suite.json    # one CUDA GPU, <= 6 minutes
