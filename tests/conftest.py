@@ -9,11 +9,19 @@ KoBEST/NSMC) comes from ../shared/data (or $DARAM_SHARED_DATA); the tests that n
 from __future__ import annotations
 
 import os
+import signal
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub id fails at once instead of retrying for ~25 s
+# Every process this test session starts inherits this mark, so one left behind is found at the end
+# (the machine runs other sessions' processes too, which must not be blamed on this one).
+SESSION_MARK = f"DARAM_TEST_SESSION={uuid.uuid4().hex}"
+os.environ["DARAM_TEST_SESSION"] = SESSION_MARK.split("=", 1)[1]
+ORPHAN_GRACE_S = 10.0  # how long a process of a finished command may take to end
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -202,3 +210,92 @@ def write_teacher_dump(store_path: Path, teacher_dir: Path, kind: str = "topk", 
                 if captured:
                     stats["captured_mass_mean"] = float(np.mean(captured))
                 store.record_teacher_shard(shard, stats)
+
+
+# --- no process outlives its command --------------------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state, ppid, pgrp, session, ...); None when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+    except OSError:
+        return "?"
+
+
+def _live_pids(matches) -> list[int]:
+    """The live (not zombie) processes for which ``matches(pid, stat)`` holds."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None and stat[0] != "Z" and matches(int(entry.name), stat):
+                pids.append(int(entry.name))
+    return pids
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        stat = _stat(pid)
+        if stat is None:
+            return False
+        pid = int(stat[1])
+    return False
+
+
+def session_survivors(process, grace: float = ORPHAN_GRACE_S) -> list[str]:
+    """After ``process`` (started with ``start_new_session=True``) ended: its session's processes still alive
+    ``grace`` seconds later, described by pid and command line (empty when none survived)."""
+    deadline = time.monotonic() + grace
+    while True:
+        alive = _live_pids(lambda pid, stat: int(stat[3]) == process.pid)
+        if not alive or time.monotonic() > deadline:
+            return [f"pid {pid} (parent {(_stat(pid) or ['?', '?'])[1]}): {_cmdline(pid)}" for pid in alive]
+        time.sleep(0.1)
+
+
+def sigkill_alone(process) -> None:
+    """SIGKILL ``process`` alone, as an out-of-memory killer or a preempted node does: not its children."""
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def _orphans() -> list[int]:
+    """This session's processes that are no longer descendants of it: started by a command that ended
+    without them."""
+    me = os.getpid()
+
+    def ours(pid: int, stat: list[str]) -> bool:
+        if pid == me or _descends_from(pid, me):
+            return False
+        try:
+            return SESSION_MARK.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # another user's process, or gone
+            return False
+
+    return _live_pids(ours)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session if a process it started outlived its command (checked for ORPHAN_GRACE_S)."""
+    deadline = time.monotonic() + ORPHAN_GRACE_S
+    while (orphans := _orphans()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if orphans:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = [f"pid {pid} (parent {(_stat(pid) or ['?', '?'])[1]}): {_cmdline(pid)}" for pid in orphans]
+        message = "processes started by this test session outlived their command:\n  " + "\n  ".join(lines)
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        else:
+            print(message)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

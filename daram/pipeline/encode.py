@@ -11,8 +11,13 @@ of workers: one worker or sixteen give the same bytes.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from array import array
 from collections import deque
 from collections.abc import Iterator
@@ -44,6 +49,10 @@ class EncodedBlock:
     units: int  # units after sentence splitting
     longest: int  # tokens of the longest unit (EOS included)
     skipped_lines: int = 0  # lines of a LinePiece that were skipped (not UTF-8; JSONL: not JSON or no text)
+
+
+class WorkerDied(DaramError):
+    """A worker process was killed; the work so far is sound, so the same command resumes it."""
 
 
 def cpu_count() -> int:
@@ -93,11 +102,35 @@ class _Encoder:
 
 
 _worker: _Encoder | None = None
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_CHECK_S = 1.0  # without a parent-death signal: how often a worker checks that its parent lives
 
 
-def _start_worker(spec: EncodeSpec) -> None:
+def _start_worker(spec: EncodeSpec, parent: int) -> None:
     global _worker
+    _die_with(parent)
     _worker = _Encoder(spec)
+
+
+def _die_with(parent: int) -> None:
+    """However the main process ends (SIGKILL, an OOM kill), its workers end too: orphans blocked on a result
+    pipe nobody reads would otherwise live on. SIGTERM ends a worker at once (the main process turns its own
+    SIGTERM into an orderly stop); Ctrl-C reaches the whole process group, and only the main process acts on it."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    else:  # pragma: no cover - no parent-death signal: a thread watches the parent, even while a write blocks
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(PARENT_CHECK_S)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="daram-parent-watch").start()
+    if os.getppid() != parent:  # it died before the signal was set
+        os._exit(1)
 
 
 def _encode_in_worker(texts: list[str] | LinePiece, sentences: bool) -> EncodedBlock:
@@ -121,7 +154,8 @@ class BlockEncoder:
             # __main__ guard would prepare again, recursively); the parent has started no tokenizer threads
             # (TOKENIZERS_PARALLELISM is off there) and each worker builds its own tokenizer
             context = multiprocessing.get_context("fork")
-            self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(spec,))
+            self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                            initargs=(spec, os.getpid()))
 
     def map(self, blocks: Iterator[tuple[list[str] | LinePiece, bool]]) -> Iterator[EncodedBlock]:
         if self.local is not None:
@@ -138,7 +172,7 @@ class BlockEncoder:
             while pending:
                 yield pending.popleft().result()
         except BrokenProcessPool:
-            raise DaramError(
+            raise WorkerDied(
                 "a prepare worker process died (out of memory? killed?); rerun the same command to resume, "
                 "with fewer prepare.workers if memory is short"
             ) from None

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -40,7 +39,7 @@ import numpy as np
 from daram import __version__
 from daram.config import Config, PrepareConfig, SourceConfig
 from daram.errors import DaramError
-from daram.pipeline.encode import BLOCK_CHARS, BlockEncoder, EncodeSpec, cpu_count
+from daram.pipeline.encode import BLOCK_CHARS, BlockEncoder, EncodeSpec, WorkerDied, cpu_count
 from daram.pipeline.sources import (
     SourceCounter,
     check_overlaps,
@@ -52,7 +51,7 @@ from daram.pipeline.sources import (
     resolve_files,
 )
 from daram.storage import (
-    SourceStats, Store, StoreManifest, check_not_foreign, discard_torn_writes, fingerprint_bytes, is_local, token_dtype_for, tokens_fingerprint,
+    FileLock, SourceStats, Store, StoreManifest, check_not_foreign, discard_torn_writes, fingerprint_bytes, is_local, token_dtype_for, tokens_fingerprint,
 )
 from daram.text import plural
 
@@ -113,6 +112,9 @@ def run_prepare(cfg: Config, overwrite: bool = False) -> StoreManifest:
         with _sigterm_interrupts():
             stats = _tokenize(settings, files, spec, workers, work)
             manifest = _write_store(url, overwrite, settings, info, stats, dtype, work)
+    except WorkerDied:
+        work.release()  # the blocks so far are sound: the rerun its message asks for resumes them
+        raise
     except DaramError:
         work.discard()  # bad input: a rerun needs other settings, which could not resume this work anyway
         raise
@@ -162,21 +164,19 @@ class Journal:
 class WorkDir:
     """``.NAME.preparing`` beside a local store (a temp directory for a remote one), held with a lock."""
 
-    def __init__(self, path: Path, journal: Journal, lock_fd: int) -> None:
+    def __init__(self, path: Path, journal: Journal, lock: FileLock) -> None:
         self.path = path
         self.journal = journal
-        self._lock_fd: int | None = lock_fd
+        self._lock: FileLock | None = lock
 
     @classmethod
     def claim(cls, url: str, recipe: str, layout: str) -> "WorkDir":
         path = _work_path(url)
         path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DaramError(f"another `daram prepare` is writing {url} (its work is in {path}); wait for it or stop it") from None
+        # the workers are forked while it is held: FileLock closes it in them, so they never keep it
+        lock = FileLock(path / "lock", f"the prepare of {url}", lambda holder: (
+            f"another `daram prepare` is writing {url}: {holder} (its work is in {path}); wait for it or stop it"))
+        lock.acquire()
         journal_path = path / "journal.json"
         journal = Journal(recipe, layout)
         if journal_path.is_file():
@@ -193,9 +193,9 @@ class WorkDir:
             else:
                 _say(f"the sources or settings changed since the interrupted prepare in {path}; starting over")
                 for child in path.iterdir():
-                    if child.name != "lock":
+                    if not child.name.startswith("lock"):
                         shutil.rmtree(child) if child.is_dir() else child.unlink()
-        work = cls(path, journal, fd)
+        work = cls(path, journal, lock)
         discard_torn_writes(str(work.staging_path))  # what a kill mid-write left behind; the journal redoes that write
         work.save()
         return work
@@ -214,9 +214,9 @@ class WorkDir:
         os.replace(tmp, self.path / "journal.json")
 
     def release(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

@@ -5,7 +5,7 @@ Only this package knows the store's layout (array names, attributes, chunk flags
 """
 
 from daram.storage.formats import TEACHER_FORMATS, ArraySpec, TeacherFormat, teacher_format
-from daram.storage.lock import LockHeld, StoreLock
+from daram.storage.lock import FileLock, LockHeld, StoreLock
 from daram.storage.manifest import SourceStats, StoreManifest, TeacherManifest, TokenizerInfo, token_dtype_for
 from daram.storage.store import (
     Store, check_not_foreign, check_persistent, check_same_teacher, discard_torn_writes, fingerprint_bytes, fingerprint_rows, is_local, local_path,
@@ -20,6 +20,7 @@ __all__ = [
     "RELEASED",
     "TEACHER_FORMATS",
     "ArraySpec",
+    "FileLock",
     "LockHeld",
     "ShardState",
     "SourceStats",

@@ -2,6 +2,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import prepare_store
+from conftest import prepare_store, session_survivors, sigkill_alone
 from daram.config import load_config
 from daram.errors import DaramError
 from daram.pipeline.hf import load_tokenizer
@@ -207,12 +208,15 @@ def _prepare_command(tmp_path, tokenizer_dir, corpus, store) -> list[str]:
 
 
 def _killed(command, when) -> bool:
-    """Run ``command``; SIGKILL it (and its workers) once ``when()`` holds. True when it was killed."""
+    """Run ``command``; SIGKILL its main process alone (as an OOM killer does) once ``when()`` holds, and check that
+    its workers end with it. True when it was killed."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     while process.poll() is None:
         if when():
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            sigkill_alone(process)
+            # before: the workers lived on with parent 1, blocked on the result pipe, holding the work
+            # directory's lock, so every rerun was refused
+            assert session_survivors(process) == []
             return True
         time.sleep(0.01)
     assert process.returncode == 0, process.stderr.read().decode()
@@ -270,21 +274,32 @@ def test_sigterm_stops_prepare_with_one_line_and_keeps_its_work_to_resume(tmp_pa
     assert rerun.returncode == 0 and "resuming the interrupted prepare" in rerun.stderr, rerun.stderr
 
 
-@pytest.mark.slow
-def test_sigkill_at_random_moments_resumes_to_the_same_bytes(tmp_path, tokenizer_dir, corpus_lines):
+def _random_moment(store, chance: random.Random, blocks: int, shards: int):
+    """A moment to kill at: while tokenizing (after a random number of blocks) or while writing shards."""
+    if chance.random() < 0.5:
+        after = chance.randrange(blocks)
+        return lambda: _journal(store).get("blocks", 0) > after or bool(_journal(store).get("sources"))
+    after = chance.randrange(shards)
+    return lambda: len(_journal(store).get("shards", [])) > after
+
+
+@pytest.mark.parametrize("kills", [2, pytest.param(20, marks=pytest.mark.slow)])
+def test_sigkill_at_random_moments_resumes_to_the_same_bytes(tmp_path, tokenizer_dir, corpus_lines, kills):
+    # Each round: SIGKILL prepare's main process alone at a random moment, tokenizing or writing shards; no
+    # worker outlives it (see _killed) and the rerun resumes and ends with a clean run's bytes.
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(corpus_lines[:3000]) + "\n")
     clean, store = tmp_path / "clean.zarr", tmp_path / "resumed.zarr"
-    started = time.monotonic()
     subprocess.run(_prepare_command(tmp_path, tokenizer_dir, corpus, clean), check=True, capture_output=True)
-    seconds = time.monotonic() - started
-    chance = random.Random(14)
-    kills = 0
-    while not store.exists():
-        deadline = time.monotonic() + chance.uniform(0.1, 0.9) * seconds
-        kills += _killed(_prepare_command(tmp_path, tokenizer_dir, corpus, store), lambda: time.monotonic() > deadline)
-    assert kills >= 2
-    assert store_files(store) == store_files(clean)
+    blocks = corpus.stat().st_size // (3 * 400)  # about: a block is 3 * BLOCK_CHARS bytes of lines
+    chance = random.Random(18)
+    for _ in range(kills):
+        if not _killed(_prepare_command(tmp_path, tokenizer_dir, corpus, store), _random_moment(store, chance, blocks, 6)):
+            continue  # it finished first: nothing to resume
+        rerun = subprocess.run(_prepare_command(tmp_path, tokenizer_dir, corpus, store), capture_output=True, text=True)
+        assert rerun.returncode == 0 and "resuming the interrupted prepare" in rerun.stderr, rerun.stderr
+        assert store_files(store) == store_files(clean)
+        shutil.rmtree(store)
 
 
 def test_paragraph_units_over_sentence_lines_warn_once(tmp_path, kogpt2_tokenizer_dir, korean_lines, capsys):

@@ -2,6 +2,7 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import time
 import subprocess
 import sys
 import textwrap
@@ -202,6 +203,23 @@ def test_stale_lock_of_another_host_is_taken_over_only_after_heartbeat_timeout(u
     store.kv.set(lock.key, lock._encode({**record, "heartbeat": time.time()}))
     with pytest.raises(LockHeld, match="other-node"):
         store.shard_lock(0).acquire()
+
+
+def test_a_lock_of_a_dead_process_on_this_host_is_taken_over_naming_it(url, capsys):
+    # a SIGKILLed teacher-dump leaves its shard's lock behind; the rerun takes it over and says whose it was
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    store = make_store(url)
+    lock = store.shard_lock(0)
+    record = {"host": socket.gethostname(), "pid": dead.pid, "started": 0, "heartbeat": time.time(), "command": "daram x"}
+    assert store.kv.set_if_absent(lock.key, lock._encode(record))
+    with store.shard_lock(0) as taken:
+        assert taken.record["pid"] == os.getpid()
+    assert (f"teacher shard 0 of {store.url}: the lock's holder, pid {dead.pid} on {socket.gethostname()} is gone; "
+            "taking the lock over") in capsys.readouterr().err
 
 
 def _delete_chunk(url: str, array_path: str, key: str) -> None:

@@ -1,23 +1,21 @@
 """One training process per ``train.out``: two runs resumed into one directory would interleave their
 checkpoints and metrics (a second `daram run` beside a running one did, losing metrics lines).
 
-The lock is ``flock`` on ``OUT/.train.lock``: the kernel drops it when the process ends, however it ends
-(SIGKILL included), so it never goes stale. It is held for the rest of the process and is re-entrant
-within it (a caller may set up a run in the same directory again).
+The lock is a :class:`~daram.storage.FileLock` on ``OUT/.train.lock``: the kernel drops it when the
+process ends, however it ends (SIGKILL included), and one left held by a holder that is gone is taken
+over. It is held for the rest of the process and is re-entrant within it (a caller may set up a run in
+the same directory again).
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import socket
-import sys
 from pathlib import Path
 
 from daram.errors import DaramError
+from daram.storage import FileLock
 
 LOCK_FILE = ".train.lock"
-_held: dict[Path, int] = {}  # resolved out -> the open descriptor that holds its lock
+_held: dict[Path, FileLock] = {}  # resolved out -> the lock this process holds on it
 
 
 def claim_out(out: Path) -> None:
@@ -25,19 +23,10 @@ def claim_out(out: Path) -> None:
     out = Path(out).resolve()
     if out in _held:
         return
+    lock = FileLock(out / LOCK_FILE, f"train.out {out}", lambda holder: (
+        f"train.out {out} is in use by {holder}; wait for it to end (or pause it with SIGTERM), or choose another --out"))
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        _held[out] = lock.acquire()
     except OSError as exc:
         raise DaramError(f"train.out {out}: cannot write there ({exc.strerror or type(exc).__name__})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
-        os.close(fd)
-        raise DaramError(
-            f"train.out {out} is in use by {holder}; wait for it to end (or pause it with SIGTERM), or choose another --out"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} ({' '.join(['daram', *sys.argv[1:]])[:200]})".encode(), 0)
-    _held[out] = fd
