@@ -1,8 +1,10 @@
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from daram import template
@@ -94,6 +96,23 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("error: store not found")
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("url, says", [
+    ("gs://bucket/s.zarr", "pip install 'daram[gcs]'"),
+    ("az://container/s.zarr", "pip install 'daram[azure]'"),
+    ("nosuch://bucket/s.zarr", "fsspec knows no protocol nosuch://"),
+])
+def test_a_store_url_without_its_filesystem_is_one_line(tmp_path, url, says):
+    # gs:// without gcsfs ended in an ImportError traceback from `daram prepare`
+    module = {"gs": "gcsfs", "az": "adlfs"}.get(url.split(":")[0])
+    if module and importlib.util.find_spec(module):
+        pytest.skip(f"{module} is installed")
+    (tmp_path / "c.txt").write_text("text\n")
+    out = subprocess.run([sys.executable, "-m", "daram", "prepare", "--store", url, "--source", str(tmp_path / "c.txt")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith(f"error: {url}: ") and says in out.stderr, out.stderr
 
 
 def test_config_errors_reach_the_user_as_one_line(tmp_path):

@@ -282,7 +282,7 @@ def plan_table(plan: Plan) -> str:
         f"disk budget       {budget}: {window}",
         f"FLOPs per token   dump {plan.dump_flops_per_token:.3g}, training {plan.train_flops_per_token:.3g}",
         "",
-        f"{'GPU':<6} {'dump h':>10} {'train h':>10} {'sessions':>9}",
+        f"{'GPU':<6} {'dump':>10} {'train':>10} {'sessions':>9}",
     ]
     for gpu in plan.dump_gpu_hours:
         sessions = plan.sessions[gpu]
@@ -297,4 +297,9 @@ def plan_table(plan: Plan) -> str:
 
 
 def _hours(hours: float) -> str:
-    return f"{hours:,.0f}" if hours >= 100 else f"{hours:.3g}"
+    """GPU time for people: hours, or minutes or seconds for a small job (never 2.17e-05)."""
+    if hours >= 1:
+        return f"{hours:,.0f} h" if hours >= 100 else f"{hours:.3g} h"
+    if hours * 60 >= 1:
+        return f"{hours * 60:.2g} min" if hours * 60 < 10 else f"{hours * 60:.0f} min"
+    return f"{hours * 3600:.0f} s" if hours * 3600 >= 1 else "< 1 s"

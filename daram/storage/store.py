@@ -80,7 +80,28 @@ def local_path(url: str) -> str:
     return url.removeprefix("file://") if url.startswith("file://") else url
 
 
-FSSPEC_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}  # URL scheme -> daram's pip extra
+# URL scheme -> daram's pip extra
+FSSPEC_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure", "adl": "azure"}
+
+
+def check_filesystem(url: str) -> None:
+    """One line, not a traceback, when a protocol of ``url`` is unknown to fsspec or its package is missing."""
+    if is_local(url):
+        return
+    import fsspec
+
+    for part in url.split("::"):  # chained URLs: simplecache::s3://...
+        scheme = part.split("://", 1)[0] if "://" in part else part
+        try:
+            fsspec.get_filesystem_class(scheme)
+        except ImportError as exc:
+            extra = FSSPEC_EXTRAS.get(scheme)
+            hint = f"pip install 'daram[{extra}]'" if extra else f"install the fsspec filesystem for {scheme}://"
+            raise DaramError(f"{url}: {scheme}:// stores need a package that is not installed ({exc}); {hint}") from None
+        except ValueError:
+            raise DaramError(
+                f"{url}: fsspec knows no protocol {scheme}://; give a local path or an fsspec URL (s3://, gs://, az://, ...)"
+            ) from None
 
 
 def discard_torn_writes(url: str, prefix: str = "") -> int:
@@ -104,18 +125,15 @@ def check_persistent(url: str) -> None:
             f"store {url}: memory:// stores live inside one process and vanish when the command exits; "
             "give a directory or a persistent fsspec URL (file://, s3://, gs://)"
         )
+    check_filesystem(url)
 
 
 def _open_group(url: str, **kwargs) -> zarr.Group:
     """zarr.open_group with one-line errors for what a user can fix: a missing filesystem package,
     damaged metadata."""
+    check_filesystem(url)
     try:
         return zarr.open_group(local_path(url), use_consolidated=False, **kwargs)
-    except ImportError as exc:
-        scheme = url.split("://", 1)[0]
-        extra = FSSPEC_EXTRAS.get(scheme)
-        hint = f"pip install 'daram[{extra}]'" if extra else f"install the fsspec filesystem for {scheme}://"
-        raise DaramError(f"{url}: {scheme}:// stores need a package that is not installed ({exc}); {hint}") from None
     except ValueError as exc:  # a zarr.json that is not JSON (JSONDecodeError is a ValueError)
         raise DaramError(
             f"{url}: zarr.json is damaged ({type(exc).__name__}: {exc}); the store manifest cannot be read: "
@@ -540,6 +558,7 @@ def check_not_foreign(url: str) -> None:
 def _group_exists(url: str) -> bool:
     if is_local(url):
         return Path(url.removeprefix("file://"), "zarr.json").is_file()
+    check_filesystem(url)
     try:
         zarr.open_group(url, mode="r", use_consolidated=False)
         return True

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
 
 from conftest import prepare_store
 from daram.cli import app
-from daram.pipeline.plan import CORPUS_BYTES_PER_TOKEN, PEAK_FLOPS, forward_flops_per_token, window_size
+from daram.pipeline.plan import CORPUS_BYTES_PER_TOKEN, PEAK_FLOPS, _hours, forward_flops_per_token, window_size
 from daram.storage import Store, shard_name
 
 TEACHER_FLAGS = ["--set", "teacher.kind=sampled", "--set", "teacher.draws=16", "--set", "teacher.device=cpu",
@@ -73,6 +74,17 @@ def test_plan_without_a_store_estimates_from_the_corpus_bytes(tmp_path):
     assert f"{int(corpus.stat().st_size / CORPUS_BYTES_PER_TOKEN) // 128 * 128:,} in 8 shards" in result.stdout
     assert "estimate: 0.92 B per draw of a peaked teacher" in result.stdout  # the default: draws (format v2)
     assert "MFU assumed, not measured" in result.stdout
+    # a small job's GPU time in seconds or minutes, for people: it printed 2.17e-05 (hours)
+    duration = r"(< 1 s|[\d.,]+ (s|min|h))"
+    rows = [line for line in result.stdout.splitlines() if line.split(" ")[0] in PEAK_FLOPS]
+    assert len(rows) == 4 and all(re.fullmatch(rf"\S+ +{duration} +{duration} +\S+", row) for row in rows), rows
+    assert any(" s " in row or " min " in row for row in rows), rows
+
+
+@pytest.mark.parametrize("hours, shown", [(2.17e-05, "< 1 s"), (0.004, "14 s"), (0.02, "1.2 min"), (0.58, "35 min"),
+                                          (8.82, "8.82 h"), (133, "133 h"), (1234.5, "1,234 h")])
+def test_gpu_time_reads_as_hours_minutes_or_seconds(hours, shown):
+    assert _hours(hours) == shown
 
 
 def test_window_size_lets_the_largest_shards_decide():

@@ -287,12 +287,20 @@ def test_a_waiting_lock_gets_it_once_released_and_gives_up_after_its_bound(url):
     assert store.lock("teacher-manifest", "the manifest").acquire(wait=30).record["pid"] == os.getpid()
 
 
-@pytest.mark.parametrize("scheme, extra", [("s3", "s3"), ("gs", "gcs")])
+@pytest.mark.parametrize("scheme, extra", [("s3", "s3"), ("gs", "gcs"), ("az", "azure")])
 def test_an_object_store_url_without_its_filesystem_names_the_pip_extra(scheme, extra):
-    if importlib.util.find_spec({"s3": "s3fs", "gs": "gcsfs"}[scheme]):
+    if importlib.util.find_spec({"s3": "s3fs", "gs": "gcsfs", "az": "adlfs"}[scheme]):
         pytest.skip(f"{scheme}'s filesystem is installed")
-    with pytest.raises(DaramError, match=rf"{scheme}:// stores need a package .*pip install 'daram\[{extra}\]'"):
-        Store.open(f"{scheme}://bucket/store.zarr")
+    for check in (Store.open, Store.exists, check_persistent):  # gs:// without gcsfs was a traceback from exists
+        with pytest.raises(DaramError, match=rf"{scheme}:// stores need a package .*pip install 'daram\[{extra}\]'"):
+            check(f"{scheme}://bucket/store.zarr")
+
+
+def test_an_unknown_protocol_is_one_line():
+    # was read as a damaged zarr.json ("rebuild the store with --overwrite")
+    for check in (Store.open, Store.exists, check_persistent):
+        with pytest.raises(DaramError, match=r"^nosuch://b/s.zarr: fsspec knows no protocol nosuch://"):
+            check("nosuch://b/s.zarr")
 
 
 def test_a_file_url_is_the_same_store_as_its_path(tmp_path):
