@@ -252,21 +252,28 @@ def _descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
-def session_survivors(process, grace: float = ORPHAN_GRACE_S) -> list[str]:
-    """After ``process`` (started with ``start_new_session=True``) ended: its session's processes still alive
-    ``grace`` seconds later, described by pid and command line (empty when none survived)."""
+def _descendants(pid: int) -> list[int]:
+    return _live_pids(lambda other, stat: other != pid and _descends_from(other, pid))
+
+
+def sigkill_alone(process) -> list[tuple[int, str]]:
+    """SIGKILL ``process`` alone, as an out-of-memory killer or a preempted node does: not its children.
+    Returns its descendants at that moment (pid and start time), for :func:`survivors`."""
+    family = [(pid, stat[19]) for pid in _descendants(process.pid) if (stat := _stat(pid)) is not None]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return family
+
+
+def survivors(family: list[tuple[int, str]], grace: float = ORPHAN_GRACE_S) -> list[str]:
+    """Those of ``family`` (see :func:`sigkill_alone`) still alive ``grace`` seconds later, by pid and command
+    line: empty when none outlived the killed command."""
     deadline = time.monotonic() + grace
     while True:
-        alive = _live_pids(lambda pid, stat: int(stat[3]) == process.pid)
+        alive = [pid for pid, started in family if (stat := _stat(pid)) is not None and stat[0] != "Z" and stat[19] == started]
         if not alive or time.monotonic() > deadline:
             return [f"pid {pid} (parent {(_stat(pid) or ['?', '?'])[1]}): {_cmdline(pid)}" for pid in alive]
         time.sleep(0.1)
-
-
-def sigkill_alone(process) -> None:
-    """SIGKILL ``process`` alone, as an out-of-memory killer or a preempted node does: not its children."""
-    process.send_signal(signal.SIGKILL)
-    process.wait()
 
 
 def _orphans() -> list[int]:
@@ -295,6 +302,7 @@ def pytest_sessionfinish(session, exitstatus):
         lines = [f"pid {pid} (parent {(_stat(pid) or ['?', '?'])[1]}): {_cmdline(pid)}" for pid in orphans]
         message = "processes started by this test session outlived their command:\n  " + "\n  ".join(lines)
         if reporter is not None:
+            reporter.ensure_newline()
             reporter.write_line(message, red=True)
         else:
             print(message)

@@ -11,13 +11,9 @@ of workers: one worker or sixteen give the same bytes.
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 import signal
-import sys
-import threading
-import time
 from array import array
 from collections import deque
 from collections.abc import Iterator
@@ -28,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daram.errors import DaramError
+from daram.pipeline.parent_death import die_with_parent
 from daram.pipeline.sources import LinePiece, piece_units
 
 BLOCK_CHARS = 1 << 16  # characters per block: ~190 KB of Korean; about 2 s of kiwi, ~30 ms of tokenizer
@@ -102,35 +99,17 @@ class _Encoder:
 
 
 _worker: _Encoder | None = None
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-PARENT_CHECK_S = 1.0  # without a parent-death signal: how often a worker checks that its parent lives
 
 
 def _start_worker(spec: EncodeSpec, parent: int) -> None:
+    """SIGTERM ends a worker at once (the main process turns its own SIGTERM into an orderly stop); Ctrl-C
+    reaches the whole process group, and only the main process acts on it; and whatever ends the main
+    process ends its workers."""
     global _worker
-    _die_with(parent)
-    _worker = _Encoder(spec)
-
-
-def _die_with(parent: int) -> None:
-    """However the main process ends (SIGKILL, an OOM kill), its workers end too: orphans blocked on a result
-    pipe nobody reads would otherwise live on. SIGTERM ends a worker at once (the main process turns its own
-    SIGTERM into an orderly stop); Ctrl-C reaches the whole process group, and only the main process acts on it."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    else:  # pragma: no cover - no parent-death signal: a thread watches the parent, even while a write blocks
-        def watch() -> None:
-            while os.getppid() == parent:
-                time.sleep(PARENT_CHECK_S)
-            os._exit(1)
-
-        threading.Thread(target=watch, daemon=True, name="daram-parent-watch").start()
-    if os.getppid() != parent:  # it died before the signal was set
-        os._exit(1)
+    die_with_parent(parent)
+    _worker = _Encoder(spec)
 
 
 def _encode_in_worker(texts: list[str] | LinePiece, sentences: bool) -> EncodedBlock:

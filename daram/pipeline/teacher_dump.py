@@ -57,6 +57,7 @@ from daram.errors import DaramError
 from daram.pipeline.hf import (
     check_store_tokenizer, load_causal_lm, load_tokenizer, loaded_commit, resolve_device, resolved_source,
 )
+from daram.pipeline.parent_death import die_with_parent
 from daram.pipeline.pause import Pause
 from daram.storage import (
     COMPLETE, RELEASED, LockHeld, Store, TeacherManifest, TeacherShard, check_same_teacher, fingerprint_bytes, shard_name,
@@ -118,6 +119,8 @@ def run_teacher_dump(
     if pause is None:
         with Pause(parse_duration(cfg.run.time_limit)) as own:
             return run_teacher_dump(cfg, shard, shards, all_shards, own, how_to_continue)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun rank ends with its launcher, which can no longer stop it
+        die_with_parent(os.getppid())
     job = setup_dump(cfg, shard, shards, all_shards, pause)
     for s in job.complete:
         print(f"shard {s}: already complete, skipped", file=sys.stderr)

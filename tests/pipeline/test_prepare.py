@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import prepare_store, session_survivors, sigkill_alone
+from conftest import prepare_store, sigkill_alone, survivors
 from daram.config import load_config
 from daram.errors import DaramError
 from daram.pipeline.hf import load_tokenizer
@@ -210,13 +210,13 @@ def _prepare_command(tmp_path, tokenizer_dir, corpus, store) -> list[str]:
 def _killed(command, when) -> bool:
     """Run ``command``; SIGKILL its main process alone (as an OOM killer does) once ``when()`` holds, and check that
     its workers end with it. True when it was killed."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while process.poll() is None:
         if when():
-            sigkill_alone(process)
+            workers = sigkill_alone(process)
             # before: the workers lived on with parent 1, blocked on the result pipe, holding the work
             # directory's lock, so every rerun was refused
-            assert session_survivors(process) == []
+            assert survivors(workers) == []
             return True
         time.sleep(0.01)
     assert process.returncode == 0, process.stderr.read().decode()

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from conftest import sigkill_alone, survivors
 from daram.cli import app
 from daram.storage import Store
 
@@ -226,7 +227,10 @@ def test_run_killed_at_random_moments_and_paused_by_sigterm_ends_as_the_unbounde
             while process.poll() is None and not reached() and time.time() < deadline:
                 time.sleep(0.02)
             time.sleep(jitter.uniform(0, 0.4))
-            process.send_signal(kill)
+            if kill == signal.SIGKILL:
+                assert survivors(sigkill_alone(process)) == []
+            else:
+                process.send_signal(kill)
             stdout, stderr = process.communicate(timeout=120)
             progress.append(logged_steps(path))
             if kill == signal.SIGTERM:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import prepare_store
+from conftest import prepare_store, sigkill_alone, survivors
 from daram.cli import app
 from daram.config import load_config
 from daram.errors import DaramError
@@ -401,8 +401,7 @@ def test_kill_at_an_arbitrary_moment_then_resume(store_path, dumped, tiny_teache
     while not (flags.is_dir() and any(flags.iterdir())):  # the first chunk flag: the dump is under way
         assert process.poll() is None and time.time() < deadline, "dump ended before it could be killed"
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
+    assert survivors(sigkill_alone(process)) == []  # its writer thread ends with it: nothing else is started
     store = Store.open(str(store_path))
     assert not (store.teacher_manifest().is_complete(0) and store.teacher_manifest().is_complete(1))
 

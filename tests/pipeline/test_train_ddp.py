@@ -4,13 +4,15 @@ their gradients, rank 0 writes."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import prepare_store, write_teacher_dump
+from conftest import prepare_store, sigkill_alone, survivors, write_teacher_dump
 
 from daram.pipeline.student_train import read_metrics
 from daram.storage import Store
@@ -50,6 +52,34 @@ def test_two_process_ddp_run_on_cpu(tmp_path, tokenizer_dir, corpus_lines, tiny_
     for name, value in weights.items():
         if name in trained:  # the tied LM head is saved once
             torch.testing.assert_close(trained[name], value, rtol=0, atol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_killed_torchrun_takes_its_ranks_with_it_and_the_run_resumes(tmp_path, tokenizer_dir, corpus_lines, tiny_teacher_dir):
+    # SIGKILL torchrun's agent alone (an out-of-memory kill): before, its ranks trained on without it, with
+    # parent 1, and a rerun was refused while rank 0 held train.out.
+    store = prepare_store(tmp_path, tokenizer_dir, corpus_lines[:656], seq_len=64, num_shards=3, rows_per_chunk=16)
+    write_teacher_dump(store, tiny_teacher_dir, width=16)
+    out = tmp_path / "student"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "daram",
+        "student-train", "--store", str(store), "--out", str(out), "--shards", "0-1", "--heldout-shard", "2",
+        "--n-embd", "32", "--n-head", "2", "--n-layer", "2", "--batch-size", "2", "--device", "cpu",
+        "--set", "train.epochs=30", "--set", "train.log_every=1", "--set", "train.eval_rows=8", "--set", "train.checkpoint_every=10",
+    ]
+    agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoints").is_dir() or not any((out / "checkpoints").iterdir()):
+        assert agent.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(random.Random(18).uniform(0, 1.0))
+    ranks = sigkill_alone(agent)
+    assert len(ranks) >= 2 and survivors(ranks, grace=3.0) == []  # with about 30 epochs still to train
+    assert not (out / "model.safetensors").exists()
+    result = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "model.safetensors").is_file()
 
 
 def _two_ranks_in_one_process(store_path: Path, steps: int, grad_accum: int, batch_size: int):

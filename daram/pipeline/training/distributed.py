@@ -11,6 +11,7 @@ from typing import NoReturn
 import torch
 
 from daram.pipeline.hf import resolve_device
+from daram.pipeline.parent_death import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ def start_distributed(device_setting: str) -> Distributed:
     if world == 1:
         return Distributed(device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    die_with_parent(os.getppid())  # the launcher (torchrun's agent): killed, it cannot stop its ranks any more
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
