@@ -252,14 +252,14 @@ def _descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     return _live_pids(lambda other, stat: other != pid and _descends_from(other, pid))
 
 
 def sigkill_alone(process) -> list[tuple[int, str]]:
     """SIGKILL ``process`` alone, as an out-of-memory killer or a preempted node does: not its children.
     Returns its descendants at that moment (pid and start time), for :func:`survivors`."""
-    family = [(pid, stat[19]) for pid in _descendants(process.pid) if (stat := _stat(pid)) is not None]
+    family = [(pid, stat[19]) for pid in descendants(process.pid) if (stat := _stat(pid)) is not None]
     process.send_signal(signal.SIGKILL)
     process.wait()
     return family

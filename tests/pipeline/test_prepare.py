@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import prepare_store, sigkill_alone, survivors
+from conftest import descendants, prepare_store, sigkill_alone, survivors
 from daram.config import load_config
 from daram.errors import DaramError
 from daram.pipeline.hf import load_tokenizer
@@ -274,13 +274,45 @@ def test_sigterm_stops_prepare_with_one_line_and_keeps_its_work_to_resume(tmp_pa
     assert rerun.returncode == 0 and "resuming the interrupted prepare" in rerun.stderr, rerun.stderr
 
 
+def test_a_worker_ended_by_sigterm_stops_prepare_in_one_line_and_keeps_its_work(tmp_path, tokenizer_dir, corpus_lines):
+    # Catches a worker that ignores SIGTERM (it inherited the main process's handler and hung), and the work
+    # directory deleted by the very error that says "rerun the same command to resume".
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(corpus_lines[:1500]) + "\n")
+    store = tmp_path / "s.zarr"
+    process = subprocess.Popen(_prepare_command(tmp_path, tokenizer_dir, corpus, store), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    while _journal(store).get("blocks", 0) < 2:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.01)
+    workers = descendants(process.pid)
+    os.kill(workers[0], signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 2, stderr
+    assert stderr.splitlines()[-1].startswith("error: a prepare worker process died"), stderr
+    assert _journal(store).get("blocks", 0) >= 2 and not store.exists()
+    rerun = subprocess.run(_prepare_command(tmp_path, tokenizer_dir, corpus, store), capture_output=True, text=True)
+    assert rerun.returncode == 0 and "resuming the interrupted prepare" in rerun.stderr, rerun.stderr
+
+
 def _random_moment(store, chance: random.Random, blocks: int, shards: int):
-    """A moment to kill at: while tokenizing (after a random number of blocks) or while writing shards."""
+    """A moment to kill at: while tokenizing (after a random number of blocks) or while writing shards (after a
+    random number of them, before the last), a random few milliseconds later."""
+    later = chance.uniform(0, 0.05)
     if chance.random() < 0.5:
         after = chance.randrange(blocks)
-        return lambda: _journal(store).get("blocks", 0) > after or bool(_journal(store).get("sources"))
-    after = chance.randrange(shards)
-    return lambda: len(_journal(store).get("shards", [])) > after
+        reached = lambda: _journal(store).get("blocks", 0) > after or bool(_journal(store).get("sources"))
+    else:
+        after = chance.randrange(shards - 1)
+        reached = lambda: len(_journal(store).get("shards", [])) > after
+    since: list[float] = []
+
+    def when() -> bool:
+        if not since and reached():
+            since.append(time.monotonic())
+        return bool(since) and time.monotonic() - since[0] >= later
+
+    return when
 
 
 @pytest.mark.parametrize("kills", [2, pytest.param(20, marks=pytest.mark.slow)])
@@ -293,13 +325,18 @@ def test_sigkill_at_random_moments_resumes_to_the_same_bytes(tmp_path, tokenizer
     subprocess.run(_prepare_command(tmp_path, tokenizer_dir, corpus, clean), check=True, capture_output=True)
     blocks = corpus.stat().st_size // (3 * 400)  # about: a block is 3 * BLOCK_CHARS bytes of lines
     chance = random.Random(18)
-    for _ in range(kills):
-        if not _killed(_prepare_command(tmp_path, tokenizer_dir, corpus, store), _random_moment(store, chance, blocks, 6)):
-            continue  # it finished first: nothing to resume
-        rerun = subprocess.run(_prepare_command(tmp_path, tokenizer_dir, corpus, store), capture_output=True, text=True)
-        assert rerun.returncode == 0 and "resuming the interrupted prepare" in rerun.stderr, rerun.stderr
+    rounds = 0
+    for _ in range(2 * kills):  # a prepare that finished its store before its moment came is not a round
+        killed = _killed(_prepare_command(tmp_path, tokenizer_dir, corpus, store), _random_moment(store, chance, blocks, 6))
+        if killed and not store.exists():
+            rerun = subprocess.run(_prepare_command(tmp_path, tokenizer_dir, corpus, store), capture_output=True, text=True)
+            assert rerun.returncode == 0 and "resuming the interrupted prepare" in rerun.stderr, rerun.stderr
+            rounds += 1
         assert store_files(store) == store_files(clean)
         shutil.rmtree(store)
+        if rounds == kills:
+            break
+    assert rounds == kills
 
 
 def test_paragraph_units_over_sentence_lines_warn_once(tmp_path, kogpt2_tokenizer_dir, korean_lines, capsys):
