@@ -128,7 +128,7 @@ def format_bytes(store, teacher, fmt: Format, rows: int, seed: int) -> tuple[flo
     import zarr
 
     from daram.pipeline.losses import final_hidden, head_weight
-    from daram.storage.store import compressors, id_compressors
+    from daram.storage import codecs_for, teacher_format
 
     tokens = torch.from_numpy(store.read_tokens(0, 0, rows).astype(np.int64))
     memory = zarr.storage.MemoryStore()
@@ -147,7 +147,7 @@ def format_bytes(store, teacher, fmt: Format, rows: int, seed: int) -> tuple[flo
             value = value.reshape(block.shape + value.shape[1:])
             if name not in group:
                 group.create_array(name, shape=(rows,) + value.shape[1:], chunks=(BYTES_CHUNK_ROWS,) + value.shape[1:],
-                                   dtype=value.dtype, compressors=id_compressors() if fmt.kind == "draws" else compressors(),
+                                   dtype=value.dtype, compressors=codecs_for(teacher_format(fmt.kind).array_specs()[name]),
                                    fill_value=0)
             group[name][lo : lo + len(block)] = value
     stored = sum(len(v.to_bytes()) for k, v in memory._store_dict.items() if not k.endswith("zarr.json"))

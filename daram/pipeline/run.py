@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from daram.config import Config, parse_shards
+from daram.config import Config
 from daram.errors import DaramError
 from daram.pipeline.pause import Pause
 from daram.pipeline.plan import DISK_MARGIN
@@ -56,6 +56,9 @@ class Pipeline:
 
 def run_pipeline(cfg: Config) -> dict:
     """setup -> windows -> finish, under one :class:`Pause` (SIGTERM, SIGINT, ``run.time_limit``)."""
+    from daram.pipeline.teacher_dump import teacher_settings
+
+    cfg = teacher_settings(cfg, "run")
     with Pause(parse_duration(cfg.run.time_limit)) as pause:
         pipeline = setup_pipeline(cfg, pause)
         if pipeline.train is not None:
@@ -87,11 +90,11 @@ def setup_pipeline(cfg: Config, pause: Pause) -> Pipeline:
         print(f"run: no store at {cfg.store.path}: preparing it", file=sys.stderr)
         run_prepare(cfg)
     store = Store.open(cfg.store.path, mode="r+")
-    heldout = cfg.train.heldout_shard
+    training, heldout = cfg.train.split(store.manifest.num_shards)
     pipeline = Pipeline(cfg, store, pause, budget, heldout)
 
     # Training's setup reads the dump's settings (and evaluates on the held-out shard): dump that one first.
-    first = heldout if heldout >= 0 else parse_shards(cfg.train.shards, store.manifest.num_shards, "train.shards")[0]
+    first = heldout if heldout >= 0 else training[0]
     if not _dump(pipeline, [first]):
         return pipeline
     resume = latest_checkpoint(Path(cfg.train.out)) is not None

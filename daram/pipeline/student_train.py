@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from daram.config import Config, TrainConfig, parse_shards
+from daram.config import Config, TrainConfig
 from daram.errors import DaramError
 from daram.pipeline.batches import BatchPlan, Prefetcher, check_teacher_shards, check_token_shards, iter_batches
 from daram.pipeline.heldout import heldout_metrics
@@ -52,7 +52,8 @@ from daram.pipeline.training.distributed import Distributed, no_sync, start_dist
 from daram.pipeline.training.export import export_student
 from daram.pipeline.training.metrics import MetricsLog, objective_formula, plot_curves, read_metrics, summary_line
 from daram.pipeline.training.model import StudentWithLoss, build_student, precision_for
-from daram.pipeline.training.optim import build_optimizer, lr_factor
+from daram.pipeline.schedule import lr_factor
+from daram.pipeline.training.optim import build_optimizer
 from daram.pipeline.training.out_lock import claim_out
 from daram.pipeline.training.targets import NoTargets, OnlineTeacher, StoredTargets, TargetSource
 from daram.storage import Store, TeacherManifest
@@ -90,6 +91,7 @@ class Run:
     store: Store
     teacher: TeacherManifest | None
     shards: list[int]
+    heldout_shard: int  # resolved from train.heldout_shard; -1 = none
     temperature: float
     tokenizer: object
     out: Path
@@ -173,14 +175,8 @@ def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None,
     train = cfg.train
     store = Store.open(cfg.store.path)
     manifest = store.manifest
-    shards = parse_shards(train.shards, manifest.num_shards, "train.shards")
-    if train.heldout_shard >= 0:
-        if train.heldout_shard >= manifest.num_shards:
-            raise DaramError(f"train.heldout_shard: shard {train.heldout_shard} is out of range; the store has shards "
-                             f"0-{manifest.num_shards - 1} (-1 = none)")
-        if train.heldout_shard in shards:
-            raise DaramError(f"train.heldout_shard {train.heldout_shard} is also in train.shards ({train.shards})")
-    check_token_shards(store, shards + ([train.heldout_shard] if train.heldout_shard >= 0 else []))
+    shards, heldout = train.split(manifest.num_shards)
+    check_token_shards(store, shards + ([heldout] if heldout >= 0 else []))
     teacher = store.teacher_manifest()
     use_kd = train.alpha_kd > 0
     checked: set[int] = set()
@@ -188,17 +184,18 @@ def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None,
         if use_kd and check_dumps:
             check_teacher_shards(store, teacher, shards, "train.shards")
             checked = set(shards)
-        if train.heldout_shard >= 0:
-            check_teacher_shards(store, teacher, [train.heldout_shard], "train.heldout_shard")
+        if heldout >= 0:
+            check_teacher_shards(store, teacher, [heldout], "train.heldout_shard")
     if online_teacher is not None and train.temperature == 0:
         raise DaramError("train.online_teacher needs train.temperature > 0 (the seed project used 2)")
     # An online teacher brings its own distributions: the stored dump's T does not apply.
-    temperature = _temperature(train, None if online_teacher else teacher, needed=use_kd or train.heldout_shard >= 0)
+    temperature = _temperature(train, None if online_teacher else teacher, needed=use_kd or heldout >= 0)
     tokenizer = _store_tokenizer(store)
     out = Path(train.out)
     if dist.main:  # the other ranks share rank 0's directory
         claim_out(out)
         _check_writable(out)
+        print(f"student-train: {train.describe_split(manifest.num_shards)}", flush=True)  # every check passed
 
     autocast_dtype, use_scaler = precision_for(train.precision, dist.device)
     torch.manual_seed(train.seed)  # the same initial weights on every rank
@@ -210,7 +207,7 @@ def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None,
             raise DaramError(f"online teacher {online_teacher}: vocab_size differs from the store's tokenizer")
         targets: TargetSource = OnlineTeacher(teacher_model, temperature)
     elif use_kd:
-        targets = StoredTargets(teacher.kind, train.tail, teacher.draws, dist.device)
+        targets = StoredTargets(teacher, train.tail, dist.device)
     else:
         targets = NoTargets()
     torch.manual_seed(train.seed + dist.rank)  # dropout streams differ between ranks
@@ -231,7 +228,7 @@ def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None,
     scaler = torch.amp.GradScaler(dist.device.type, enabled=use_scaler)
     signature = _signature(cfg, dist, store, teacher, online_teacher)
     run = Run(
-        cfg=cfg, dist=dist, store=store, teacher=teacher, shards=shards, temperature=temperature, tokenizer=tokenizer,
+        cfg=cfg, dist=dist, store=store, teacher=teacher, shards=shards, heldout_shard=heldout, temperature=temperature, tokenizer=tokenizer,
         out=out, model=model, wrapped=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
         autocast_dtype=autocast_dtype, plan=plan, total_steps=total_steps, targets=targets, signature=signature,
         metrics=MetricsLog(out, dist.main), pause=pause or Pause(parse_duration(cfg.run.time_limit)), checked_shards=checked,
@@ -489,14 +486,14 @@ def _autocast(run: Run):
 def evaluate(run: Run) -> dict | None:
     """Held-out metrics of the student on ``train.heldout_shard`` (rank 0 computes, the others wait)."""
     train = run.train
-    if train.heldout_shard < 0:
+    if run.heldout_shard < 0:
         return None
     result = None
     if run.dist.main:
         with _autocast(run):
             teacher_model = run.targets.model if isinstance(run.targets, OnlineTeacher) else None
             result = heldout_metrics(
-                run.model, run.store, train.heldout_shard, run.temperature, train.eval_rows, train.batch_size,
+                run.model, run.store, run.heldout_shard, run.temperature, train.eval_rows, train.batch_size,
                 run.dist.device, teacher_model=teacher_model,
             )
         run.metrics.write({"step": run.step, "split": "heldout", **result})
@@ -541,9 +538,9 @@ def finish(run: Run, continue_with: str | None = None) -> dict:
         if path is not None and run.dist.main:
             done(f"{path} ({checkpoint_bytes(path) / 1e6:,.1f} MB)")
     if stop.finished:
-        if run.train.heldout_shard >= 0:
-            rows = min(run.train.eval_rows, run.store.manifest.rows_per_shard[run.train.heldout_shard])
-            with _phase(run, f"held-out evaluation on shard {run.train.heldout_shard} ({plural(rows, 'row')})") as done:
+        if run.heldout_shard >= 0:
+            rows = min(run.train.eval_rows, run.store.manifest.rows_per_shard[run.heldout_shard])
+            with _phase(run, f"held-out evaluation on shard {run.heldout_shard} ({plural(rows, 'row')})") as done:
                 result = evaluate(run)
                 if result is not None:
                     done(f"KL {result['kl']:.4f}, CE {result['ce']:.4f}")
