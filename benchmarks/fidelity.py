@@ -163,7 +163,7 @@ def run_seed(store, teacher, seed: int, args) -> dict:
         IGNORE, DenseTarget, DistillObjective, Workspace, final_hidden, head_weight, next_token_labels, sliced_distill_loss,
     )
     from daram.pipeline.models import gpt2
-    from daram.pipeline.student_train import lr_factor
+    from daram.pipeline.schedule import lr_factor
 
     runs = {name: run for name, run in {"CE-only": None, "online T=2": 2.0, "online T=1": 1.0, **FORMATS}.items()
             if name in args.runs}

@@ -485,9 +485,9 @@ def run(
     if device is not None:
         flags["teacher.device"] = device  # --device is the teacher's too
     cfg = _config(config, set_, flags)
-    from daram.pipeline.run import run_pipeline
+    from daram.pipeline.run import run_job
 
-    run_pipeline(cfg)
+    run_job(cfg)
 
 
 @command

@@ -517,7 +517,7 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class SessionConfig:
     """Sessions and disk: what `daram run` (and the clean pause of teacher-dump) needs."""
 
     time_limit: str = setting(
@@ -541,7 +541,7 @@ class Config:
     train: TrainConfig = setting(help="`daram student-train`, phase two: training from the store.", factory=TrainConfig)
     eval: EvalConfig = setting(help="`daram eval`: fine-tuning on KoBEST and NSMC, or held-out fidelity (--heldout).", factory=EvalConfig)
     demo: DemoConfig = setting(help="`daram demo` only (it reads the package's configs/demo.toml, not ./daram.toml).", factory=DemoConfig)
-    run: RunConfig = setting(help="Sessions and disk: the time limit of a clean pause, the disk budget of the whole run.", factory=RunConfig)
+    run: SessionConfig = setting(help="Sessions and disk: the time limit of a clean pause, the disk budget of the whole run.", factory=SessionConfig)
     source_file: str = setting("", "Where the config was read from; empty = defaults only.")
     given: frozenset[str] = field(default=frozenset(), compare=False, metadata={
         "help": "The section.key settings the user set (config file, --set, flags): filled in by load_config, no key of a file."})
