@@ -409,7 +409,8 @@ class Store:
         state = self.shard_state(shard, teacher)
         prefix = f"teacher/{shard_name(shard)}/"
         if state.state == RELEASED:
-            self.kv.delete_dir(prefix)  # finish an interrupted release; nothing left to copy
+            with self.shard_lock(shard):  # takes over the lock of a release that a kill interrupted
+                self.kv.delete_dir(prefix)  # finish that release; nothing left to copy
             return state
         resumable = str(shard) in teacher.released and state.chunks_done == state.chunks  # killed after recording
         if state.state != COMPLETE and not resumable:
