@@ -75,7 +75,7 @@ REFERENCE_TEACHER = "skt/ko-gpt-trinity-1.2B-v0.5"
 class StoreConfig:
     path: str = setting(
         "work/store.zarr",
-        "Local path or any fsspec URL zarr supports (s3://bucket/daram.zarr, gs://...; the extras s3fs / gcsfs).",
+        "Local path or any fsspec URL zarr supports (s3://bucket/daram.zarr, gs://..., az://...; extras daram[s3], daram[gcs], daram[azure]).",
     )
 
 

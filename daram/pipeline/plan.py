@@ -272,7 +272,7 @@ def plan_table(plan: Plan) -> str:
         f"teacher dump      {plan.teacher_bytes_per_token:.1f} B/token: {format_size(plan.teacher_bytes)} in all, "
         f"largest shard {format_size(plan.largest_shard_teacher_bytes)}  ({plan.teacher_bytes_source})",
         f"disk budget       {budget}: {window}",
-        f"FLOPs per token   dump {plan.dump_flops_per_token:.3g}, training {plan.train_flops_per_token:.3g}",
+        f"FLOPs per token   dump {plan.dump_flops_per_token / 1e9:.2f} G, training {plan.train_flops_per_token / 1e9:.2f} G",
         "",
         f"{'GPU':<6} {'dump':>10} {'train':>10} {'sessions':>9}",
     ]
