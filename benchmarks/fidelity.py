@@ -6,6 +6,8 @@ same initial weights and the same learning-rate schedule):
 - ``CE-only``: the student alone (alpha_kd 0, alpha_ce 1);
 - ``online T=2`` / ``online T=1``: the seed's recipe, the teacher in the loop with its full logits
   (alpha_kd 1, alpha_ce 0.1; ``online T=2`` is the seed's own setting);
+- ``online default``: the fair ceiling of a stored format, online full-logit KD with the default dump's own
+  objective (config.py's ``teacher.temperature`` and ``train.alpha_ce``, alpha_kd 1);
 - stored formats (alpha_kd 1, alpha_ce 0.1), each produced from the same teacher logits by the
   functions the dump and the store use (``daram.pipeline.dump_kernels`` to draw or select,
   ``daram.storage.draws`` to encode and decode), so a format is judged exactly as it would be
@@ -15,8 +17,10 @@ same initial weights and the same learning-rate schedule):
 Teachers: ``../shared/data/teachers/ko-small`` (flat, about 7 nats at T = 1) and ``ko-small-sharp``
 (the same ranking, about 2.8 nats). The store is a real ``prepare`` of the lines of
 ``korean_corpus/sentences.txt`` the teachers never saw (0-based even lines); students train on
-shards 0-6 and are scored on shard 7: held-out CE against the real next token, and the exact
-KL(teacher at T = 1 || student at T = 1) over the full vocabulary.
+shards 0-6 and are scored on shard 7 (``--heldout-rows`` rows from ``--heldout-start``; the default's
+alpha_ce was chosen on its first 32 rows, so a report of the default uses rows after those): held-out
+CE against the real next token, and the exact KL(teacher at T = 1 || student at T = 1) over the full
+vocabulary.
 
 Bytes per token: each format's arrays for the first ``--bytes-rows`` rows of shard 0, written with
 the store's codecs for that kind (v1: Blosc zstd-5 bit-shuffle; draws: zstd-9 unshuffled; crc32c) in
@@ -100,6 +104,16 @@ FORMATS = {
     "draws-16 T=1 alpha_ce=1": Format("draws", 1.0, 16, alpha_ce=1.0),
 }
 BASELINES = ("CE-only", "online T=2", "online T=1")
+SAME_OBJECTIVE = "online default"  # online with the default dump's T and alpha_ce: the ceiling of a stored format
+ONLINE = (*BASELINES[1:], SAME_OBJECTIVE)
+
+
+def default_objective() -> tuple[float, float]:
+    """(T, alpha_ce) of the default dump and training, as config.py declares them."""
+    from daram.config import load_config
+
+    config = load_config()
+    return config.teacher.temperature, config.train.alpha_ce
 
 
 def prepare_store(work: Path, seq_len: int):
@@ -165,8 +179,8 @@ def run_seed(store, teacher, seed: int, args) -> dict:
     from daram.pipeline.models import gpt2
     from daram.pipeline.schedule import lr_factor
 
-    runs = {name: run for name, run in {"CE-only": None, "online T=2": 2.0, "online T=1": 1.0, **FORMATS}.items()
-            if name in args.runs}
+    online = {"online T=2": (2.0, 0.1), "online T=1": (1.0, 0.1), SAME_OBJECTIVE: default_objective()}
+    runs = {name: run for name, run in {"CE-only": None, **online, **FORMATS}.items() if name in args.runs}
     students = {}
     for name in runs:
         torch.manual_seed(seed)  # the same initial weights for every student of this seed
@@ -193,8 +207,8 @@ def run_seed(store, teacher, seed: int, args) -> dict:
                 group["lr"] = args.lr * lr_factor(step, max(1, args.steps // 10), args.steps, 0.1, "cosine")
             if run is None:
                 objective = DistillObjective(labels, None, 1.0, 0.0, 1.0)
-            elif isinstance(run, float):
-                objective = DistillObjective(labels, DenseTarget(lambda a, b: logits[:, a:b], run), run, 1.0, 0.1)
+            elif isinstance(run, tuple):  # online: (T, alpha_ce)
+                objective = DistillObjective(labels, DenseTarget(lambda a, b: logits[:, a:b], run[0]), run[0], 1.0, run[1])
             else:
                 ids, values = run.decode(run.encode(flat, scratch, generator))
                 shape = tokens.shape + ids.shape[1:]
@@ -214,7 +228,7 @@ def run_seed(store, teacher, seed: int, args) -> dict:
     # Held-out: exact CE and KL(teacher at T=1 || student at T=1), every student on the same positions.
     sums = {name: [0.0, 0.0] for name in runs}
     ce_positions = kl_positions = 0
-    held = store.read_tokens(HELDOUT, 0, args.heldout_rows).astype(np.int64)
+    held = store.read_tokens(HELDOUT, args.heldout_start, args.heldout_start + args.heldout_rows).astype(np.int64)
     with torch.no_grad():
         for lo in range(0, len(held), args.batch_size):
             tokens = torch.from_numpy(held[lo : lo + args.batch_size])
@@ -260,22 +274,27 @@ def report(paths: list[str]) -> None:
     """Per teacher: each student's metrics and its share of the online recipes' gains over CE-only (mean ± sd over
     seeds), then each format's held-out CE minus CE-only's (for where online does not beat CE-only)."""
     for data in merged(paths):
-        seeds = [s for s in data["seeds"] if all(name in s["results"] for name in BASELINES)]
+        seeds = [s for s in data["seeds"] if "CE-only" in s["results"] and any(o in s["results"] for o in ONLINE)]
         if not seeds:
-            print(f"\n(teacher {data['teacher']}: no seed with the three baselines in these files; add the run that has them)")
+            print(f"\n(teacher {data['teacher']}: no seed with CE-only and an online arm in these files; add the run that has them)")
             continue
-        runs = [name for name in [*BASELINES, *FORMATS] if all(name in s["results"] for s in seeds)]
+        runs = [name for name in [*BASELINES, SAME_OBJECTIVE, *FORMATS] if all(name in s["results"] for s in seeds)]
+        onlines = [name for name in ONLINE if name in runs]
         print(f"\n### teacher `{data['teacher']}` (entropy at T = 1: {data['teacher_entropy']:.2f} nats); "
               f"seeds {', '.join(str(s['seed']) for s in seeds)}; students {data['args']['n_layer']}x{data['args']['n_embd']}, "
               f"{data['args']['steps']} steps of {data['args']['batch_size']} x {data['args']['seq_len']}; "
-              f"tokens {data['token_bytes']:.2f} B/token\n")
-        print("| student | B/token (teacher + tokens) | unique ids | held-out CE | KL(T=1) | CE gain share vs online T=2 | "
-              "KL gain share vs online T=2 | CE share vs online T=1 | KL share vs online T=1 | CE minus CE-only's |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              f"tokens {data['token_bytes']:.2f} B/token; held-out rows {data['args'].get('heldout_start', 0)}-"
+              f"{data['args'].get('heldout_start', 0) + data['args']['heldout_rows'] - 1} of shard {HELDOUT}\n")
+        if SAME_OBJECTIVE in runs:
+            temperature, alpha_ce = data.get("default_objective", default_objective())
+            print(f"{SAME_OBJECTIVE}: online KD at T = {temperature:g}, alpha_ce {alpha_ce:g} (the default's objective)\n")
+        shares_header = "".join(f" CE share vs {o} | KL share vs {o} |" for o in onlines)
+        print(f"| student | B/token (teacher + tokens) | unique ids | held-out CE | KL(T=1) |{shares_header} CE minus CE-only's |")
+        print("|---|---:|---:|---:|---:|" + "---:|---:|" * len(onlines) + "---:|")
         for name in runs:
             metric = {m: [s["results"][name][m] for s in seeds] for m in ("ce", "kl")}
             shares = []
-            for online in ("online T=2", "online T=1"):
+            for online in onlines:
                 for m in ("ce", "kl"):
                     gains = [s["results"]["CE-only"][m] - s["results"][online][m] for s in seeds]
                     per_seed = [(s["results"]["CE-only"][m] - s["results"][name][m]) / g for s, g in zip(seeds, gains)]
@@ -285,9 +304,9 @@ def report(paths: list[str]) -> None:
             size = f"{fmt['bytes'] + data['token_bytes']:.1f}" if fmt else f"{data['token_bytes']:.1f}"
             unique = f"{fmt['unique']:.1f}" if fmt else "-"
             worse = spread([s["results"][name]["ce"] - s["results"]["CE-only"]["ce"] for s in seeds])
-            print(f"| {name} | {size} | {unique} | {spread(metric['ce'])} | {spread(metric['kl'])} | {shares[0]} | "
-                  f"{shares[1]} | {shares[2]} | {shares[3]} | {worse} |")
-        for online in ("online T=2", "online T=1"):
+            print(f"| {name} | {size} | {unique} | {spread(metric['ce'])} | {spread(metric['kl'])} | "
+                  + "".join(f"{share} | " for share in shares) + f"{worse} |")
+        for online in onlines:
             gains = {m: spread([s["results"]["CE-only"][m] - s["results"][online][m] for s in seeds]) for m in ("ce", "kl")}
             print(f"\n{online}: gain over CE-only in held-out CE {gains['ce']}, in KL {gains['kl']} (positive = online better)")
 
@@ -304,14 +323,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--heldout-rows", type=int, default=32)
+    parser.add_argument("--heldout-start", type=int, default=0, help="first scored row of shard 7 (rows 0-31 chose the "
+                        "default's alpha_ce: score the default on later rows)")
     parser.add_argument("--bytes-rows", type=int, default=128)
     parser.add_argument("--bytes-only", action="store_true", help="measure bytes per token and unique ids, train nothing")
     parser.add_argument("--workdir", default="/tmp/daram-fidelity")
     parser.add_argument("--json", help="write the results here (rewritten after every seed)")
     parser.add_argument("--report", nargs="+", metavar="JSON", help="print the table of earlier runs and exit; files of "
                         "one teacher are merged seed by seed (a later run may train only some students)")
-    parser.add_argument("--runs", default=",".join([*BASELINES, *FORMATS]),
-                        help="the students to train, by name (comma-separated; the three baselines and every format)")
+    parser.add_argument("--runs", default=",".join([*BASELINES, SAME_OBJECTIVE, *FORMATS]),
+                        help="the students to train, by name (comma-separated; the baselines, the same-objective online "
+                        "arm and every format)")
     args = parser.parse_args()
     args.runs = args.runs.split(",")
     if args.report:
@@ -343,7 +365,7 @@ def main() -> None:
         log_p = torch.log_softmax(teacher(sample).logits, -1)
         entropy = float(-(log_p.exp() * log_p).sum(-1).mean())
     data = {"teacher": args.teacher, "teacher_entropy": entropy, "token_bytes": token_bytes, "formats": formats,
-            "args": vars(args), "seeds": []}
+            "default_objective": default_objective(), "args": vars(args), "seeds": []}
     for seed in (int(s) for s in args.seeds.split(",")):
         data["seeds"].append({"seed": seed, "results": run_seed(store, teacher, seed, args)})
         if args.json:
