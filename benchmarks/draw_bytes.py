@@ -211,7 +211,8 @@ def variants(budgets: list[float]) -> list[tuple[str, dict]]:
     out = [("draws-16", {"fixed": 16}), ("draws-16 + freq", {"fixed": 16, "relabel": True}),
            ("draws-16 + diff", {"fixed": 16, "diff": True}), ("draws-16 + freq + diff", {"fixed": 16, **cheap})]
     for b in budgets:
-        out.append((f"draws-{b:g} + freq + diff", {"fixed": int(b), **cheap}))
+        if b != 16:  # draws-16 + freq + diff is above
+            out.append((f"draws-{b:g} + freq + diff", {"fixed": int(b), **cheap}))
         out.append((f"head+rest-{b:g} + freq + diff", {"fixed": int(b), "head": True, **cheap}))
         for rule in ("var", "entropy"):
             out.append((f"adaptive {rule} B={b:g} + freq + diff", {"rule": rule, "budget": b, **cheap}))
@@ -228,6 +229,7 @@ def measure_teacher(store, teacher, shards: list[int], rows: int, budgets: list[
     from daram.pipeline.losses import final_hidden, head_weight
 
     recipes = variants(budgets)
+    assert len({name for name, _ in recipes}) == len(recipes), "two layouts of one name would share their arrays"
     layouts = {name: Layout(name, recipe.get("budget", recipe.get("fixed")), ragged="rule" in recipe) for name, recipe in recipes}
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from draw_bytes import SENTINEL, allocate, distinct_ids, estimate, sample, sorted_layout  # noqa: E402
+from draw_bytes import SENTINEL, allocate, distinct_ids, estimate, sample, sorted_layout, variants  # noqa: E402
 
 VOCAB, REPEATS, WIDTH = 40, 3000, 16
 
@@ -100,3 +100,9 @@ def test_layouts_keep_every_draw_and_pad_with_the_sentinel():
         ranks = np.cumsum(row[:c])
         assert (row[c:] == SENTINEL).all()
         assert sorted(np.argsort(relabel)[ranks]) == sorted(want[:c])
+
+
+def test_every_layout_has_its_own_name():
+    """Two recipes of one name would append their arrays to one layout, whose repeats zstd would then halve."""
+    names = [name for name, _ in variants([4.0, 8.0, 16.0])]
+    assert len(set(names)) == len(names) and "draws-16 + freq + diff" in names
