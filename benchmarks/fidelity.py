@@ -29,6 +29,8 @@ chunks of 64 rows, plus the token shards' own bytes per token. Unique ids: disti
     nice -n 10 .venv/bin/python benchmarks/fidelity.py --teacher ko-small --json /tmp/fid-flat.json
     nice -n 10 .venv/bin/python benchmarks/fidelity.py --teacher ko-small-sharp --json /tmp/fid-sharp.json
     .venv/bin/python benchmarks/fidelity.py --report /tmp/fid-flat.json /tmp/fid-sharp.json
+    nice -n 10 .venv/bin/python benchmarks/fidelity.py --teacher ko-small --heldout-start 32 \
+        --runs "CE-only,online T=2,online default,draws-16 T=1 alpha_ce=0.5" --json /tmp/fid-flat-default.json
     .venv/bin/python benchmarks/fidelity.py --steps 4 --seeds 0 --heldout-rows 4 --bytes-rows 8   # smoke
 """
 
