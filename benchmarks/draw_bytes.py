@@ -11,9 +11,11 @@ noisy a target they give:
 - ``head+rest-D``: the exact head (the top-1 id, uint16, and its probability, float16) plus D draws
   from the rest of the distribution (the top-1 removed, renormalised);
 - ``adaptive``: a count of draws per position decided from the teacher's distribution before any draw
-  (see :func:`allocate`), at a mean of B draws per position, the count stored implicitly (the slots
-  past it hold the sentinel 0xFFFF, which sorts last) or, as a lower bound on padding's cost,
-  ``ragged`` (the draws of a chunk concatenated, and one uint8 count per position).
+  (see :func:`allocate`: proportional to the square root of the per-draw variance, or to the entropy),
+  at a mean of B draws per position, or (``new-id``, :func:`allocate_per_new_id`) at the expected distinct
+  ids of B fixed draws; the count stored implicitly (the slots past it hold the sentinel 0xFFFF, which
+  sorts last) or, as a lower bound on padding's cost, ``ragged`` (the draws of a chunk concatenated, and
+  one uint8 count per position).
 
 The estimator and why it stays unbiased with a count that varies (the same argument covers every
 layout above). At a position with teacher distribution p, a count c >= 1 is chosen from p and from
@@ -51,6 +53,7 @@ from fidelity import SHARED, prepare_store
 
 SENTINEL = 0xFFFF  # past the last draw of a position; above every id of a vocabulary that fits uint16
 CHUNK_ROWS = 64  # the store's rows per chunk (prepare.rows_per_chunk's default)
+NEW_ID_TOP = 512  # ids whose repeats the new-id allocation counts; the rarer ones count as new at every draw
 
 
 def allocate(weights: np.ndarray, budget: float, cap: int, rng: np.random.Generator) -> np.ndarray:
@@ -77,6 +80,40 @@ def allocate(weights: np.ndarray, budget: float, cap: int, rng: np.random.Genera
         free &= ~clipped
     floor = np.floor(target)
     return (floor + (rng.random(w.shape) < target - floor)).astype(np.int64)
+
+
+def expected_distinct(top_p: np.ndarray, tail: np.ndarray, cap: int) -> np.ndarray:
+    """``(n, cap + 1)``: expected distinct ids among 0..cap draws, sum_i 1 - (1 - p_i)^draws, from each position's
+    largest probabilities ``top_p`` (n, K) and the mass of the rest ``tail`` (n,), whose every draw counts as new."""
+    draws = np.arange(cap + 1)
+    miss = np.log1p(-np.minimum(top_p, 1 - 1e-12))[:, :, None] * draws
+    return (1 - np.exp(miss)).sum(1) + tail[:, None] * draws
+
+
+def allocate_per_new_id(per_draw_var: np.ndarray, distinct: np.ndarray, budget: int) -> np.ndarray:
+    """Draws per position, 1..cap, that minimise sum_t var_t / c_t for the expected distinct ids of ``budget`` draws.
+
+    ``distinct`` is :func:`expected_distinct`'s table. A draw costs the new ids it is expected to add, not
+    one slot: where the teacher is sure a repeat costs almost nothing, so such positions get more draws.
+    A position takes its (n+1)-th draw while var / (n (n+1)) >= lam * (its expected new ids); lam is found by
+    bisection. The counts depend on p alone (no draw), so the estimator stays unbiased.
+    """
+    cap = distinct.shape[1] - 1
+    n = np.arange(1, cap)  # from n draws to n + 1
+    gain = per_draw_var[:, None] / (n * (n + 1))
+    cost = np.maximum(distinct[:, 2:] - distinct[:, 1:-1], 1e-12)
+    target = distinct[:, budget].mean()
+    ratio = gain / cost
+
+    def counts(lam: float) -> np.ndarray:
+        return 1 + np.cumprod(ratio >= lam, axis=1).sum(1)
+
+    lo, hi = 1e-12, 1e6
+    for _ in range(60):  # geometric bisection: more draws while lam is small
+        lam = np.sqrt(lo * hi)
+        spent = distinct[np.arange(len(distinct)), counts(lam)].mean()
+        lo, hi = (lam, hi) if spent > target else (lo, lam)
+    return counts(hi)
 
 
 def sample(e, cdf, uniforms, top=None) -> np.ndarray:
@@ -134,6 +171,7 @@ class Layout:
     arrays: dict[str, list] = field(default_factory=dict)  # name -> blocks
     mse: list = field(default_factory=list)  # per position: E||p_hat - p||^2
     unique: list = field(default_factory=list)  # distinct ids stored per position (head included)
+    draws: list = field(default_factory=list)  # draws per position
     ragged: bool = False  # also measure the draws as one concatenated stream + uint8 counts
 
     def add(self, **blocks) -> None:
@@ -216,6 +254,8 @@ def variants(budgets: list[float]) -> list[tuple[str, dict]]:
         out.append((f"head+rest-{b:g} + freq + diff", {"fixed": int(b), "head": True, **cheap}))
         for rule in ("var", "entropy"):
             out.append((f"adaptive {rule} B={b:g} + freq + diff", {"rule": rule, "budget": b, **cheap}))
+        # as many expected distinct ids as draws-B, spent where a draw removes the most variance per new id
+        out.append((f"adaptive new-id ~draws-{b:g} + freq + diff", {"rule": "new-id", "budget": b, **cheap}))
         out.append((f"head+rest adaptive var B={b:g} + freq + diff", {"rule": "var", "budget": b, "head": True, **cheap}))
     return out
 
@@ -259,6 +299,7 @@ def measure_teacher(store, teacher, shards: list[int], rows: int, budgets: list[
             kernel_draws, entropy = draws_slice(z, torch.empty_like(z), u16)
             kernel_draws, entropy = kernel_draws.numpy(), entropy.numpy()
             assert np.array_equal(np.sort(sample(e, cdf, u16), -1), kernel_draws), "sample() differs from draws_slice"
+            top_p = (torch.topk(e, NEW_ID_TOP, -1).values.double().numpy() / total[:, None])
             entropy_sum += float(entropy.sum())
             positions += n
             for name, recipe in recipes:
@@ -267,6 +308,10 @@ def measure_teacher(store, teacher, shards: list[int], rows: int, budgets: list[
                 if "fixed" in recipe:
                     width = recipe["fixed"]
                     counts = np.full(n, width)
+                elif recipe["rule"] == "new-id":
+                    width = int(min(255, 4 * recipe["budget"]))
+                    expected = expected_distinct(top_p, np.maximum(1 - top_p.sum(1), 0.0), width)
+                    counts = allocate_per_new_id(1 - sum_p2, expected, int(recipe["budget"]))
                 else:
                     width = int(min(255, 4 * recipe["budget"]))
                     w = {"var": np.sqrt(rest_var if head else 1 - sum_p2), "entropy": entropy}[recipe["rule"]]
@@ -277,6 +322,7 @@ def measure_teacher(store, teacher, shards: list[int], rows: int, budgets: list[
                     drawn = sample(e, cdf, torch.rand(n, width, generator=generator), top if head else None)
                 layout.add(draws=sorted_layout(drawn, counts, relabel if recipe.get("relabel") else None,
                                                recipe.get("diff", False)))
+                layout.draws.append(counts)
                 distinct = distinct_ids(sorted_layout(drawn, counts, None, False))
                 if head:
                     layout.add(head_id=(relabel[top] if recipe.get("relabel") else top).astype(np.uint16), head_p=head16)
@@ -290,7 +336,8 @@ def measure_teacher(store, teacher, shards: list[int], rows: int, budgets: list[
     for name, layout in layouts.items():
         size = store_bytes(layout, CHUNK_ROWS * store.manifest.seq_len)
         result["layouts"][name] = {"budget": layout.budget, "bytes": size, "mse": float(np.concatenate(layout.mse).mean()),
-                                   "unique": float(np.concatenate(layout.unique).mean())}
+                                   "unique": float(np.concatenate(layout.unique).mean()),
+                                   "draws": float(np.concatenate(layout.draws).mean())}
     return result
 
 
@@ -313,7 +360,7 @@ def report(results: dict) -> None:
           "per position, the KL gradient's variance in the student's logits, relative to draws-16's on the same teacher; "
           "MSE x bytes: the same product for the teacher arrays, relative to draws-16's (lower: less variance per byte).\n")
     header = "".join(f" {t}: B/token | ragged | codec | unique ids | MSE | MSE x bytes |" for t in teachers)
-    print(f"| layout | mean draws |{header} <= 11 B/token on all |")
+    print(f"| layout | mean draws ({' / '.join(teachers)}) |{header} <= 11 B/token on all |")
     print("|---|---:|" + "---:|---:|---|---:|---:|---:|" * len(teachers) + "---|")
     for name in results[teachers[0]]["layouts"]:
         cells, fits = "", True
@@ -326,7 +373,8 @@ def report(results: dict) -> None:
             merit = r["mse"] * r["bytes"]["best"] / (default[t]["mse"] * default[t]["bytes"]["best"])
             cells += (f" {total:.2f} | {ragged} | {r['bytes']['best_codec']} | {r['unique']:.1f} | "
                       f"{r['mse'] / default[t]['mse']:.2f} | {merit:.2f} |")
-        print(f"| {name} | {results[teachers[0]]['layouts'][name]['budget']:g} |{cells} {'yes' if fits else 'no'} |")
+        draws = " / ".join(f"{results[t]['layouts'][name].get('draws', results[t]['layouts'][name]['budget']):.1f}" for t in teachers)
+        print(f"| {name} | {draws} |{cells} {'yes' if fits else 'no'} |")
     for t in teachers:
         print(f"\n{t}: entropy {results[t]['entropy']:.2f} nats, {results[t]['positions']:,} positions, tokens "
               f"{results[t]['token_bytes']:.2f} B/token; draws-16 MSE {default[t]['mse']:.4f}")

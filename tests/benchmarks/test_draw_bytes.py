@@ -11,7 +11,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from draw_bytes import SENTINEL, allocate, distinct_ids, estimate, sample, sorted_layout, variants  # noqa: E402
+from draw_bytes import (  # noqa: E402
+    SENTINEL, allocate, allocate_per_new_id, distinct_ids, estimate, expected_distinct, sample, sorted_layout, variants,
+)
 
 VOCAB, REPEATS, WIDTH = 40, 3000, 16
 
@@ -106,3 +108,19 @@ def test_every_layout_has_its_own_name():
     """Two recipes of one name would append their arrays to one layout, whose repeats zstd would then halve."""
     names = [name for name, _ in variants([4.0, 8.0, 16.0])]
     assert len(set(names)) == len(names) and "draws-16 + freq + diff" in names
+
+
+def test_per_new_id_allocation_spends_the_expected_distinct_ids_of_fixed_draws():
+    k = 50
+    uniform = np.full((1, k), 1 / k)
+    table = expected_distinct(uniform, np.zeros(1), 8)
+    np.testing.assert_allclose(table[0], k * (1 - (1 - 1 / k) ** np.arange(9)))
+    # 200 positions from flat (top-1 0.02 of 50 ids) to sure (0.99); tails of 0
+    top = np.linspace(0.02, 0.99, 200)[:, None]
+    top_p = np.concatenate([top, np.repeat((1 - top) / (k - 1), k - 1, axis=1)], axis=1)
+    table = expected_distinct(top_p, np.zeros(200), 32)
+    counts = allocate_per_new_id(1 - (top_p**2).sum(1), table, 8)
+    assert np.array_equal(counts, allocate_per_new_id(1 - (top_p**2).sum(1), table, 8))  # a function of p alone
+    spent = table[np.arange(200), counts].mean()
+    assert table[:, 8].mean() * 0.97 <= spent <= table[:, 8].mean()
+    assert counts[-20:].min() > counts[:20].max()  # a sure position's draws are mostly free repeats
