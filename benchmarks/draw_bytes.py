@@ -196,7 +196,7 @@ def store_bytes(layout: Layout, positions_per_chunk: int) -> dict[str, float]:
     import zarr
     from zarr.codecs import BloscCodec
 
-    from daram.storage.store import compressors, id_compressors
+    from daram.storage.codecs import compressors, id_compressors
 
     codecs = {"zstd9": id_compressors(), "zstd9-byteshuffle": (BloscCodec(cname="zstd", clevel=9, shuffle="shuffle"),
                                                                id_compressors()[1]),
