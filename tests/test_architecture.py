@@ -54,6 +54,10 @@ def test_imports_follow_the_layers(path):
         rule = ("daram.errors", "daram.storage")  # the store knows nothing of settings or stages
     elif name == "daram.config":
         rule = LEAVES
+    elif name == "daram.data":  # public: reads the store with the stages' checks, never settings or the CLI
+        rule = (*LEAVES, "daram.storage", "daram.pipeline.batches")
+    elif name == "daram.losses":  # public: the training loss's own code, nothing else
+        rule = (*LEAVES, "daram.pipeline.losses")
     elif name.startswith("daram.pipeline"):
         rule = (*LEAVES, "daram.config", "daram.storage", "daram.pipeline")  # never the CLI
     else:

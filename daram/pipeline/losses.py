@@ -56,10 +56,18 @@ def topk_bucket_kl(logq_k: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
     """
     p = logp.exp()
     kl = (p * (logp - logq_k)).sum(-1)
-    p_tail = (1.0 - p.sum(-1)).clamp_min(0.0)
+    return kl + tail_bucket_kl(logq_k, (1.0 - p.sum(-1)).clamp_min(0.0))
+
+
+def tail_bucket_kl(logq_k: torch.Tensor, p_tail: torch.Tensor) -> torch.Tensor:
+    """``P_tail (log P_tail - log Q_tail)``: the KL term of the one bucket outside the ids, ``(...)``.
+
+    ``Q_tail``, the student's mass outside the ids, comes from ``logsumexp`` over them in log space; the
+    term vanishes when ``P_tail`` is 0.
+    """
     # The student's in-K mass is < 1 in exact arithmetic; keep it strictly below 1 in float32 too.
     log_q_in = torch.logsumexp(logq_k, -1).clamp_max(-1e-7)
-    return kl + torch.xlogy(p_tail, p_tail) - p_tail * _log1mexp(log_q_in)
+    return torch.xlogy(p_tail, p_tail) - p_tail * _log1mexp(log_q_in)
 
 
 def topk_renormalized_kl(logq_k: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
@@ -143,6 +151,25 @@ class SparseTarget:
     def kl(self, logq_k: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         t = self.probs[:, start:stop]
         return torch.xlogy(t, t).sum(-1) - (t * logq_k).sum(-1)
+
+
+@dataclass
+class TailTarget:
+    """Probabilities ``(B, L, S)`` at ids ``(B, L, S)`` plus the teacher's mass outside them ``(B, L)``: every
+    stored kind in one form (``daram.data``'s batches). The KL is :class:`SparseTarget`'s plus
+    :func:`tail_bucket_kl`: with the top-k kind's ``tail = 1 - sum`` it is :func:`topk_bucket_kl`, with a tail
+    of 0 (sampled, draws) it is :func:`sampled_kl`."""
+
+    sparse_ids: torch.Tensor  # (B, L, S) int64
+    probs: torch.Tensor  # (B, L, S) float32; 0 = padding
+    tail: torch.Tensor  # (B, L) float32
+
+    def ids(self, start: int, stop: int) -> torch.Tensor:
+        return self.sparse_ids[:, start:stop]
+
+    def kl(self, logq_k: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        t = self.probs[:, start:stop]
+        return torch.xlogy(t, t).sum(-1) - (t * logq_k).sum(-1) + tail_bucket_kl(logq_k, self.tail[:, start:stop])
 
 
 @dataclass

@@ -87,6 +87,16 @@ class TeacherFormat:
         """(ids int64, probabilities float32), ``(rows, seq_len, width)``; slots of probability 0 are padding."""
         raise NotImplementedError
 
+    def tail(self, probs: np.ndarray) -> np.ndarray:
+        """The teacher's mass outside the stored ids, ``(rows, seq_len)`` float32: 0 for the kinds whose
+        probabilities are an estimate that sums to 1."""
+        return np.zeros(probs.shape[:-1], dtype=np.float32)
+
+    def targets(self, arrays: tuple[np.ndarray, ...], dump: Dump) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, probabilities, tail mass): every kind in one fixed-width form (``daram.data``'s batches)."""
+        ids, probs = self.probabilities(arrays, dump)
+        return ids, probs, self.tail(probs)
+
     def check_block(self, arrays: tuple[np.ndarray, ...], dump: Dump) -> list[str]:
         """Content checks of one chunk of stored arrays; each problem as a short phrase."""
         ids = arrays[0]
@@ -118,6 +128,10 @@ class TopkFormat(TeacherFormat):
     def probabilities(self, arrays, dump):
         ids, logprobs = arrays
         return ids.astype(np.int64), np.exp(logprobs.astype(np.float32))
+
+    def tail(self, probs):
+        """``1 - sum`` of the k probabilities: exact up to their float16 rounding (clamped at 0)."""
+        return np.clip(1.0 - probs.sum(-1), 0.0, None).astype(np.float32)
 
     def check_block(self, arrays, dump):
         problems = super().check_block(arrays, dump)

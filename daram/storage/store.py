@@ -480,6 +480,13 @@ class Store:
         target = self.teacher_shard(shard)
         return target.format.probabilities(target.read_rows(start, stop), target.teacher)
 
+    def read_teacher_targets(self, shard: int, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, ...]:
+        """(ids int64, probabilities float32, tail mass float32) of rows [start, stop): the first two as
+        :meth:`read_teacher_probs`, ``(rows, seq_len, width)``; the tail ``(rows, seq_len)`` is the teacher's
+        mass outside the ids, ``1 - sum`` for top-k and 0 for the kinds whose probabilities sum to 1."""
+        target = self.teacher_shard(shard)
+        return target.format.targets(target.read_rows(start, stop), target.teacher)
+
     # --- locks and sizes --------------------------------------------------------------------
 
     def lock(self, name: str, what: str, wait: float = 0.0) -> StoreLock:
