@@ -137,3 +137,17 @@ def test_readme_states_the_default_teacher_format():
     assert f'kind = "{teacher.kind}"' in first_paragraph
     if teacher.kind in ("sampled", "draws"):
         assert f"{teacher.draws} draws" in first_paragraph and f"T = {teacher.temperature:g}" in first_paragraph
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_own_trainer_code_blocks_run(kind, dumped_stores, monkeypatch, capsys):
+    """docs/own-trainer.md's blocks read, resume and train from a store of every kind with daram.data and daram.losses."""
+    blocks = code_blocks(REPO / "docs" / "own-trainer.md", "python")
+    assert len(blocks) >= 3
+    monkeypatch.chdir(dumped_stores[kind])
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/own-trainer.md", "exec"), namespace)
+    assert namespace["batches"].teacher.kind == kind
+    out = capsys.readouterr().out
+    assert "step 3: loss" in out and "nan" not in out
