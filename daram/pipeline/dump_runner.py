@@ -4,14 +4,15 @@ time through its kind's kernel (``dump_kinds.py``), into the kind's arrays as th
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from daram.errors import DaramError
-from daram.pipeline.dump_kernels import TemperedHead, slice_positions
+from daram.pipeline.dump_kernels import slice_positions
 from daram.pipeline.dump_kinds import dump_kind
+from daram.pipeline.padded_vocab import real_rows
 from daram.storage import teacher_format
 
 CPU_BATCH_TOKENS = 4096  # automatic batch size on CPU: rows of about this many tokens per forward
@@ -22,6 +23,7 @@ class ChunkResult:
     arrays: tuple[np.ndarray, ...]  # the kind's arrays as stored, ids first, [rows, seq_len, width] each
     entropy_sum: float  # sum over positions of the teacher's entropy at T (nats)
     seconds: float = 0.0
+    padding: dict[str, float] = field(default_factory=dict)  # a padded head: the mass on padding ids (sum, max)
 
     @property
     def positions(self) -> int:
@@ -44,18 +46,14 @@ class TeacherRunner:
         head = model.get_output_embeddings()
         if not isinstance(head, torch.nn.Linear):
             raise DaramError(f"teacher's output layer is a {type(head).__name__}; daram expects a Linear LM head")
-        vocab = head.out_features
-        if vocab != manifest.tokenizer.vocab_size:
-            raise DaramError(
-                f"teacher's LM head has {vocab:,} outputs but its tokenizer (and the store) has "
-                f"{manifest.tokenizer.vocab_size:,} ids"
-            )
+        vocab = manifest.tokenizer.vocab_size
+        # A padded head (more rows than ids): the dump reads the real rows; the mass on the others is measured.
+        self.head, self.padding_mass = real_rows(head, vocab, temperature)
         context = getattr(model.config, "max_position_embeddings", None)
         if context is not None and manifest.seq_len > context:
             raise DaramError(f"the store's rows hold {manifest.seq_len} tokens; the teacher's context is {context}")
         self.model = model
         self.body = model.base_model
-        self.head = TemperedHead.from_linear(head, temperature)
         self.format, self.ops = teacher_format(kind), dump_kind(kind)
         self.width, self.device = width, device
         self.auto_batch = batch_size == 0
@@ -77,7 +75,8 @@ class TeacherRunner:
         """The body + head path must give the model's own logits (refuses models that rescale or cap them)."""
         with torch.inference_mode():
             probe = torch.arange(8, device=self.device).unsqueeze(0)
-            expected = self.model(input_ids=probe, use_cache=False).logits[0].float() / self.head.temperature
+            expected = self.model(input_ids=probe, use_cache=False).logits[0, :, : self.head.weight.shape[0]].float()
+            expected /= self.head.temperature
             if not torch.isfinite(expected).all():
                 raise DaramError(
                     f"teacher {type(self.model).__name__} gives non-finite logits on a probe of 8 tokens "
@@ -111,6 +110,8 @@ class TeacherRunner:
         out = [np.empty(shape, dtype=dtype) for shape, dtype in zip(shapes, self.dtypes)]
         logits, scratch = self.buffers
         entropy_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        padding_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        padding_max = torch.zeros((), dtype=torch.float32, device=self.device)
         batch_ids = torch.from_numpy(tokens.astype(np.int64))
         for lo in range(0, rows, self.batch_size):
             hidden = self.hidden_states(batch_ids[lo : lo + self.batch_size].to(self.device))
@@ -119,10 +120,15 @@ class TeacherRunner:
             for start in range(0, hidden.shape[0], self.slice):
                 z = self.head(hidden[start : start + self.slice], logits)
                 at = slice(base + start, base + start + z.shape[0])
+                if self.padding_mass is not None:  # before the kernel consumes z
+                    mass = self.padding_mass(hidden[start : start + self.slice], z)
+                    padding_sum += mass.sum(dtype=torch.float64)
+                    padding_max = torch.maximum(padding_max, mass.max())
                 arrays, entropy = self.ops.kernel(z, scratch, None if uniforms is None else uniforms[at], self.width)
                 ids, *values = arrays
                 out[0][at] = ids.cpu().numpy()  # int64 -> the store's token dtype
                 for array, value, dtype in zip(out[1:], values, self.ops.value_dtypes):
                     array[at] = value.to(dtype).cpu().numpy()  # cast on the device: less to copy
                 entropy_sum += entropy.sum(dtype=torch.float64)
-        return ChunkResult(tuple(a.reshape(rows, seq_len, *a.shape[1:]) for a in out), float(entropy_sum))
+        padding = {} if self.padding_mass is None else {"padding_mass_sum": float(padding_sum), "padding_mass_max": float(padding_max)}
+        return ChunkResult(tuple(a.reshape(rows, seq_len, *a.shape[1:]) for a in out), float(entropy_sum), padding=padding)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from daram.pipeline.padded_vocab import padding_stats
 from daram.storage import Store, TeacherShard
 
 
@@ -20,6 +21,7 @@ def shard_stats(store: Store, target: TeacherShard) -> dict[str, Any]:
         "entropy_mean": sum(c["entropy_sum"] for c in chunk_stats.values()) / positions,
         "seconds": round(seconds, 3),
         "tokens_per_s": round(positions / max(seconds, 1e-9), 1),
+        **padding_stats(chunk_stats.values(), positions),
         **stored_stats(store, target),
     }
 
@@ -31,8 +33,11 @@ def stored_stats(store: Store, target: TeacherShard) -> dict[str, Any]:
 
 
 def summary_line(target: TeacherShard, stats: dict[str, Any], wall: float) -> str:
+    padding = ""
+    if "padding_mass_max" in stats:
+        padding = f"; mass on padding ids mean {stats['padding_mass_mean']:.2g} (max {stats['padding_mass_max']:.2g})"
     return (
         f"shard {target.shard}: {stats['tokens']:,} tokens ({stats['tokens_computed']:,} this run) in {wall:.1f}s, "
-        f"{stats['tokens_per_s']:,.0f} tokens/s on {stats['device']}; {target.format.summary(stats)}; "
+        f"{stats['tokens_per_s']:,.0f} tokens/s on {stats['device']}; {target.format.summary(stats)}{padding}; "
         f"entropy {stats['entropy_mean']:.3f} nats"
     )

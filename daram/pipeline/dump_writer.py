@@ -24,7 +24,8 @@ class ChunkWriter:
         self.pending = self.pool.submit(self._write, chunk, result)
 
     def _write(self, chunk: int, result: ChunkResult) -> None:
-        stats = {"positions": result.positions, "entropy_sum": result.entropy_sum, "seconds": result.seconds}
+        stats = {"positions": result.positions, "entropy_sum": result.entropy_sum, "seconds": result.seconds,
+                 **result.padding}
         self.shard.write_chunk(chunk, result.arrays, stats)
 
     def wait(self) -> None:

@@ -47,10 +47,15 @@ def check_store_tokenizer(tokenizer, whose: str, store) -> None:
     want = store.manifest.tokenizer
     size, sha = vocab_size_of(tokenizer), vocab_sha256(tokenizer)
     if (size, sha) != (want.vocab_size, want.vocab_sha256):
+        differs = [f"{size:,} ids against {want.vocab_size:,}"] if size != want.vocab_size else [
+            "the same number of ids mapped to other tokens"]
+        if tokenizer.eos_token_id != want.eos_id:
+            differs.append(f"EOS id {tokenizer.eos_token_id} against {want.eos_id}")
         raise DaramError(
             f"{whose} has another tokenizer ({size:,} ids, vocab sha256 {sha[:12]}) than the store {store.url} "
-            f"({want.name_or_path}: {want.vocab_size:,} ids, sha256 {want.vocab_sha256[:12]}); the stored token ids "
-            "would not line up: use the tokenizer the store was prepared with"
+            f"({want.name_or_path}: {want.vocab_size:,} ids, sha256 {want.vocab_sha256[:12]}): {'; '.join(differs)}. "
+            "The stored token ids would not line up: use the tokenizer the store was prepared with (distilling "
+            "across tokenizers is out of scope)"
         )
 
 

@@ -61,6 +61,7 @@ from daram.pipeline.dump_stats import shard_stats, summary_line
 from daram.pipeline.dump_uniforms import chunk_uniforms
 from daram.pipeline.dump_writer import ChunkWriter
 from daram.pipeline.hf import check_store_tokenizer, load_causal_lm, load_tokenizer, loaded_commit, resolve_device, resolved_source
+from daram.pipeline.padded_vocab import check_padding_mass
 from daram.pipeline.parent_death import die_with_parent
 from daram.pipeline.pause import Pause
 from daram.storage import COMPLETE, RELEASED, LockHeld, Store, TeacherManifest, check_same_teacher, choose_kind, teacher_format
@@ -360,6 +361,9 @@ def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: Teach
                         f"rows {lo}-{hi} (dtype {runner.dtype_name}"
                         + ("; float16 can overflow: try --dtype float32 or bfloat16)" if runner.dtype_name == "float16" else ")")
                     )
+                if result.padding:
+                    check_padding_mass(result.padding["padding_mass_max"], teacher.teacher_given or teacher.teacher,
+                                       shard, (lo, hi), teacher.vocab_size)
                 writer.submit(chunk, result)
                 lock.refresh()
                 bar.update(tokens.size)
