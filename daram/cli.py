@@ -399,6 +399,7 @@ def student_train(
     heldout_shard: Annotated[
         Optional[int], setting_option("train.heldout_shard")
     ] = None,
+    arch: Annotated[Optional[str], setting_option("student.arch")] = None,
     n_embd: Annotated[Optional[int], setting_option("student.n_embd")] = None,
     n_head: Annotated[Optional[int], setting_option("student.n_head")] = None,
     n_layer: Annotated[Optional[int], setting_option("student.n_layer")] = None,

@@ -217,19 +217,42 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class StudentConfig:
+    arch: str = setting(
+        "gpt2",
+        "Architecture of a new student: gpt2 (learned positions), llama or qwen2 (rotary positions, gated MLP, "
+        "grouped-query attention), or the path of a transformers config.json, whose own shape then replaces "
+        "n_embd / n_head / n_layer / n_kv_head / intermediate_size / tie_embeddings. Its logits must be "
+        "hidden @ W^T (no head bias, logit scale or soft-capping).",
+    )
     n_embd: int = setting(768, "Student width.")
     n_head: int = setting(8, "Student attention heads.")
     n_layer: int = setting(4, "Student layers.")
+    n_kv_head: int = setting(0, "Key/value heads of a llama or qwen2 student (grouped-query attention); 0 = n_head. gpt2 has none of its own.")
+    intermediate_size: int = setting(
+        0, "MLP width; 0 = the architecture's default: 4 x n_embd for gpt2, 8/3 x n_embd rounded up to a multiple of 64 "
+           "for llama and qwen2 (a gated MLP of the same parameter count).")
+    tie_embeddings: bool = setting(True, "Share the token embedding with the LM head (False: the head has its own weight).")
     init_from: str = setting(
         "",
         "Start from this causal LM (hub id or directory) instead of random weights; its own shape then replaces "
         "n_embd / n_head / n_layer, and its tokenizer must be the store's.",
     )
-    dropout: float = setting(0.0, "Residual, embedding and attention dropout of a new student; 0 suits one pass over a large corpus.")
+    dropout: float = setting(
+        0.0, "Residual, embedding and attention dropout of a new student (llama and qwen2 have attention dropout "
+             "only); 0 suits one pass over a large corpus.")
 
     def __post_init__(self) -> None:
         for name in ("n_embd", "n_head", "n_layer"):
             _check_positive(f"student.{name}", getattr(self, name))
+        if self.arch not in ("gpt2", "llama", "qwen2") and not self.arch.endswith(".json"):
+            raise DaramError(f"student.arch must be gpt2, llama, qwen2 or the path of a config.json, got {self.arch!r}")
+        if self.n_kv_head < 0 or self.intermediate_size < 0:
+            raise DaramError(f"student.n_kv_head ({self.n_kv_head}) and student.intermediate_size "
+                             f"({self.intermediate_size}) must be >= 0 (0 = the architecture's default)")
+        if self.n_kv_head and self.n_head % self.n_kv_head:
+            raise DaramError(f"student.n_head ({self.n_head}) must be a multiple of student.n_kv_head ({self.n_kv_head})")
+        if self.arch == "gpt2" and self.n_kv_head not in (0, self.n_head):
+            raise DaramError(f"student.n_kv_head {self.n_kv_head}: gpt2 has no grouped-query attention (use llama or qwen2, or 0)")
         if not 0 <= self.dropout < 1:
             raise DaramError(f"student.dropout must be in [0, 1), got {self.dropout}")
         if self.n_embd % self.n_head:

@@ -18,13 +18,14 @@ from daram.text import plural
 
 
 def gpt2(vocab_size: int, n_embd: int, n_head: int, n_layer: int, n_positions: int = 1024, dropout: float = 0.0,
-         tokenizer=None, init_std: float = 0.02):
+         tokenizer=None, init_std: float = 0.02, n_inner: int | None = None, tie_embeddings: bool = True):
     """A new, randomly initialised ``GPT2LMHeadModel`` (seed torch first for a reproducible one).
 
     ``dropout`` is the residual, embedding and attention dropout alike. With ``tokenizer``, its BOS, EOS and
     PAD ids go into the config (BOS and PAD fall back to EOS, as `prepare` does), so ``generate`` and an
     exported model know them. Without one the config names no special ids: GPT2Config's default, English
-    GPT-2's 50256, means nothing in another vocabulary.
+    GPT-2's 50256, means nothing in another vocabulary. ``n_inner``: the MLP width (None: 4 x n_embd);
+    ``tie_embeddings=False`` gives the LM head its own weight.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -44,7 +45,8 @@ def gpt2(vocab_size: int, n_embd: int, n_head: int, n_layer: int, n_positions: i
         }
     config = GPT2Config(
         vocab_size=vocab_size, n_embd=n_embd, n_head=n_head, n_layer=n_layer, n_positions=n_positions,
-        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, initializer_range=init_std, **special,
+        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, initializer_range=init_std, n_inner=n_inner,
+        tie_word_embeddings=tie_embeddings, **special,
     )
     return GPT2LMHeadModel(config)
 

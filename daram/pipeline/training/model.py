@@ -7,7 +7,7 @@ import torch
 from daram.errors import DaramError
 from daram.pipeline.hf import check_store_tokenizer, load_causal_lm, load_tokenizer
 from daram.pipeline.losses import Workspace, final_hidden, head_weight, sliced_distill_loss
-from daram.pipeline.models import gpt2
+from daram.pipeline.architectures import check_plain_head, new_student
 
 
 def precision_for(name: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -46,12 +46,12 @@ class StudentWithLoss(torch.nn.Module):
 
 
 def build_student(student, store, tokenizer):
-    """A new GPT-2 of the configured shape, or ``student.init_from``, checked against the store's tokenizer."""
+    """A new student of ``student.arch`` and the configured shape, or ``student.init_from``, checked against the
+    store's tokenizer; either way its logits must be ``hidden @ W^T`` (the fused loss computes them so)."""
     manifest = store.manifest
     if student.init_from:
         return _load_student(student.init_from, store)
-    return gpt2(manifest.tokenizer.vocab_size, student.n_embd, student.n_head, student.n_layer,
-                n_positions=max(manifest.seq_len, 1024), dropout=student.dropout, tokenizer=tokenizer)
+    return new_student(student, manifest.tokenizer.vocab_size, max(manifest.seq_len, 1024), tokenizer)
 
 
 def _load_student(source: str, store):
@@ -63,8 +63,5 @@ def _load_student(source: str, store):
     positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 0)
     if positions < seq_len:
         raise DaramError(f"student.init_from {source!r}: {positions} positions < the store's seq_len {seq_len}")
-    try:
-        head_weight(model)
-    except ValueError as exc:
-        raise DaramError(f"student.init_from {source!r}: {exc}") from None
+    check_plain_head(model, f"student.init_from {source!r}")
     return model.train()
