@@ -33,6 +33,27 @@ def default_intermediate_size(arch: str, n_embd: int) -> int:
     return 64 * math.ceil(8 * n_embd / 3 / 64)
 
 
+def student_shape(student) -> tuple[int, int, int]:
+    """(layers, width, weights of one block) of a new student, for `daram plan`'s FLOPs: attention and MLP matrices
+    (norms and biases left out). Q and the output projection are d x d, K and V d x (d / heads x KV heads); the MLP
+    is two d x I matrices for gpt2 and three (gate, up, down) for the gated llama and qwen2. A config.json is read
+    for its shape."""
+    arch, layers, d, heads = student.arch, student.n_layer, student.n_embd, student.n_head
+    kv, inner = student.n_kv_head, student.intermediate_size
+    if arch not in ARCHS:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(arch)
+        layers, d, heads = config.num_hidden_layers, config.hidden_size, config.num_attention_heads
+        kv = getattr(config, "num_key_value_heads", None) or heads
+        inner = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d
+        arch = "gpt2" if config.model_type == "gpt2" else "llama"
+    kv = kv or heads
+    inner = inner or default_intermediate_size(arch, d)
+    attention = 2 * d * d + 2 * d * (d // heads) * kv
+    return layers, d, attention + (2 if arch == "gpt2" else 3) * d * inner
+
+
 def new_student(student, vocab_size: int, n_positions: int, tokenizer=None):
     """A randomly initialised causal LM of ``student``'s architecture and shape over ``vocab_size`` ids (seed torch
     first for a reproducible one), with the tokenizer's BOS, EOS and PAD ids in its config."""

@@ -22,6 +22,7 @@ import numpy as np
 
 from daram.config import REFERENCE_TEACHER, Config
 from daram.errors import DaramError
+from daram.pipeline.architectures import student_shape
 from daram.pipeline.measured import DATASHEET_PEAKS, MeasuredMFU, read_measured
 from daram.storage import Store, measure_teacher_bytes, teacher_format
 from daram.units import format_duration, format_size, parse_duration, parse_size
@@ -101,7 +102,8 @@ def make_plan(cfg: Config, measure: bool = True, measured: str | None = None) ->
     dump_flops = forward_flops_per_token(teacher_shape["n_layer"], teacher_shape["n_embd"], teacher_shape["vocab_size"], seq_len)
     student = cfg.student
     vocab = teacher_shape["vocab_size"] if store is None else store.manifest.tokenizer.vocab_size
-    train_flops = 3 * forward_flops_per_token(student.n_layer, student.n_embd, vocab, seq_len)  # forward + backward
+    layers, width, block = student_shape(student)
+    train_flops = 3 * forward_flops_per_token(layers, width, vocab, seq_len, block)  # forward + backward
     trained_tokens = sum(shard_tokens[s] for s in training) * cfg.train.epochs
     if cfg.train.max_steps:
         trained_tokens = min(trained_tokens, cfg.train.max_steps * cfg.train.batch_size * cfg.train.grad_accum * seq_len)
@@ -155,10 +157,11 @@ def window_size(shard_bytes: list[int], budget: int, fixed: int = 0) -> int:
     return n
 
 
-def forward_flops_per_token(n_layer: int, n_embd: int, vocab: int, seq_len: int) -> float:
-    """A GPT-2 forward per token: 2 FLOPs per weight of the blocks (12 d^2 per layer) and of the LM head
-    (V d), plus causal attention over the context (2 L T d, Kaplan et al. 2020)."""
-    return 2 * 12 * n_layer * n_embd**2 + 2 * vocab * n_embd + 2 * n_layer * seq_len * n_embd
+def forward_flops_per_token(n_layer: int, n_embd: int, vocab: int, seq_len: int, block_weights: int | None = None) -> float:
+    """A forward per token: 2 FLOPs per weight of the blocks (``block_weights`` each; a GPT-2's 12 d^2 by default)
+    and of the LM head (V d), plus causal attention over the context (2 L T d, Kaplan et al. 2020)."""
+    block = 12 * n_embd**2 if block_weights is None else block_weights
+    return 2 * n_layer * block + 2 * vocab * n_embd + 2 * n_layer * seq_len * n_embd
 
 
 def teacher_bytes_per_token(cfg: Config, store: Store | None, measure: bool) -> tuple[float, str]:

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from daram.config import StudentConfig, load_config
 from daram.errors import DaramError
-from daram.pipeline.architectures import check_plain_head, default_intermediate_size, new_student
+from daram.pipeline.architectures import check_plain_head, default_intermediate_size, new_student, student_shape
 from daram.pipeline.losses import DistillObjective, SparseTarget, final_hidden, head_weight, next_token_labels, sliced_distill_loss
 from daram.pipeline.student_train import run_student_train
 
@@ -181,3 +181,14 @@ def test_dump_train_export_load_and_quick_eval(arch, tmp_path, tokenizer_dir, co
     assert result.exit_code == 0, result.output
     scores = json.loads((report / "report.json").read_text(encoding="utf-8"))["finetune"][arch]
     assert set(scores) == {"copa", "nsmc"} and all(0 <= t["dev_selected"]["score"][0] <= 1 for t in scores.values())
+
+
+@pytest.mark.parametrize("arch, settings", [("gpt2", {}), ("llama", {"n_kv_head": 2}), ("qwen2", {"intermediate_size": 80})])
+def test_the_plan_counts_each_architecture_blocks_weights(arch, settings, tmp_path):
+    """`daram plan`'s student FLOPs count the matrices the model really has, a config.json's shape included."""
+    student = tiny(arch, **settings)
+    model = new_student(student, 300, 64)
+    matrices = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and (".h." in name or ".layers." in name))
+    assert student_shape(student) == (2, 32, matrices // 2)
+    model.config.to_json_file(tmp_path / "config.json")
+    assert student_shape(StudentConfig(arch=str(tmp_path / "config.json"))) == (2, 32, matrices // 2)
