@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from daram.errors import DaramError
+from daram.pipeline.architectures import check_plain_head, new_student
 from daram.pipeline.hf import check_store_tokenizer, load_causal_lm, load_tokenizer
 from daram.pipeline.losses import Workspace, final_hidden, head_weight, sliced_distill_loss
-from daram.pipeline.architectures import check_plain_head, new_student
 
 
 def precision_for(name: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
