@@ -66,7 +66,13 @@ def _options(
     pass
 
 
-# What a second Ctrl-C (or SIGTERM for prepare) leaves, and how to go on; a command not named keeps nothing.
+# Exit statuses, for a scheduler's requeue loop (`until daram run; do :; done`, SLURM --requeue): 0 finished;
+# EXIT_PAUSED stopped cleanly (time limit, SIGTERM, SIGINT) with its work kept, the same command continues;
+# 2 refused (bad input, one line); 1 failed (a bug or crash: a traceback) or, for verify, not intact.
+EXIT_FAILED, EXIT_REFUSED, EXIT_PAUSED = 1, 2, 75  # 75 is sysexits.h's EX_TEMPFAIL: "try again later"
+
+# What an interruption that got past the clean pause (a second Ctrl-C; SIGTERM for prepare) leaves, and how to
+# go on. A command named here keeps its work and exits EXIT_PAUSED; any other keeps nothing and exits 130.
 AFTER_INTERRUPT = {
     "prepare": ": the work directory beside the store is kept; run the same command again to resume from it",
     "teacher_dump": ": every written chunk is kept; run the same command again to continue",
@@ -84,12 +90,19 @@ def command(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except DaramError as exc:
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_REFUSED) from None
         except KeyboardInterrupt:
-            typer.echo(f"interrupted{AFTER_INTERRUPT.get(fn.__name__, '')}", err=True)
-            raise typer.Exit(130) from None
+            after = AFTER_INTERRUPT.get(fn.__name__)
+            typer.echo(f"interrupted{after or ''}", err=True)
+            raise typer.Exit(EXIT_PAUSED if after else 130) from None
 
     return app.command()(wrapper)
+
+
+def _exit_paused(paused: bool) -> None:
+    """A command that paused (its work kept, a line saying how to continue) must not exit like a finished one."""
+    if paused:
+        raise typer.Exit(EXIT_PAUSED)
 
 
 def _config(config: Optional[Path], sets: Optional[list[str]], **overrides):
@@ -188,7 +201,7 @@ def teacher_dump(
     """Phase one: run the teacher over token shards and store its tempered distributions (teacher.kind).
 
     Resumable (kill it, rerun the same command), pauses cleanly on SIGTERM / Ctrl-C / --time-limit
-    (after the current chunk, locks released, exit 0), one process per shard (a lock in the store), and
+    (after the current chunk, locks released, exit 75), one process per shard (a lock in the store), and
     shardable: under torchrun, rank r of w takes shards r, r+w, ... of the selection. A SLURM job
     array runs one shard per task:
 
@@ -217,7 +230,7 @@ def teacher_dump(
     )
     from daram.pipeline.teacher_dump import run_teacher_dump
 
-    run_teacher_dump(cfg, shard=shard, shards=shards, all_shards=all_)
+    _exit_paused(bool(run_teacher_dump(cfg, shard=shard, shards=shards, all_shards=all_).paused))
 
 
 @command
@@ -447,7 +460,7 @@ def student_train(
 ) -> None:
     """Phase two: train the student from the stored teacher distributions (torchrun for several GPUs).
 
-    SIGTERM, Ctrl-C and --time-limit pause it cleanly after the current step (checkpoint, exit 0);
+    SIGTERM, Ctrl-C and --time-limit pause it cleanly after the current step (checkpoint, exit 75);
     `daram student-train --resume --out DIR` continues it exactly.
     """
     flags = {
@@ -461,7 +474,7 @@ def student_train(
     cfg = _config(config, set_, **flags)
     from daram.pipeline.student_train import run_student_train
 
-    run_student_train(cfg, resume=resume, given=_given_settings(cfg, set_, flags))
+    _exit_paused(run_student_train(cfg, resume=resume, given=_given_settings(cfg, set_, flags))["paused"])
 
 
 @command
@@ -501,7 +514,7 @@ def run(
     dump + training + release that keep the teacher shards under --disk-budget, then export.
 
     Training is one run (one schedule, optimizer and data order): its student equals student-train's over a
-    complete dump. SIGTERM, Ctrl-C and --time-limit pause it cleanly; the same command continues it.
+    complete dump. SIGTERM, Ctrl-C and --time-limit pause it cleanly (exit 75); the same command continues it.
     Run `daram plan` first to see what fits. Settings without a flag here: --set section.key=value.
     """
     cfg = _config(config, set_, **{
@@ -516,7 +529,7 @@ def run(
     })
     from daram.pipeline.run import run_pipeline
 
-    run_pipeline(cfg)
+    _exit_paused(run_pipeline(cfg)["paused"])
 
 
 def _given_settings(cfg, sets: Optional[list[str]], flags: dict) -> set[str]:

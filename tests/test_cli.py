@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -138,5 +139,41 @@ def test_an_interrupted_student_train_says_how_to_resume(monkeypatch, tmp_path):
 
     monkeypatch.setattr("daram.pipeline.student_train.run_student_train", interrupted)
     result = runner.invoke(app, ["student-train", "--store", str(tmp_path / "s.zarr")])
-    assert result.exit_code == 130
+    assert result.exit_code == 75  # paused: its checkpoints are kept
     assert result.output.strip().splitlines()[-1] == "interrupted: rerun with --resume to continue from the last checkpoint"
+
+
+def test_exit_status_tells_finished_from_paused_refused_and_failed(monkeypatch, tmp_path):
+    # A requeue loop (`until daram run; do :; done`) must tell "done" from "paused": 0, 75, 2, 1.
+    from daram.cli import EXIT_PAUSED
+    from daram.errors import DaramError
+
+    outcomes = iter([{"paused": False}, {"paused": True}])
+    monkeypatch.setattr("daram.pipeline.run.run_pipeline", lambda cfg: next(outcomes))
+    args = ["run", "--store", str(tmp_path / "s.zarr")]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, args).exit_code == EXIT_PAUSED == 75
+
+    def refused(cfg):
+        raise DaramError("nothing to do")
+
+    monkeypatch.setattr("daram.pipeline.run.run_pipeline", refused)
+    assert runner.invoke(app, args).exit_code == 2
+
+    def crashed(cfg):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("daram.pipeline.run.run_pipeline", crashed)
+    assert runner.invoke(app, args).exit_code == 1
+    # the statuses are documented from the same constants
+    page = (Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert "| `75` | paused (`EX_TEMPFAIL`)" in page and "| `2` | refused" in page
+
+
+def test_an_interrupted_plan_keeps_nothing_and_exits_130(monkeypatch, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("daram.pipeline.plan.run_plan", interrupted)
+    result = runner.invoke(app, ["plan", "--store", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 130 and result.output.strip() == "interrupted"

@@ -18,7 +18,7 @@ Every check comes before the teacher loads, so a refusal is instant: the setting
 dump (the dtype is not part of a dump's identity, see docs/store-format.md), complete shards (skipped),
 each pending shard's tokens against its fingerprint, the teacher's tokenizer, and the shard locks.
 SIGTERM, SIGINT and ``run.time_limit`` pause the dump cleanly after the chunk in flight: the lock
-is released, a "paused" line says how to continue, and the exit code is 0 (see ``pause.py``).
+is released, a "paused" line says how to continue, and the command exits 75 (see ``pause.py``).
 
 One process per shard, enforced by a lock in the store; a stale lock of a dead process is taken
 over. Shards are independent work units:
