@@ -241,6 +241,10 @@ def plan(
     disk_budget: Annotated[Optional[str], setting_option("run.disk_budget")] = None,
     time_limit: Annotated[Optional[str], setting_option("run.time_limit")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON instead of a table.")] = False,
+    machines: Annotated[
+        int, typer.Option("--machines", help="Machines that share the dump (teacher-dump --all on each): its wall hours "
+                                             "and the sessions each machine needs.")
+    ] = 1,
     measure: Annotated[
         bool,
         typer.Option(help="Measure the teacher's bytes per token on a few hundred rows (loads the teacher); "
@@ -259,7 +263,7 @@ def plan(
     cfg = _config(config, set_, **{"store.path": store, "run.disk_budget": disk_budget, "run.time_limit": time_limit})
     from daram.pipeline.plan import run_plan
 
-    run_plan(cfg, as_json=as_json, measure=measure, measured=measured)
+    run_plan(cfg, as_json=as_json, measure=measure, measured=measured, machines=machines)
 
 
 @command
