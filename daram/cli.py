@@ -197,13 +197,20 @@ def teacher_dump(
     device: Annotated[Optional[str], setting_option("teacher.device")] = None,
     dtype: Annotated[Optional[str], setting_option("teacher.dtype")] = None,
     time_limit: Annotated[Optional[str], setting_option("run.time_limit")] = None,
+    lease: Annotated[Optional[str], setting_option("teacher.lease")] = None,
+    worker: Annotated[
+        Optional[str],
+        typer.Option("--worker", help="I/N: take every N-th shard of the selection from the I-th (0-based), e.g. "
+                                      "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT or $JOB_COMPLETION_INDEX/N."),
+    ] = None,
 ) -> None:
     """Phase one: run the teacher over token shards and store its tempered distributions (teacher.kind).
 
     Resumable (kill it, rerun the same command), pauses cleanly on SIGTERM / Ctrl-C / --time-limit
-    (after the current chunk, locks released, exit 75), one process per shard (a lock in the store), and
-    shardable: under torchrun, rank r of w takes shards r, r+w, ... of the selection. A SLURM job
-    array runs one shard per task:
+    (after the current chunk, claims released, exit 75), one process per shard (a claim in the store, renewed
+    while it works and taken over once stale: --lease), and shareable: `--all` on any number of machines
+    sharing one store (a bucket) claims the next free shard in order; `--worker I/N` or torchrun (rank r of w
+    takes shards r, r+w, ...) split the selection statically. A SLURM job array runs one shard per task:
 
     \b
       #SBATCH --array=0-63%16 --gres=gpu:1 --requeue
@@ -226,11 +233,13 @@ def teacher_dump(
             "teacher.device": device,
             "teacher.dtype": dtype,
             "run.time_limit": time_limit,
+            "teacher.lease": lease,
         },
     )
     from daram.pipeline.teacher_dump import run_teacher_dump
 
-    _exit_paused(bool(run_teacher_dump(cfg, shard=shard, shards=shards, all_shards=all_).paused))
+    outcome = run_teacher_dump(cfg, shard=shard, shards=shards, all_shards=all_, worker=worker)
+    _exit_paused(bool(outcome.paused))
 
 
 @command

@@ -82,7 +82,7 @@ def make_plan(cfg: Config, measure: bool = True, measured: str | None = None, ma
         raise DaramError(f"--machines {machines}: give the number of machines that dump, 1 or more")
     notes: list[str] = []
     mfu, mfu_note = effective_mfu(read_measured(measured) if measured else None)
-    store = Store.open(cfg.store.path) if Store.exists(cfg.store.path) else None
+    store = Store.open(cfg.store.path, options=cfg.store.options) if Store.exists(cfg.store.path, cfg.store.options) else None
     rows, seq_len, tokens_source = _rows_per_shard(cfg, store)
     shards = len(rows)
     heldout = cfg.train.heldout_shard if 0 <= cfg.train.heldout_shard < shards else -1

@@ -171,7 +171,7 @@ def setup(cfg: Config, resume: bool = False, online_teacher: str | None = None, 
 def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None, online_teacher: str | None,
            check_dumps: bool, pause: Pause | None) -> Run:
     train = cfg.train
-    store = Store.open(cfg.store.path)
+    store = Store.open(cfg.store.path, options=cfg.store.options)
     manifest = store.manifest
     shards = parse_shards(train.shards, manifest.num_shards, "train.shards")
     if train.heldout_shard >= 0:

@@ -4,6 +4,7 @@ Only this package knows the store's layout (array names, attributes, chunk flags
 :class:`Store` and :class:`TeacherShard` methods.
 """
 
+from daram.storage.claims import LEASE_S, ClaimLost, ShardClaim
 from daram.storage.formats import TEACHER_FORMATS, ArraySpec, TeacherFormat, teacher_format
 from daram.storage.lock import FileLock, LockHeld, StoreLock
 from daram.storage.manifest import SourceStats, StoreManifest, TeacherManifest, TokenizerInfo, token_dtype_for
@@ -21,7 +22,10 @@ __all__ = [
     "TEACHER_FORMATS",
     "ArraySpec",
     "FileLock",
+    "ClaimLost",
+    "LEASE_S",
     "LockHeld",
+    "ShardClaim",
     "ShardState",
     "SourceStats",
     "Store",

@@ -273,7 +273,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(store_path, tiny_teacher_d
     dead.wait()
     lock = store.shard_lock(0)
     record = {**lock._new_record(), "pid": dead.pid}
-    store.kv.set(lock.key, lock._encode(record))
+    store.kv.set(lock.key(0), lock._encode(record))
     result = dump(store_path, tiny_teacher_dir, "--shard", "0")
     assert result.exit_code == 0, result.output
     assert store.teacher_manifest().is_complete(0) and lock.holder() is None
