@@ -42,6 +42,9 @@ CREDENTIALS_HINT = {
 }
 
 
+LISTING_CACHES = ("s3", "s3a", "gs", "gcs")  # file systems that cache directory listings unless told not to
+
+
 class NoAtomicCreate(DaramError):
     """The store's backend cannot create a key only if it is absent: safe for one writer only."""
 
@@ -176,8 +179,9 @@ def innermost(store: Store) -> Store:
 def backend_name(store: Store) -> str:
     inner = innermost(store)
     if isinstance(inner, FsspecStore):
-        protocol = inner.fs.protocol
-        return f"{type(inner.fs).__name__} ({protocol if isinstance(protocol, str) else protocol[0]}://)"
+        fs = getattr(inner.fs, "sync_fs", inner.fs)  # zarr wraps a synchronous file system to make it async
+        protocol = fs.protocol
+        return f"{type(fs).__name__} ({protocol if isinstance(protocol, str) else protocol[0]}://)"
     return type(inner).__name__
 
 
@@ -238,8 +242,10 @@ def _link_into_place(path: str, value: bytes) -> bool:
 def open_remote(url: str, read_only: bool, options: Mapping[str, Any] | None = None) -> RetryingStore:
     """A zarr store on any fsspec URL, with retries; one line naming the package or credentials it lacks."""
     scheme = url.split("://", 1)[0]
+    # a cached listing would hide what other machines wrote since (claims, completion records): list afresh
+    defaults = {"use_listings_cache": False} if scheme in LISTING_CACHES else {}
     try:
-        inner = FsspecStore.from_url(url, storage_options=dict(options or {}), read_only=read_only)
+        inner = FsspecStore.from_url(url, storage_options={**defaults, **(options or {})}, read_only=read_only)
     except ImportError as exc:
         extra = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}.get(scheme)
         hint = f"pip install 'daram[{extra}]'" if extra else f"install the fsspec filesystem for {scheme}://"
