@@ -136,7 +136,7 @@ def setup_dump(cfg: Config, shard: int | None, shards: str | None, all_shards: b
                worker: str | None = None) -> DumpJob:
     """Check the selection, settings, store, tokens, tokenizer and claims, without loading the teacher."""
     settings = cfg.teacher
-    lease = parse_duration(settings.lease)
+    lease = parse_duration(settings.lease, "teacher.lease")
     if lease <= 0:
         raise DaramError(f"teacher.lease {settings.lease!r}: give a duration, e.g. 15m")
     store = Store.open(cfg.store.path, mode="r+", options=cfg.store.options)
