@@ -470,6 +470,13 @@ def student_train(
         bool, typer.Option("--resume", help="Continue exactly from the last checkpoint in --out, with the settings "
                                             "saved in it (a flag that contradicts them is refused).")
     ] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Train while other machines dump (teacher-dump --all): in shard order, "
+                                            "waiting for each shard's dump to complete and naming who holds it.")
+    ] = False,
+    disk_budget: Annotated[
+        Optional[str], setting_option("run.disk_budget", note="With --follow on a remote store: its local shard cache.")
+    ] = None,
 ) -> None:
     """Phase two: train the student from the stored teacher distributions (torchrun for several GPUs).
 
@@ -482,9 +489,19 @@ def student_train(
         "train.alpha_kd": alpha_kd, "train.alpha_ce": alpha_ce, "train.tail": tail, "train.temperature": temperature,
         "train.epochs": epochs, "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.lr": lr,
         "train.max_steps": max_steps, "train.seed": seed, "train.precision": precision, "train.device": device,
-        "run.time_limit": time_limit, "train.online_teacher": online_teacher,
+        "run.time_limit": time_limit, "train.online_teacher": online_teacher, "run.disk_budget": disk_budget,
     }
     cfg = _config(config, set_, **flags)
+    if follow:
+        from daram.pipeline.follow import follow_command
+
+        if cfg.train.online_teacher:
+            raise DaramError("--follow trains from the stored dump; an online teacher (train.online_teacher) needs none")
+        again = f"daram student-train --follow --resume --out {cfg.train.out}"
+        _exit_paused(follow_command(cfg, resume=resume, given=_given_settings(cfg, set_, flags), continue_with=again)["paused"])
+        return
+    if disk_budget is not None:
+        raise DaramError("--disk-budget bounds the local shard cache of --follow; student-train reads the store in place")
     from daram.pipeline.student_train import run_student_train
 
     _exit_paused(run_student_train(cfg, resume=resume, given=_given_settings(cfg, set_, flags))["paused"])
@@ -522,6 +539,11 @@ def run(
     device: Annotated[
         Optional[str], setting_option("train.device", note="Also the teacher's device [teacher.device].")
     ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Dump nothing here: train while other machines dump (teacher-dump --all on "
+                                            "each), in shard order, then export. --disk-budget bounds the local shard "
+                                            "cache of a remote store.")
+    ] = False,
 ) -> None:
     """The whole job from daram.toml, idempotent: prepare (when the store is missing), then windows of teacher
     dump + training + release that keep the teacher shards under --disk-budget, then export.
@@ -540,6 +562,11 @@ def run(
         "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.lr": lr, "train.max_steps": max_steps,
         "train.seed": seed, "train.device": device,
     })
+    if follow:
+        from daram.pipeline.follow import follow_command
+
+        _exit_paused(follow_command(cfg, resume=None, continue_with="run the same command again to continue")["paused"])
+        return
     from daram.pipeline.run import run_pipeline
 
     _exit_paused(run_pipeline(cfg)["paused"])

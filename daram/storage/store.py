@@ -30,6 +30,7 @@ from daram.storage.keyvalue import KeyValue
 from daram.storage.lock import StoreLock
 from daram.storage.manifest import StoreManifest, TeacherManifest
 from daram.storage import records
+from daram.storage.cache import ShardCache
 from daram.storage.claims import LEASE_S, ShardClaim
 from daram.storage.remote import explain_access_error, open_remote
 from daram.storage.teacher import (
@@ -211,6 +212,11 @@ class Store:
         if not _group_exists(url, options):
             return False
         return STORE_ATTR in _open_group(url, options, mode="r").attrs
+
+    def with_cache(self, directory: str | os.PathLike) -> tuple["Store", ShardCache]:
+        """This store read through a local cache of whole shards (see ``cache.py``), and the cache."""
+        cache = ShardCache(self.root.store, directory)
+        return Store(self.url, zarr.open_group(cache, mode="r", use_consolidated=False), self._manifest), cache
 
     @property
     def manifest(self) -> StoreManifest:
