@@ -102,10 +102,149 @@ def test_a_follower_pauses_at_its_time_limit_while_waiting(reference, tmp_path, 
     store = prepare_store(tmp_path, tokenizer_dir, corpus_lines[:220], seq_len=32, num_shards=4, rows_per_chunk=8)
     cfg = config(str(store), tiny_teacher_dir, tmp_path / "student")
     run_teacher_dump(cfg, shards="3,0")
-    monkeypatch.setattr(follow, "POLL_S", 0.01)
-    with Pause(time_limit_s=1.0) as pause:
+    pause = Pause(time_limit_s=3600)
+
+    def session_ends(seconds):  # the session's clock runs out while the follower waits for shard 1
+        pause.started = time.monotonic() - 3600
+
+    monkeypatch.setattr(follow, "time", types.SimpleNamespace(perf_counter=time.perf_counter, time=time.time,
+                                                              sleep=session_ends))
+    with pause:
         summary = follow.run_follow(cfg, pause)
     assert summary["paused"] and summary["steps"] > 0
     err = capsys.readouterr().err
     assert "follow: waiting for shard 1: not dumped, not claimed yet" in err
-    assert "paused at step" in err and "(time limit 1s)" in err
+    assert "paused at step" in err and "(time limit 1h00m)" in err
+
+
+# --- many machines, one store: the end-to-end run ---------------------------------------------------------
+
+MACHINES_CONFIG = """
+[store]
+path = "{store}"
+
+[prepare]
+tokenizer = "{tokenizer}"
+seq_len = 32
+num_shards = 6
+rows_per_chunk = 8
+
+[[prepare.sources]]
+path = "{corpus}"
+unit = "line"
+
+[teacher]
+model = "{teacher}"
+kind = "draws"
+draws = 8
+device = "cpu"
+dtype = "float32"
+batch_size = 8
+lease = "6s"
+
+[student]
+n_embd = 32
+n_head = 2
+n_layer = 1
+
+[train]
+out = "student"
+shards = "1-5"
+heldout_shard = 0
+batch_size = 4
+grad_accum = 2
+warmup_steps = 2
+eval_rows = 8
+checkpoint_every = 0
+eval_every = 0
+log_every = 1
+device = "cpu"
+"""
+
+# A worker (or the trainer) as its own process. role "kill": SIGKILL itself once the second chunk of its first
+# shard is written (mid-shard); "freeze": SIGSTOP itself there (alive, but its heartbeat stops: its lease runs out).
+MACHINE = """
+import os, signal, sys
+role = {role!r}
+if role:
+    from daram.storage import TeacherShard
+    write = TeacherShard.write_chunk
+    def interrupted(self, chunk, arrays, stats=None):
+        write(self, chunk, arrays, stats)
+        if chunk == 1 and not getattr(interrupted, "done", False):
+            interrupted.done = True
+            print(f"{{role}} at shard {{self.shard}}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL if role == "kill" else signal.SIGSTOP)
+    TeacherShard.write_chunk = interrupted
+from daram.pipeline import follow
+follow.POLL_S = 0.5
+from daram.cli import main
+sys.argv = ["daram"] + {args!r}
+main()
+"""
+
+
+def machine(cwd, role: str, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", MACHINE.format(role=role, args=list(args))], cwd=cwd, env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def machines_workdir(path, store: str, tokenizer_dir, teacher, lines):
+    path.mkdir()
+    (path / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (path / "daram.toml").write_text(MACHINES_CONFIG.format(store=store, tokenizer=tokenizer_dir, corpus=path / "corpus.txt",
+                                                            teacher=teacher), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_three_dump_machines_and_a_follower_on_s3_equal_one_machine(s3_url, tmp_path, tokenizer_dir, corpus_lines,
+                                                                      tiny_teacher_dir):
+    import signal
+
+    lines = corpus_lines[:560]
+    local = machines_workdir(tmp_path / "one", "store.zarr", tokenizer_dir, tiny_teacher_dir, lines)
+    for command in (["prepare"], ["teacher-dump", "--all"], ["student-train"]):
+        done = machine(local, "", *command)
+        assert done.wait(timeout=600) == 0, done.stderr.read()[-3000:]
+
+    shared = machines_workdir(tmp_path / "many", s3_url, tokenizer_dir, tiny_teacher_dir, lines)
+    done = machine(shared, "", "prepare")
+    assert done.wait(timeout=600) == 0, done.stderr.read()[-3000:]
+    killed = machine(shared, "kill", "teacher-dump", "--all")
+    frozen = machine(shared, "freeze", "teacher-dump", "--all")
+    healthy = machine(shared, "", "teacher-dump", "--all")
+    trainer = machine(shared, "", "run", "--follow")
+    _, killed_err = killed.communicate(timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed_err[-3000:]
+    healthy_out, healthy_err = healthy.communicate(timeout=600)
+    assert healthy.returncode == 0, healthy_err[-3000:]
+    frozen.send_signal(signal.SIGCONT)  # back from its stop: it finds its shard taken over and finished
+    frozen_out, frozen_err = frozen.communicate(timeout=600)
+    assert frozen.returncode == 0, frozen_err[-3000:]
+    trainer_out, trainer_err = trainer.communicate(timeout=600)
+    assert trainer.returncode == 0, trainer_err[-3000:]
+
+    killed_shard = int(killed_err.split("kill at shard ")[1].split()[0])
+    frozen_shard = int(frozen_err.split("freeze at shard ")[1].split()[0])
+    assert f"teacher shard {killed_shard} of {s3_url}: took over the stale claim of pid {killed.pid}" in healthy_err
+    assert (f"teacher shard {frozen_shard} of {s3_url}: took over the stale claim of pid {frozen.pid} on "
+            in healthy_err + killed_err)
+    assert f"shard {killed_shard}: resuming: 2/" in healthy_err  # its written chunks were kept
+    assert "teacher-dump: " in frozen_out  # it ended as a worker does, with its summary
+    store = Store.open(s3_url)
+    # every shard complete, each recorded exactly once (a record is created exclusively; none was rewritten)
+    assert store.kv.list_dir("teacher/complete") == [f"shard-{s:05d}" for s in range(6)] + ["zarr.json"]
+    assert [store.shard_state(s).state for s in range(6)] == ["complete"] * 6
+    assert store.kv.list_dir("locks") == ["zarr.json"]  # every claim given back or cleared by its taker
+    assert "follow: waited " in trainer_err and "for shards being dumped" in trainer_err
+    ours, theirs = weights(shared / "student"), weights(local / "student")
+    for name in theirs:
+        assert torch.equal(ours[name], theirs[name]), name
