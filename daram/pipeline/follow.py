@@ -44,6 +44,8 @@ class Follower:
     fetching: threading.Thread | None = None
     fetch_error: BaseException | None = None
     shard_bytes: int = 0  # the largest shard fetched so far: what the next one may take
+    complete: set[int] = field(default_factory=set)  # shards seen complete (they stay so)
+    looked: float = float("-inf")  # when the store was last asked which shards are complete
 
 
 def follow_command(cfg: Config, resume: bool | None = None, given: set[str] | None = None,
@@ -93,11 +95,15 @@ def run_follow(cfg: Config, pause: Pause, resume: bool | None = None, given: set
     return {**summary, "waited_s": follower.waited_s, "idle_share": share}
 
 
-def complete_shards(follower: Follower) -> set[int]:
-    teacher = follower.store.teacher_manifest()
-    if teacher is None:
-        return set()
-    return {int(s) for s in teacher.shards if teacher.is_complete(int(s))}
+def complete_shards(follower: Follower, fresh: bool = True) -> set[int]:
+    """The shards whose dump is complete; ``fresh=False`` asks the store at most once per POLL_S (between
+    steps: reading every completion record costs a request per shard on object storage)."""
+    if fresh or time.perf_counter() - follower.looked >= POLL_S:
+        teacher = follower.store.teacher_manifest()
+        if teacher is not None:
+            follower.complete = {int(s) for s in teacher.shards if teacher.is_complete(int(s))}
+        follower.looked = time.perf_counter()
+    return follower.complete
 
 
 def next_unreadable(run: Run, available: set[int]) -> int:
@@ -158,8 +164,8 @@ def keep_cache(follower: Follower) -> bool:
             cache.evict(name)
     if follower.fetching is not None and follower.fetching.is_alive():
         return False
-    complete = complete_shards(follower)
-    wanted = [s for s in ahead[:CACHE_AHEAD] if s in complete and shard_name(s) not in cache.cached()]
+    wanted = [s for s in ahead[:CACHE_AHEAD] if shard_name(s) not in cache.cached()]
+    wanted = [s for s in wanted if s in complete_shards(follower, fresh=False)] if wanted else []
     if wanted and (not follower.budget or cache.bytes() + follower.shard_bytes <= follower.budget):
         follower.fetching = threading.Thread(target=_fetch, args=(follower, wanted[0]), name="daram-cache", daemon=True)
         follower.fetching.start()

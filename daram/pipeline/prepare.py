@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -370,7 +370,7 @@ def _finish_source(source: SourceConfig, counter: SourceCounter) -> SourceStats:
 # --- write ----------------------------------------------------------------------------------
 
 
-def _write_store(url, overwrite, settings, info, stats, dtype, work: WorkDir, options=None) -> StoreManifest:
+def _write_store(url, overwrite, settings, info, stats, dtype, work: WorkDir, options: Mapping[str, str] | None = None) -> StoreManifest:
     from tqdm import tqdm
 
     seq_len, rows_per_chunk = settings.seq_len, settings.rows_per_chunk

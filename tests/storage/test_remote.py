@@ -228,3 +228,30 @@ def test_a_backend_without_atomic_create_serves_one_writer_and_refuses_a_second(
         with pytest.raises(DaramError, match=r"LocalFileSystem \(file://\) cannot create a file exclusively, so two "
                                              r"writers cannot share this store safely"):
             ShardClaim(kv, "teacher-shard-00000", "teacher shard 0").acquire()
+
+
+def test_an_interrupted_prepare_on_s3_resumes_keeping_the_shards_it_wrote(s3_url, tmp_path, tokenizer_dir,
+                                                                         corpus_lines, monkeypatch, capsys):
+    from daram.pipeline.prepare import run_prepare
+
+    local = prepare_store(tmp_path, tokenizer_dir, corpus_lines[:140], seq_len=32, num_shards=2, rows_per_chunk=8)
+    cfg = load_config(overrides={**cfg_overrides(tokenizer_dir, tmp_path / "store.zarr.txt"), "store.path": s3_url})
+    written = []
+    write_tokens = Store.write_tokens
+
+    def preempted(self, shard, start, rows):
+        if shard == 1:
+            raise KeyboardInterrupt  # the session ends after shard 0 is written
+        written.append(shard)
+        write_tokens(self, shard, start, rows)
+
+    monkeypatch.setattr(Store, "write_tokens", preempted)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(cfg)
+    assert Store.exists(s3_url) and not Store.is_finished(s3_url)
+    written.clear()
+    monkeypatch.setattr(Store, "write_tokens", lambda self, shard, start, rows: written.append(shard) or write_tokens(self, shard, start, rows))
+    run_prepare(cfg)  # the same command: no --overwrite needed
+    assert "resuming the interrupted prepare" in capsys.readouterr().err
+    assert set(written) == {1}  # shard 0 stayed as written
+    assert Store.open(s3_url).manifest.tokens_fingerprint == Store.open(str(local)).manifest.tokens_fingerprint
