@@ -125,7 +125,7 @@ def test_racing_exclusive_creates_on_s3_let_exactly_one_through(s3_url, tmp_path
     assert len(won) == 1 and store.kv.get("locks/race/zarr.json") == f"writer {won[0]}".encode()
 
 
-def test_a_store_on_s3_prepares_dumps_and_verifies_like_a_local_one(s3_url, tmp_path, tokenizer_dir, corpus_lines,
+def test_a_store_on_s3_prepares_dumps_verifies_inspects_and_releases_like_a_local_one(s3_url, tmp_path, tokenizer_dir, corpus_lines,
                                                                        tiny_teacher_dir, capsys):
     from daram.pipeline.inspect import run_verify
     from daram.pipeline.prepare import run_prepare
@@ -144,6 +144,18 @@ def test_a_store_on_s3_prepares_dumps_and_verifies_like_a_local_one(s3_url, tmp_
     assert run_verify(load_config(overrides={"store.path": s3_url}))
     assert "intact and complete" in capsys.readouterr().out
     assert Store.open(s3_url).kv.list_dir("locks") == ["zarr.json"]  # every claim given back
+    # inspect, release (moved to another bucket prefix) and restore work there too
+    from daram.pipeline.inspect import run_inspect
+    from daram.pipeline.release import run_release
+
+    run_inspect(load_config(overrides={"store.path": s3_url}), sample=False)
+    assert "teacher      2 complete, 0 incomplete, 0 not dumped, 0 released" in capsys.readouterr().out
+    moved = s3_url.replace("store.zarr", "moved.zarr")
+    run_release(load_config(overrides={"store.path": s3_url}), "1", to=moved)
+    assert Store.open(s3_url).shard_state(1).state == "released"
+    run_release(load_config(overrides={"store.path": s3_url}), "1", restore=True)
+    assert Store.open(s3_url).shard_state(1).state == "complete"
+    np.testing.assert_array_equal(Store.open(s3_url).read_teacher(1)[0], Store.open(str(local)).read_teacher(1)[0])
 
 
 def test_every_kth_request_failing_loses_nothing_and_records_nothing_falsely(s3_url, tmp_path, tokenizer_dir,
