@@ -77,6 +77,9 @@ def run_follow(cfg: Config, pause: Pause, resume: bool | None = None, given: set
     follower.run = run
     if not is_local(store.url):
         run.store, follower.cache = run.store.with_cache(Path(run.out) / "shard-cache")
+    elif follower.budget:
+        print(f"note: run.disk_budget bounds the local shard cache of a remote store; {store.url} is local and is "
+              "read in place", file=sys.stderr)
     try:
         while True:
             stop = fit(run, should_stop=lambda r: keep_cache(follower), available=complete_shards(follower))
