@@ -133,12 +133,14 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--parts", default="dump,requests,follow",
+                        help="which measurements: dump (1 vs 2 workers), requests (per shard), follow (idle share)")
     add_timing_arguments(parser, rounds=3)
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
 
     server, counter = start_server()
     from daram.storage import Store
-    from daram.storage import store as store_module
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -155,77 +157,92 @@ def main() -> None:
         print(f"{args.shards} shards of {min(rows)}-{max(rows)} rows x {args.seq_len} tokens on {url}; teacher "
               f"{args.layers} x {args.width}, vocab 51200, draws-16")
 
-        def fresh() -> None:
-            for prefix in ("teacher", "locks"):
-                store.kv.delete_dir(prefix)
-            store.kv.set("locks/zarr.json", b'{"zarr_format": 3, "node_type": "group", "attributes": {}}')
-
         def workers(n: int):
             def side() -> float:
-                fresh()
+                fresh(url)
                 started = time.perf_counter()
                 for process in [daram(work, "teacher-dump", "--all") for _ in range(n)]:
                     finished(process)
                 return time.perf_counter() - started
             return side
 
-        print("wall time of the whole dump (each worker loads the teacher itself):")
-        result = compare({"1 worker": workers(1), "2 workers": workers(2)}, rounds=args.rounds, warmup=args.warmup,
-                         clocks=("measured",))
-        ratios = result.round_ratios("2 workers")
-        print(f"2 workers / 1 worker = {result.ratio('2 workers'):.3f} wall (same-round min {min(ratios):.3f}, "
-              f"max {max(ratios):.3f}); load average {load_average():.2f}")
-
-        # Requests and bytes of one shard's dump, in this process (the store layer counts its bytes).
-        from daram.config import load_config
-        from daram.pipeline.teacher_dump import run_teacher_dump
-
-        fresh()
-        opened = []
-        open_remote = store_module.open_remote
-
-        def counted(*a, **k):
-            opened.append(open_remote(*a, **k))
-            return opened[-1]
-
-        store_module.open_remote = counted
-        cfg = load_config(work / "daram.toml")
-        run_teacher_dump(cfg, shard=0)  # the first shard also creates the teacher group
-        before = counter.requests
-        sent = sum(o.bytes_written for o in opened)
-        received = sum(o.bytes_read for o in opened)
-        store_module.open_remote = open_remote
-        per_shard = []
-        for shard in range(1, args.shards):
-            opened.clear()
-            store_module.open_remote = counted
-            start = counter.requests
-            run_teacher_dump(cfg, shard=shard)
-            store_module.open_remote = open_remote
-            per_shard.append((counter.requests - start, sum(o.bytes_written for o in opened),
-                              sum(o.bytes_read for o in opened), Store.open(url).teacher_bytes(shard)))
-        print(f"first shard (creates the dump): {before} requests so far, {sent:,} B sent, {received:,} B received")
-        for label, index in (("HTTP requests", 0), ("bytes sent", 1), ("bytes received", 2), ("teacher bytes stored", 3)):
-            values = [p[index] for p in per_shard]
-            print(f"per later shard, {label}: median {statistics.median(values):,.0f} (min {min(values):,}, max {max(values):,})")
-        chunks = len(store.chunk_ranges(1))
-        print(f"({chunks} chunks per shard)")
-
-        # The following trainer's idle share: one dump worker and `run --follow` started together.
-        def follow() -> float:
-            fresh()
-            shutil.rmtree(work / "student", ignore_errors=True)
-            trainer = daram(work, "run", "--follow")
-            worker = daram(work, "teacher-dump", "--all")
-            finished(worker)
-            err = finished(trainer)
-            waited = re.search(r"follow: waited ([\d.]+)s for shards being dumped \((\d+)% of this session\)", err)
-            print(f"  trainer waited {waited.group(1)} s, {waited.group(2)}% of its session")
-            return float(waited.group(1))
-
-        print("the following trainer beside 1 dump worker:")
-        compare({"trainer waiting": follow}, rounds=args.rounds, warmup=0, clocks=("measured",))
+        if "dump" in parts:
+            print("wall time of the whole dump (each worker loads the teacher itself):")
+            result = compare({"1 worker": workers(1), "2 workers": workers(2)}, rounds=args.rounds,
+                             warmup=args.warmup, clocks=("measured",))
+            ratios = result.round_ratios("2 workers")
+            print(f"2 workers / 1 worker = {result.ratio('2 workers'):.3f} wall (same-round min {min(ratios):.3f}, "
+                  f"max {max(ratios):.3f}); load average {load_average():.2f}")
+        if "requests" in parts:
+            requests_per_shard(work, url, counter, args.shards)
+        if "follow" in parts:
+            idle_share(work, url, args.rounds)
     server.stop()
+
+
+def fresh(url: str) -> None:
+    """The dump, its records and claims gone; the token shards kept."""
+    from daram.storage import Store
+
+    store = Store.open(url, mode="r+")
+    for prefix in ("teacher", "locks"):
+        store.kv.delete_dir(prefix)
+    store.kv.set("locks/zarr.json", b'{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+
+
+def requests_per_shard(work: Path, url: str, counter: RequestCounter, shards: int) -> None:
+    """Requests and bytes of each shard's dump, in this process (the store layer counts its bytes)."""
+    from daram.config import load_config
+    from daram.pipeline.teacher_dump import run_teacher_dump
+    from daram.storage import Store
+    from daram.storage import store as store_module
+
+    fresh(url)
+    opened = []
+    open_remote = store_module.open_remote
+
+    def counted(*args, **kwargs):
+        opened.append(open_remote(*args, **kwargs))
+        return opened[-1]
+
+    cfg = load_config(work / "daram.toml")
+    measured = []
+    for shard in range(shards):  # the first shard also creates the teacher group
+        opened.clear()
+        store_module.open_remote = counted
+        start = counter.requests
+        run_teacher_dump(cfg, shard=shard)
+        store_module.open_remote = open_remote
+        measured.append((counter.requests - start, sum(o.bytes_written for o in opened),
+                         sum(o.bytes_read for o in opened), Store.open(url).teacher_bytes(shard)))
+    first, later = measured[0], measured[1:]
+    print(f"first shard (creates the dump): {first[0]} HTTP requests, {first[1]:,} B sent, {first[2]:,} B received")
+    for label, index in (("HTTP requests", 0), ("bytes sent", 1), ("bytes received", 2), ("teacher bytes stored", 3)):
+        values = [m[index] for m in later]
+        print(f"per later shard, {label}: median {statistics.median(values):,.0f} (min {min(values):,}, max {max(values):,})")
+    print(f"({len(Store.open(url).chunk_ranges(1))} chunks per shard)")
+
+
+def idle_share(work: Path, url: str, rounds: int) -> None:
+    """The following trainer's idle share: one dump worker and `run --follow` started together."""
+    shares = []
+
+    def follow() -> float:
+        fresh(url)
+        shutil.rmtree(work / "student", ignore_errors=True)
+        trainer = daram(work, "run", "--follow")
+        worker = daram(work, "teacher-dump", "--all")
+        finished(worker)
+        err = finished(trainer)
+        waited = re.search(r"follow: waited ([\d.]+)s for shards being dumped \((\d+)% of this session\)", err)
+        shares.append(int(waited.group(2)))
+        print(f"  trainer waited {waited.group(1)} s, {waited.group(2)}% of its session")
+        return float(waited.group(1))
+
+    print("the following trainer beside 1 dump worker:")
+    compare({"trainer waiting": follow}, rounds=rounds, warmup=0, clocks=("measured",))
+    print(f"idle share of the trainer's session: median {statistics.median(shares)}% (min {min(shares)}%, "
+          f"max {max(shares)}%); load average {load_average():.2f}")
 
 
 if __name__ == "__main__":

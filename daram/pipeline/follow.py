@@ -82,10 +82,11 @@ def run_follow(cfg: Config, pause: Pause, resume: bool | None = None, given: set
               "read in place", file=sys.stderr)
     try:
         while True:
-            stop = fit(run, should_stop=lambda r: keep_cache(follower), available=complete_shards(follower))
+            available = complete_shards(follower)
+            stop = fit(run, should_stop=lambda r: keep_cache(follower), available=available)
             if stop.kind != "shards":
                 break
-            needed = run.plan.shard_of(next_unreadable(run, complete_shards(follower)))
+            needed = run.plan.shard_of(next_unreadable(run, available))  # (it may be complete by now)
             if not wait_for(follower, needed):
                 run.stop = Stop("paused", pause.reason)
                 break
