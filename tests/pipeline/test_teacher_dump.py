@@ -289,6 +289,21 @@ def test_torchrun_ranks_split_the_selection(store_path, monkeypatch):
     assert select_shards(store, None, "1,0", False) == [1]
 
 
+def test_static_workers_split_the_selection(store_path, monkeypatch):
+    # a SLURM array or a Kubernetes Indexed Job: task I of N takes shards I, I+N, ... of the selection
+    store = Store.open(str(store_path))
+    assert select_shards(store, None, None, True, "0/2") == [0] and select_shards(store, None, None, True, "1/2") == [1]
+    assert select_shards(store, None, "1,0", False, "0/3") == [1] and select_shards(store, None, None, True, "2/3") == []
+    for bad in ("2/2", "1", "a/b", "0/0"):
+        with pytest.raises(DaramError, match="--worker expects I/N"):
+            select_shards(store, None, None, True, bad)
+    with pytest.raises(DaramError, match="--shard N is one already"):
+        select_shards(store, 0, None, False, "0/2")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DaramError, match="use one of them"):
+        select_shards(store, None, None, True, "0/2")
+
+
 def test_memory_url_store(tokenizer_dir, corpus_lines, tiny_teacher_dir, tmp_path):
     from daram.pipeline.prepare import run_prepare
 
