@@ -32,7 +32,7 @@ from typing import Any
 
 from daram.errors import DaramError
 from daram.storage.keyvalue import KeyValue
-from daram.storage.lock import POLL_FIRST_S, POLL_MAX_S, STALE_AFTER_S, LockHeld, _pid_alive
+from daram.storage.lock import POLL_FIRST_S, POLL_MAX_S, STALE_AFTER_S, LockHeld, gone_reason
 
 LEASE_S = STALE_AFTER_S  # a claim whose heartbeat is older than this is taken over
 RENEW_EVERY = 4  # renewals per lease: three can fail (a slow network) before the claim goes stale
@@ -98,11 +98,18 @@ class ShardClaim:
         return record if generation >= 0 else None
 
     def is_stale(self, record: dict[str, Any]) -> bool:
+        return self.stale_reason(record) is not None
+
+    def stale_reason(self, record: dict[str, Any]) -> str | None:
+        """Why the claim ``record`` no longer holds, or None: its process on this host is gone (no need to wait
+        for the lease), or its heartbeat is older than the lease (any host: a hung process loses it too)."""
         if not record:
-            return True
-        if record.get("host") == socket.gethostname() and not _pid_alive(int(record.get("pid", -1))):
-            return True  # this host's process is gone: no need to wait for the lease
-        return time.time() - float(record.get("heartbeat", 0)) > self.lease
+            return "a damaged record"
+        reason = gone_reason(record, self.lease)
+        age = time.time() - float(record.get("heartbeat", 0))
+        if reason is None and age > self.lease:
+            reason = f"pid {record.get('pid')} on {record.get('host')} stopped its heartbeat {age:.0f}s ago"
+        return reason
 
     def _new_record(self) -> dict[str, Any]:
         now = time.time()
@@ -146,8 +153,7 @@ class ShardClaim:
     def _took(self, generation: int, record: dict[str, Any], previous: int, held: dict[str, Any]) -> None:
         self.generation, self.record, self.lost_to = generation, record, None
         if previous >= 0:
-            was = f"pid {held.get('pid')} on {held.get('host')}" if held else "a damaged claim"
-            print(f"{self.what}: took over the stale claim of {was} (no heartbeat for over {self.lease:g}s)",
+            print(f"{self.what}: the claim's holder, {self.stale_reason(held) or 'gone'}; taking the claim over",
                   file=sys.stderr)
             for older, key in self.generations().items():  # the stale ones: their holders stop when they look
                 if older < generation:

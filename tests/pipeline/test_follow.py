@@ -234,9 +234,9 @@ def test_three_dump_machines_and_a_follower_on_s3_equal_one_machine(s3_url, tmp_
 
     killed_shard = int(killed_err.split("kill at shard ")[1].split()[0])
     frozen_shard = int(frozen_err.split("freeze at shard ")[1].split()[0])
-    assert f"teacher shard {killed_shard} of {s3_url}: took over the stale claim of pid {killed.pid}" in healthy_err
-    assert (f"teacher shard {frozen_shard} of {s3_url}: took over the stale claim of pid {frozen.pid} on "
-            in healthy_err + killed_err)
+    assert f"teacher shard {killed_shard} of {s3_url}: the claim's holder, pid {killed.pid} on " in healthy_err
+    assert (f"teacher shard {frozen_shard} of {s3_url}: the claim's holder, pid {frozen.pid} on "
+            in healthy_err + killed_err) and "stopped its heartbeat" in healthy_err + killed_err
     assert f"shard {killed_shard}: resuming: 2/" in healthy_err  # its written chunks were kept
     assert "teacher-dump: " in frozen_out  # it ended as a worker does, with its summary
     store = Store.open(s3_url)

@@ -216,11 +216,11 @@ def test_a_lock_of_a_dead_process_on_this_host_is_taken_over_naming_it(url, caps
     store = make_store(url)
     lock = store.shard_lock(0)
     record = {"host": socket.gethostname(), "pid": dead.pid, "started": 0, "heartbeat": time.time(), "command": "daram x"}
-    assert store.kv.set_if_absent(lock.key, lock._encode(record))
+    assert store.kv.set_if_absent(lock.key(0), lock._encode(record))
     with store.shard_lock(0) as taken:
         assert taken.record["pid"] == os.getpid()
-    assert (f"teacher shard 0 of {store.url}: the lock's holder, pid {dead.pid} on {socket.gethostname()} is gone; "
-            "taking the lock over") in capsys.readouterr().err
+    assert (f"teacher shard 0 of {store.url}: the claim's holder, pid {dead.pid} on {socket.gethostname()} is gone; "
+            "taking the claim over") in capsys.readouterr().err
 
 
 def _delete_chunk(url: str, array_path: str, key: str) -> None:
