@@ -25,8 +25,9 @@ import torch
 from daram.config import load_config
 from daram.pipeline.prepare import run_prepare
 from daram.pipeline.pause import Pause
-from daram.pipeline.teacher_dump import DRAWN, TeacherRunner, dump_shard
-from daram.storage import Store, TeacherManifest
+from daram.pipeline.dump_runner import TeacherRunner
+from daram.pipeline.teacher_dump import dump_shard
+from daram.storage import Store, TeacherManifest, teacher_format
 from harness import SHARED, add_timing_arguments, compare
 
 
@@ -63,7 +64,7 @@ def teacher_manifest(
     return TeacherManifest(
         teacher="random", revision="-", dtype=dtype, temperature=temperature, kind=kind, width=width,
         vocab_size=m.tokenizer.vocab_size, tokens_fingerprint=m.tokens_fingerprint, rows_per_chunk=m.rows_per_chunk,
-        draws=draws if kind in DRAWN else 0,
+        draws=draws if teacher_format(kind).drawn else 0,
     )
 
 

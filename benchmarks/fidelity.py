@@ -128,7 +128,7 @@ def format_bytes(store, teacher, fmt: Format, rows: int, seed: int) -> tuple[flo
     import zarr
 
     from daram.pipeline.losses import final_hidden, head_weight
-    from daram.storage.store import compressors, id_compressors
+    from daram.storage import codecs_for, teacher_format
 
     tokens = torch.from_numpy(store.read_tokens(0, 0, rows).astype(np.int64))
     memory = zarr.storage.MemoryStore()
@@ -147,7 +147,7 @@ def format_bytes(store, teacher, fmt: Format, rows: int, seed: int) -> tuple[flo
             value = value.reshape(block.shape + value.shape[1:])
             if name not in group:
                 group.create_array(name, shape=(rows,) + value.shape[1:], chunks=(BYTES_CHUNK_ROWS,) + value.shape[1:],
-                                   dtype=value.dtype, compressors=id_compressors() if fmt.kind == "draws" else compressors(),
+                                   dtype=value.dtype, compressors=codecs_for(teacher_format(fmt.kind).array_specs()[name]),
                                    fill_value=0)
             group[name][lo : lo + len(block)] = value
     stored = sum(len(v.to_bytes()) for k, v in memory._store_dict.items() if not k.endswith("zarr.json"))
@@ -163,7 +163,7 @@ def run_seed(store, teacher, seed: int, args) -> dict:
         IGNORE, DenseTarget, DistillObjective, Workspace, final_hidden, head_weight, next_token_labels, sliced_distill_loss,
     )
     from daram.pipeline.models import gpt2
-    from daram.pipeline.student_train import lr_factor
+    from daram.pipeline.schedule import lr_factor
 
     runs = {name: run for name, run in {"CE-only": None, "online T=2": 2.0, "online T=1": 1.0, **FORMATS}.items()
             if name in args.runs}

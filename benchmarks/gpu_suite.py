@@ -53,6 +53,8 @@ import torch
 from daram.config import load_config
 from daram.errors import DaramError
 from daram.pipeline.dump_kernels import draws_slice
+from daram.pipeline.dump_runner import TeacherRunner, resolve_dtype
+from daram.pipeline.dump_uniforms import chunk_uniforms
 from daram.pipeline.hf import load_tokenizer, tokenizer_info
 from daram.pipeline.measured import SUITE, SUITE_VERSION, datasheet_peak
 from daram.pipeline.models import gpt2
@@ -60,7 +62,7 @@ from daram.pipeline.pause import Pause
 from daram.pipeline.plan import REFERENCE_SHAPE, forward_flops_per_token
 from daram.pipeline.student_train import fit, setup
 from daram.pipeline.training.distributed import stop_distributed
-from daram.pipeline.teacher_dump import TeacherRunner, chunk_uniforms, dump_shard, resolve_dtype
+from daram.pipeline.teacher_dump import dump_shard
 from daram.pipeline.training.model import precision_for
 from daram.storage import Store, StoreManifest, TeacherManifest, fingerprint_rows, token_dtype_for, tokens_fingerprint
 from harness import compare, load_average
@@ -366,8 +368,8 @@ def measure_repeat(dump: Dump) -> dict:
     """Two dumps of the same chunk on the same card, byte for byte."""
     tokens, uniforms = dump.chunk()
     first, second = dump.runner.run_chunk(tokens, uniforms), dump.runner.run_chunk(tokens, uniforms)
-    differ = (first.ids != second.ids).any(-1)
-    return {"identical": first.ids.tobytes() == second.ids.tobytes(), "differing_positions": int(differ.sum()),
+    differ = (first.arrays[0] != second.arrays[0]).any(-1)
+    return {"identical": first.arrays[0].tobytes() == second.arrays[0].tobytes(), "differing_positions": int(differ.sum()),
             "positions": int(differ.size)}
 
 

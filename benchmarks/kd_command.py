@@ -79,7 +79,7 @@ def parts(store: Path, args) -> None:
     batches = list(b for _, b in zip(range(n), iter_batches(opened, plan, 0, with_teacher=True)))
     torch.manual_seed(0)
     model = gpt2(opened.manifest.tokenizer.vocab_size, args.n_embd, args.n_head, args.n_layer)
-    targets = StoredTargets(teacher.kind, "bucket", teacher.draws, torch.device("cpu"))
+    targets = StoredTargets(teacher, "bucket", torch.device("cpu"))
 
     def loss(kd: bool) -> float:
         workspace, total = Workspace(), 0.0
@@ -133,7 +133,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     store = work / "store.zarr"
     if not (store / "zarr.json").is_file():
-        dump = {"kind": args.kind, "top_k": args.top_k, "draws": args.draws, "temperature": args.temperature}
+        from daram.storage import kinds_reading
+
+        # only the settings its kind reads: another kind's setting is refused
+        dump = {"kind": args.kind, "temperature": args.temperature,
+                **{k: v for k, v in (("top_k", args.top_k), ("draws", args.draws)) if args.kind in kinds_reading(k)}}
         build_store(work, args.seq_len, args.batch_size * (args.steps + 1), dump)
     if not args.no_parts:
         parts(store, args)

@@ -6,9 +6,11 @@ Heavy imports (torch, transformers, zarr) happen inside the commands so ``daram 
 from __future__ import annotations
 
 import functools
+from inspect import signature, unwrap
 import sys
+import typing
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -42,8 +44,35 @@ SetOpt = Annotated[
 
 def setting_option(key: str, *names: str, note: str = "") -> typer.models.OptionInfo:
     """A flag that sets ``key``: its help is the setting's own (daram/config.py), plus a ``note``
-    on what only the flag does."""
-    return typer.Option(*names, help=setting_help(key, note))
+    on what only the flag does. The flag knows its key: :func:`flag_settings` reads it back."""
+    option = typer.Option(*names, help=setting_help(key, note))
+    option.daram_key = key
+    return option
+
+
+@functools.cache
+def _setting_parameters(fn: Callable) -> dict[str, tuple[str, Any]]:
+    """A command's parameters declared with :func:`setting_option`: name -> (section.key, default)."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    found = {}
+    for name, parameter in signature(fn).parameters.items():
+        for meta in getattr(hints.get(name), "__metadata__", ()):
+            if hasattr(meta, "daram_key"):
+                found[name] = (meta.daram_key, parameter.default)
+    return found
+
+
+def flag_settings(fn: Callable, values: dict[str, Any]) -> dict[str, Any]:
+    """``section.key -> value`` of the setting flags a command was given, read from its own parameters (``values``:
+    its ``locals()``). A flag left at its default is not given (``None``; ``False`` for an on-only switch); a flag of
+    a list of tables (``prepare.sources.path``) is the command's to place."""
+    flags = {}
+    for name, (key, default) in _setting_parameters(unwrap(fn)).items():
+        value = values[name]
+        if value is None or (value is False and default is False) or key.count(".") > 1:
+            continue
+        flags[key] = value
+    return flags
 
 
 StoreOpt = Annotated[Optional[str], setting_option("store.path", "--store")]
@@ -105,7 +134,7 @@ def _exit_paused(paused: bool) -> None:
         raise typer.Exit(EXIT_PAUSED)
 
 
-def _config(config: Optional[Path], sets: Optional[list[str]], **overrides):
+def _config(config: Optional[Path], sets: Optional[list[str]], overrides: dict[str, Any]):
     from daram.config import load_config
     from daram.storage import check_persistent
 
@@ -153,21 +182,14 @@ def prepare(
     """Tokenize the sources in curriculum order and pack them into token shards.
 
     Runs on every core; a killed prepare resumes when rerun with the same settings."""
-    overrides = {
-        "store.path": store,
-        "prepare.tokenizer": tokenizer,
-        "prepare.seq_len": seq_len,
-        "prepare.num_shards": num_shards,
-        "prepare.rows_per_chunk": rows_per_chunk,
-        "prepare.workers": workers,
-    }
+    overrides = flag_settings(prepare, locals())
     if source:
         overrides["prepare.sources"] = [
             {"path": p, **({"format": format_} if format_ else {}), **({"unit": unit} if unit else {})} for p in source
         ]
     elif format_ or unit:
         raise DaramError("--format and --unit describe --source files; set them per source in daram.toml otherwise")
-    cfg = _config(config, set_, **overrides)
+    cfg = _config(config, set_, overrides)
     from daram.pipeline.prepare import run_prepare
 
     run_prepare(cfg, overwrite=overwrite)
@@ -216,26 +238,7 @@ def teacher_dump(
       #SBATCH --array=0-63%16 --gres=gpu:1 --requeue
       daram teacher-dump --config daram.toml --shard "$SLURM_ARRAY_TASK_ID"
     """
-    cfg = _config(
-        config,
-        set_,
-        **{
-            "store.path": store,
-            "teacher.model": teacher,
-            "teacher.revision": revision,
-            "teacher.kind": kind,
-            "teacher.top_k": top_k,
-            "teacher.draws": draws,
-            "teacher.sample_width": sample_width,
-            "teacher.seed": seed,
-            "teacher.temperature": temperature,
-            "teacher.batch_size": batch_size,
-            "teacher.device": device,
-            "teacher.dtype": dtype,
-            "run.time_limit": time_limit,
-            "teacher.lease": lease,
-        },
-    )
+    cfg = _config(config, set_, flag_settings(teacher_dump, locals()))
     from daram.pipeline.teacher_dump import run_teacher_dump
 
     outcome = run_teacher_dump(cfg, shard=shard, shards=shards, all_shards=all_, worker=worker)
@@ -269,7 +272,7 @@ def plan(
     """Forecast the whole job before running it: tokens, bytes of the token and teacher shards, the window of
     shards that fits --disk-budget, GPU-hours of the dump and of training on P100 / T4 / A100 / H100 (FLOPs
     per token at an assumed MFU, or the one --measured FILE holds), and the sessions of --time-limit they fill."""
-    cfg = _config(config, set_, **{"store.path": store, "run.disk_budget": disk_budget, "run.time_limit": time_limit})
+    cfg = _config(config, set_, flag_settings(plan, locals()))
     from daram.pipeline.plan import run_plan
 
     run_plan(cfg, as_json=as_json, measure=measure, measured=measured, machines=machines)
@@ -292,7 +295,7 @@ def release(
     """Free the disk of complete teacher shards: move their arrays to --to URL, or delete them. The store keeps
     their statistics and reports them released; `teacher-dump` dumps a released shard again, and
     `release --restore` brings moved ones back."""
-    cfg = _config(config, set_, **{"store.path": store})
+    cfg = _config(config, set_, flag_settings(release, locals()))
     from daram.pipeline.release import run_release
 
     run_release(cfg, shards, to=to, restore=restore, source=from_)
@@ -306,7 +309,7 @@ def inspect(
     sample: Annotated[bool, typer.Option(help="Decode one sample row to text (loads the tokenizer).")] = True,
 ) -> None:
     """Show what a store holds: manifests, shards, teacher-dump status and statistics, bytes per token."""
-    cfg = _config(config, set_, **{"store.path": store})
+    cfg = _config(config, set_, flag_settings(inspect, locals()))
     from daram.pipeline.inspect import run_inspect
 
     run_inspect(cfg, sample=sample)
@@ -323,7 +326,7 @@ def verify(
 ) -> None:
     """Read every chunk and check it, printing the command that repairs each problem. Exit 0 only when the
     store is intact and complete: every shard's dump complete, or released (`daram release`); 1 otherwise."""
-    cfg = _config(config, set_, **{"store.path": store})
+    cfg = _config(config, set_, flag_settings(verify, locals()))
     from daram.pipeline.inspect import run_verify
 
     if not run_verify(cfg, tokens_only=tokens_only):
@@ -376,32 +379,13 @@ def eval(  # noqa: A001 - the command's name
     heldout_rows: Annotated[Optional[int], setting_option("eval.heldout_rows", note="With --heldout.")] = None,
 ) -> None:
     """Fine-tune models on KoBEST and NSMC (or score held-out shards) and write a comparison report."""
-    overrides = {
-        "store.path": store,
-        "eval.models": model,
-        # new --model values without --name: the report names them by their ids / directories
-        "eval.names": name if name else ([] if model else None),
-        "eval.tasks": tasks,
-        "eval.data": data,
-        "eval.out": out,
-        "eval.protocol": protocol,
-        "eval.runs": runs,
-        "eval.shots": _shot_counts(shots),
-        "eval.finetune": finetune,
-        "eval.epochs": epochs,
-        "eval.batch_size": batch_size,
-        "eval.micro_batch_size": micro_batch_size,
-        "eval.max_length": max_length,
-        "eval.max_train": max_train,
-        "eval.max_dev": max_dev,
-        "eval.max_test": max_test,
-        "eval.seed": seed,
-        "eval.device": device,
-        "eval.heldout": True if heldout else None,
-        "eval.heldout_shards": shards,
-        "eval.heldout_rows": heldout_rows,
-    }
-    cfg = _config(config, set_, **overrides)
+    overrides = flag_settings(eval, locals())
+    overrides.pop("eval.learning_rates", None)  # --lr task=rate merges into the protocol's rates below
+    if shots is not None:
+        overrides["eval.shots"] = _shot_counts(shots)
+    if model and not name:  # new --model values without --name: the report names them by their ids / directories
+        overrides["eval.names"] = []
+    cfg = _config(config, set_, overrides)
     if lr:
         rates = dict(cfg.eval.learning_rates)
         for item in lr:
@@ -483,28 +467,20 @@ def student_train(
     SIGTERM, Ctrl-C and --time-limit pause it cleanly after the current step (checkpoint, exit 75);
     `daram student-train --resume --out DIR` continues it exactly.
     """
-    flags = {
-        "store.path": store, "train.out": out, "train.shards": shards, "train.heldout_shard": heldout_shard,
-        "student.n_embd": n_embd, "student.n_head": n_head, "student.n_layer": n_layer, "student.init_from": init_from,
-        "train.alpha_kd": alpha_kd, "train.alpha_ce": alpha_ce, "train.tail": tail, "train.temperature": temperature,
-        "train.epochs": epochs, "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.lr": lr,
-        "train.max_steps": max_steps, "train.seed": seed, "train.precision": precision, "train.device": device,
-        "run.time_limit": time_limit, "train.online_teacher": online_teacher, "run.disk_budget": disk_budget,
-    }
-    cfg = _config(config, set_, **flags)
+    cfg = _config(config, set_, flag_settings(student_train, locals()))
     if follow:
         from daram.pipeline.follow import follow_command
 
         if cfg.train.online_teacher:
             raise DaramError("--follow trains from the stored dump; an online teacher (train.online_teacher) needs none")
         again = f"daram student-train --follow --resume --out {cfg.train.out}"
-        _exit_paused(follow_command(cfg, resume=resume, given=_given_settings(cfg, set_, flags), continue_with=again)["paused"])
+        _exit_paused(follow_command(cfg, resume=resume, given=set(cfg.given), continue_with=again)["paused"])
         return
     if disk_budget is not None:
         raise DaramError("--disk-budget bounds the local shard cache of --follow; student-train reads the store in place")
     from daram.pipeline.student_train import run_student_train
 
-    _exit_paused(run_student_train(cfg, resume=resume, given=_given_settings(cfg, set_, flags))["paused"])
+    _exit_paused(run_student_train(cfg, resume=resume, given=set(cfg.given))["paused"])
 
 
 @command
@@ -552,36 +528,18 @@ def run(
     complete dump. SIGTERM, Ctrl-C and --time-limit pause it cleanly (exit 75); the same command continues it.
     Run `daram plan` first to see what fits. Settings without a flag here: --set section.key=value.
     """
-    cfg = _config(config, set_, **{
-        "store.path": store, "train.out": out, "run.disk_budget": disk_budget, "run.time_limit": time_limit,
-        "teacher.model": teacher, "teacher.kind": kind, "teacher.top_k": top_k, "teacher.draws": draws,
-        "teacher.temperature": temperature, "teacher.dtype": dtype, "teacher.device": device,
-        "teacher.sample_width": sample_width, "student.n_embd": n_embd, "student.n_head": n_head,
-        "student.n_layer": n_layer, "train.alpha_kd": alpha_kd, "train.alpha_ce": alpha_ce, "train.precision": precision,
-        "train.shards": shards, "train.heldout_shard": heldout_shard, "train.epochs": epochs,
-        "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.lr": lr, "train.max_steps": max_steps,
-        "train.seed": seed, "train.device": device,
-    })
+    flags = flag_settings(run, locals())
+    if device is not None:
+        flags["teacher.device"] = device  # --device is the teacher's too
+    cfg = _config(config, set_, flags)
     if follow:
         from daram.pipeline.follow import follow_command
 
         _exit_paused(follow_command(cfg, resume=None, continue_with="run the same command again to continue")["paused"])
         return
-    from daram.pipeline.run import run_pipeline
+    from daram.pipeline.run import run_job
 
-    _exit_paused(run_pipeline(cfg)["paused"])
-
-
-def _given_settings(cfg, sets: Optional[list[str]], flags: dict) -> set[str]:
-    """The ``section.key`` settings the user gave: flags, ``--set`` and the config file's keys."""
-    import tomllib
-
-    given = {key for key, value in flags.items() if value is not None}
-    given |= {assignment.partition("=")[0].strip() for assignment in sets or ()}
-    if cfg.source_file:
-        raw = tomllib.loads(Path(cfg.source_file).read_text(encoding="utf-8"))
-        given |= {f"{section}.{key}" for section, table in raw.items() if isinstance(table, dict) for key in table}
-    return given
+    _exit_paused(run_job(cfg)["paused"])
 
 
 @command
@@ -619,15 +577,7 @@ def demo(
     """
     from daram.pipeline.demo import demo_config, run_demo
 
-    cfg = demo_config(config, set_ or (), quick, {
-        "demo.workdir": workdir,
-        "demo.corpus": corpus,
-        "demo.tokenizer": tokenizer,
-        "demo.sentences": sentences,
-        "demo.teacher_steps": teacher_steps,
-        "train.max_steps": max_steps,
-        "demo.threads": threads,
-    })
+    cfg = demo_config(config, set_ or (), quick, flag_settings(demo, locals()))
     run_demo(cfg)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import sys
 import types
 import typing
@@ -24,7 +23,7 @@ else:  # pragma: no cover
 
 from daram.errors import DaramError
 from daram.text import plural
-from daram.units import parse_duration, parse_size
+from daram.units import parse_amount, parse_duration, parse_size
 
 DEFAULT_CONFIG_NAME = "daram.toml"
 
@@ -76,7 +75,7 @@ REFERENCE_TEACHER = "skt/ko-gpt-trinity-1.2B-v0.5"
 class StoreConfig:
     path: str = setting(
         "work/store.zarr",
-        "Local path or any fsspec URL zarr supports (s3://bucket/daram.zarr, gs://...; the extras s3fs / gcsfs).",
+        "Local path or any fsspec URL zarr supports (s3://bucket/daram.zarr, gs://..., az://...; extras daram[s3], daram[gcs], daram[azure]).",
     )
     options: dict[str, str] = setting(
         help="Options of a remote store's file system (fsspec storage options), e.g. { endpoint_url = "
@@ -84,24 +83,6 @@ class StoreConfig:
         "environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_PROFILE, ...).",
         factory=dict,
     )
-
-
-_AMOUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB|lines?)\s*$")
-_BYTE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-               "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
-
-
-def parse_amount(text: str, key: str) -> tuple[int, str]:
-    """``"300MB"`` -> ``(300_000_000, "bytes")``; ``"20000 lines"`` -> ``(20000, "lines")``."""
-    match = _AMOUNT.match(text)
-    if not match:
-        raise DaramError(f'{key} must be an amount like "300MB", "1.5GiB" or "20000 lines"; got {text!r}')
-    number, unit = match.groups()
-    if unit.startswith("line"):
-        if "." in number:
-            raise DaramError(f"{key}: a count of lines is a whole number; got {text!r}")
-        return int(number), "lines"
-    return int(float(number) * _BYTE_UNITS[unit]), "bytes"
 
 
 @dataclass(frozen=True)
@@ -209,7 +190,8 @@ class TeacherConfig:
     )
     kind: str = setting(
         "draws",
-        "What is stored per position. draws (format v2): `draws` ids drawn from softmax(logits/T), sorted, ids "
+        "What is stored per position (without it, a setting only one kind reads picks that kind: --top-k 32 "
+        "dumps topk). draws (format v2): `draws` ids drawn from softmax(logits/T), sorted, ids "
         "only; an unbiased estimate of the teacher in about 14 B/token with the tokens at 16 draws of a peaked "
         "teacher. sampled: the same draws kept as unique ids + counts (v1). topk: the `top_k` most probable ids "
         "with full-vocabulary log-probs, so the tail mass is exact (see train.tail). docs/benchmarks.md compares "
@@ -233,7 +215,6 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         _check_choice("teacher.dtype", self.dtype, ("auto", "float16", "bfloat16", "float32"))
-        _check_choice("teacher.kind", self.kind, ("topk", "sampled", "draws"))
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise DaramError(f"teacher.temperature must be finite and > 0, got {self.temperature}")
         _check_temperature("teacher.temperature", self.temperature)
@@ -266,11 +247,20 @@ class StudentConfig:
             raise DaramError(f"student.n_embd ({self.n_embd}) must be divisible by student.n_head ({self.n_head})")
 
 
+LAST_SHARD = -2  # train.heldout_shard: the store's last shard
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     out: str = setting("work/student", "Output directory: the student's save_pretrained directory, checkpoints and metrics.")
-    shards: str = setting("0-62", "Shards in curriculum order: 3, 0-7, 0,2,5 or all. Keep the held-out shard out.")
-    heldout_shard: int = setting(63, "A shard kept out of training for periodic held-out evaluation; -1 = none.")
+    shards: str = setting(
+        "all", "Shards in curriculum order: 3, 0-7, 0,2,5 or all (every shard but the held-out one). Keep the held-out shard out."
+    )
+    heldout_shard: int = setting(
+        LAST_SHARD,
+        f"A shard kept out of training for periodic held-out evaluation; {LAST_SHARD} = the store's last shard (none for "
+        "a one-shard store), resolved and printed when training starts; -1 = none.",
+    )
     epochs: int = setting(1, "Passes over the shards.")
     batch_size: int = setting(8, "Rows per micro-batch (per rank).")
     grad_accum: int = setting(8, "Micro-batches per optimizer step.")
@@ -343,6 +333,36 @@ class TrainConfig:
             _check_temperature("train.temperature", self.temperature)
         if self.alpha_kd < 0 or self.alpha_ce < 0 or self.alpha_kd + self.alpha_ce == 0:
             raise DaramError("train.alpha_kd and train.alpha_ce must be >= 0 and not both 0")
+        if self.heldout_shard < LAST_SHARD:
+            raise DaramError(f"train.heldout_shard must be a shard, -1 (none) or {LAST_SHARD} (the last), got {self.heldout_shard}")
+
+    def heldout(self, num_shards: int) -> int:
+        """The held-out shard of a store of ``num_shards`` (-1 = none), checked against it."""
+        if self.heldout_shard == LAST_SHARD:
+            return num_shards - 1 if num_shards > 1 else -1
+        if self.heldout_shard >= num_shards:
+            raise DaramError(f"train.heldout_shard: shard {self.heldout_shard} is out of range; the store has shards "
+                             f"0-{num_shards - 1}")
+        return self.heldout_shard
+
+    def split(self, num_shards: int) -> tuple[list[int], int]:
+        """(training shards in curriculum order, held-out shard or -1) of a store of ``num_shards``: ``all``
+        trains on every shard but the held-out one; a held-out shard named in an explicit list is refused."""
+        heldout = self.heldout(num_shards)
+        shards = parse_shards(self.shards, num_shards, "train.shards")
+        if self.shards.strip() == "all":
+            shards = [s for s in shards if s != heldout]
+        elif heldout in shards:
+            raise DaramError(f"train.heldout_shard {heldout} is also in train.shards ({self.shards})")
+        return shards, heldout
+
+    def describe_split(self, num_shards: int) -> str:
+        """One line naming the shards trained on and held out, and where the held-out one came from."""
+        shards, heldout = self.split(num_shards)
+        why = " (the store's last; train.heldout_shard)" if self.heldout_shard == LAST_SHARD else ""
+        held = f"held-out shard {heldout}{why}" if heldout >= 0 else "no held-out shard" + (
+            " (a one-shard store)" if self.heldout_shard == LAST_SHARD else "")
+        return f"training shards {_spans(shards)}; {held}"
 
 
 # Fine-tuning learning rate per task under the seed's protocol. BoolQ 5e-6 and WiC 1e-6 are the seed's, which
@@ -508,7 +528,7 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class SessionConfig:
     """Sessions and disk: what `daram run` (and the clean pause of teacher-dump) needs."""
 
     time_limit: str = setting(
@@ -532,8 +552,13 @@ class Config:
     train: TrainConfig = setting(help="`daram student-train`, phase two: training from the store.", factory=TrainConfig)
     eval: EvalConfig = setting(help="`daram eval`: fine-tuning on KoBEST and NSMC, or held-out fidelity (--heldout).", factory=EvalConfig)
     demo: DemoConfig = setting(help="`daram demo` only (it reads the package's configs/demo.toml, not ./daram.toml).", factory=DemoConfig)
-    run: RunConfig = setting(help="Sessions and disk: the time limit of a clean pause, the disk budget of the whole run.", factory=RunConfig)
+    run: SessionConfig = setting(help="Sessions and disk: the time limit of a clean pause, the disk budget of the whole run.", factory=SessionConfig)
     source_file: str = setting("", "Where the config was read from; empty = defaults only.")
+    given: frozenset[str] = field(default=frozenset(), compare=False, metadata={
+        "help": "The section.key settings the user set (config file, --set, flags): filled in by load_config, no key of a file."})
+
+    def was_given(self, key: str) -> bool:
+        return key in self.given
 
     def replace(self, section: str, **values: Any) -> "Config":
         """A copy with some keys of one section replaced (values are type-checked)."""
@@ -565,15 +590,18 @@ def load_config(
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise DaramError(f"{file}: not valid TOML: {exc}") from None
         source = str(file)
+    given = {f"{section}.{key}" for section, table in raw.items() if isinstance(table, dict) for key in table}
     for assignment in sets:
         key, sep, text = assignment.partition("=")
         if not sep or "." not in key:
             raise DaramError(f"--set expects section.key=value, got {assignment!r}")
         _assign(raw, key.strip(), _parse_value(text.strip()))
+        given.add(key.strip())
     for key, value in (overrides or {}).items():
         if value is not None:
             _assign(raw, key, value)
-    return _build(Config, {**raw, "source_file": source}, "")
+            given.add(key)
+    return dataclasses.replace(_build(Config, {**raw, "source_file": source}, ""), given=frozenset(given))
 
 
 def parse_shards(spec: str, num_shards: int, setting: str = "--shards") -> list[int]:
@@ -599,6 +627,18 @@ def parse_shards(spec: str, num_shards: int, setting: str = "--shards") -> list[
     return shards
 
 
+def _spans(shards: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    parts, start = [], None
+    for i, s in enumerate(shards):
+        if start is None:
+            start = s
+        if i + 1 == len(shards) or shards[i + 1] != s + 1:
+            parts.append(str(start) if start == s else f"{start}-{s}")
+            start = None
+    return ",".join(parts)
+
+
 # --- building and checking -------------------------------------------------------------------
 
 
@@ -622,7 +662,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise DaramError(f"config: {where or 'top level'} must be a table, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls) if f.compare}  # Config.given is no key of a file
     unknown = sorted(set(data) - names)
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]

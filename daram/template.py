@@ -15,6 +15,7 @@ import typing
 from typing import Any
 
 from daram.config import EVAL_PROTOCOLS, Config, SourceConfig, setting_default
+from daram.storage import kinds_reading
 from daram.text import plural
 
 WIDTH = 100
@@ -22,6 +23,17 @@ WIDTH = 100
 SKIPPED_SECTIONS = ("demo",)
 # Keys eval.protocol sets: written commented out, or a file's own value would hide the protocol's.
 PROTOCOL_KEYS = {key for preset in EVAL_PROTOCOLS.values() for key in preset}
+
+
+def _kind_note(section: str, key: str) -> str:
+    """Teacher settings that pick or constrain the dump's kind are written commented out: a file that sets one
+    refuses a flag that contradicts it (``--top-k 32`` against ``kind = "draws"``)."""
+    if section != "teacher":
+        return ""
+    if key == "kind":
+        return " Uncomment to fix it; unset, a setting only one kind reads picks the kind."
+    kinds = kinds_reading(key)
+    return f" Read only by {' and '.join(kinds)} dumps; uncomment to change it." if kinds else ""
 
 # What a real curriculum looks like: web text first, then books, Wikipedia, edited prose.
 EXAMPLE_SOURCES = (
@@ -79,11 +91,14 @@ def _section(name: str, values: Any) -> list[str]:
     for f in dataclasses.fields(values):
         value = getattr(values, f.name)
         by_protocol = "# " if name == "eval" and f.name in PROTOCOL_KEYS else ""
+        by_kind = _kind_note(name, f.name)
         if typing.get_origin(hints[f.name]) is dict:
             tables += ["", *comment(f.metadata["help"]), f"[{name}.{f.name}]"]
             tables += [f"{by_protocol}{k} = {toml_value(v)}" for k, v in value.items()]
         elif f.name == "sources" and name == "prepare":
             tables += ["", *comment(f.metadata["help"]), *_sources_example(f"{name}.{f.name}")]
+        elif by_kind:
+            lines += [*comment(f.metadata["help"] + by_kind), f"# {f.name} = {toml_value(value)}"]
         elif by_protocol:
             lines += [*comment(f.metadata["help"] + " Set by protocol; uncomment to change it."),
                       f"{by_protocol}{f.name} = {toml_value(value)}"]

@@ -46,23 +46,42 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)", re.IGNORECASE)
 _SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 
 
-def parse_size(text: str, setting: str = "run.disk_budget") -> int:
-    """``"18GB"``, ``"40MB"``, ``"1.5GiB"``, ``"512k"`` or plain bytes -> bytes; "" -> 0 (no limit).
-
-    GB is 10^9 bytes and GiB 2^30, as `df -H` and `df -h` count them.
-    """
-    text = text.strip()
-    if not text:
-        return 0
-    match = _SIZE.fullmatch(text)
+def _bytes(text: str, setting: str, example: str) -> float:
+    """``"18GB"``, ``"1.5GiB"``, ``"512k"`` or plain bytes -> bytes: GB is 10^9 and GiB 2^30, as `df -H` and `df -h`
+    count them."""
+    match = _SIZE.fullmatch(text.strip())
     if not match:
-        raise DaramError(f"{setting}: cannot read {text!r}; use e.g. 18GB, 40MB or 1.5GiB")
+        raise DaramError(f"{setting}: cannot read {text!r}; use e.g. {example}")
     number, unit = float(match.group(1)), match.group(2).lower()
     base = 1024 if "i" in unit else 1000
-    size = number * base ** _SIZE_POWERS[unit.rstrip("ib")]
+    return number * base ** _SIZE_POWERS[unit.rstrip("ib")]
+
+
+def parse_size(text: str, setting: str = "run.disk_budget") -> int:
+    """``"18GB"``, ``"40MB"``, ``"1.5GiB"``, ``"512k"`` or plain bytes -> bytes; "" -> 0 (no limit)."""
+    if not text.strip():
+        return 0
+    size = _bytes(text, setting, "18GB, 40MB or 1.5GiB")
     if not (size >= 1 and math.isfinite(size)):
         raise DaramError(f"{setting} must be at least one byte, got {text!r}")
     return int(size)
+
+
+_LINES = re.compile(r"\s*(\d+(?:\.\d+)?)\s*lines?\s*")
+
+
+def parse_amount(text: str, setting: str) -> tuple[int, str]:
+    """``"300MB"`` -> ``(300_000_000, "bytes")``; ``"20000 lines"`` -> ``(20000, "lines")``: a size as
+    :func:`parse_size` reads it, with its unit written out (a bare number could be either), or a count of lines."""
+    example = '"300MB", "1.5GiB" or "20000 lines"'
+    lines = _LINES.fullmatch(text)
+    if lines:
+        if "." in lines.group(1):
+            raise DaramError(f"{setting}: a count of lines is a whole number; got {text!r}")
+        return int(lines.group(1)), "lines"
+    if not text.strip()[-1:].isalpha():
+        raise DaramError(f"{setting} must be an amount like {example}; got {text!r}")
+    return int(_bytes(text, setting, example)), "bytes"
 
 
 def format_size(size: float) -> str:

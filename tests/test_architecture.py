@@ -81,3 +81,100 @@ def test_stages_reach_the_store_only_through_its_package():
         inner = sorted({node.module for node in ast.walk(tree)
                         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("daram.storage.")})
         assert not inner, f"{module_name(path)} imports {inner}; use what daram.storage exports"
+
+
+# The two halves of the teacher kinds: only they may name a kind to branch on it (docs/architecture.md).
+KIND_OBJECTS = ("daram.storage.formats", "daram.pipeline.dump_kinds")
+
+
+def _kind_literals(node: ast.AST, kinds: set[str]) -> list[str]:
+    """The kind names among the string constants of ``node`` (a constant, or a tuple / list / set of them)."""
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return [i.value for i in items if isinstance(i, ast.Constant) and i.value in kinds]
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[module_name(p) for p in MODULES])
+def test_no_module_but_the_kind_objects_branches_on_a_kind_name(path):
+    """``kind == "draws"``, ``kind in ("sampled", "draws")`` or ``{"topk": ...}[kind]`` outside the kind objects is
+    how a new kind came to fail nowhere and work nowhere: look the kind up instead."""
+    from daram.storage import TEACHER_FORMATS
+
+    if module_name(path) in KIND_OBJECTS:
+        return
+    kinds = set(TEACHER_FORMATS)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Compare):
+            for side in (node.left, *node.comparators):
+                found += [f"line {node.lineno}: compares with {k!r}" for k in _kind_literals(side, kinds)]
+        elif isinstance(node, ast.Dict):
+            found += [f"line {node.lineno}: a table keyed by {k!r}" for key in node.keys if key is not None
+                      for k in _kind_literals(key, kinds)]
+    assert not found, f"{module_name(path)}: {'; '.join(found)}"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the daram modules it imports anywhere (inside functions too: a lazy import is still a dependency)."""
+    names = {module_name(p) for p in MODULES}
+    return {module_name(p): {m for m in daram_imports(p) if m in names} for p in MODULES}
+
+
+def test_no_import_cycle():
+    """Two modules that import each other (even lazily, even through others) cannot be read, tested or moved apart."""
+    graph = import_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_no_import_up_a_layer():
+    """A package's modules may use what sits beside the package (``training/`` uses ``losses.py``), but what they
+    use must not itself reach back into the package: that would put it above and below the package at once."""
+    graph = import_graph()
+    packages = {m.rsplit(".", 1)[0] for m in graph if m.count(".") > 1} - {"daram"}
+
+    def reaches(start: str, package: str) -> list[str] | None:
+        seen, todo = {start}, [[start]]
+        while todo:
+            path = todo.pop()
+            for nxt in graph[path[-1]]:
+                if allowed(nxt, (package,)):
+                    return [*path, nxt]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append([*path, nxt])
+        return None
+
+    wrong = []
+    for package in sorted(packages):
+        inside = [m for m in graph if allowed(m, (package,))]
+        for module in inside:
+            for used in sorted(graph[module]):
+                if not allowed(used, (package,)) and used != "daram" and (back := reaches(used, package)):
+                    wrong.append(f"{module} -> {' -> '.join(back)}")
+    assert not wrong, f"imports that go up a layer and come back: {wrong}"

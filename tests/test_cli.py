@@ -143,13 +143,52 @@ def test_an_interrupted_student_train_says_how_to_resume(monkeypatch, tmp_path):
     assert result.output.strip().splitlines()[-1] == "interrupted: rerun with --resume to continue from the last checkpoint"
 
 
+def test_each_commands_overrides_come_from_its_own_setting_flags():
+    """A flag declared with setting_option() knows its key: a command's overrides are its given flags, so no list
+    in cli.py restates them (a flag missing from such a list was silently ignored)."""
+    import ast
+    import inspect
+
+    from daram import cli
+    from daram.config import setting_field
+
+    from pathlib import Path
+
+    tree = ast.parse(Path(cli.__file__).read_text(encoding="utf-8"))
+    restated = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Dict)
+                and any(isinstance(k, ast.Constant) and isinstance(k.value, str) and re.fullmatch(r"[a-z]+\.[a-z_]+", k.value)
+                        for k in node.keys)]
+    assert not restated, f"cli.py restates setting keys in a dict at lines {restated}"
+
+    student = inspect.unwrap(cli.student_train)
+    parameters = cli._setting_parameters(student)
+    for key, _ in parameters.values():
+        setting_field(key)  # every key names a real setting
+    given = {name: 7 for name in parameters}
+    assert set(cli.flag_settings(student, given)) == {key for key, _ in parameters.values()} >= {"train.heldout_shard", "store.path"}
+    assert cli.flag_settings(student, {name: None for name in parameters}) == {}  # flags not given set nothing
+    evaluate = inspect.unwrap(cli.eval)
+    off = {name: None for name in cli._setting_parameters(evaluate)} | {"heldout": False}
+    assert cli.flag_settings(evaluate, off) == {}  # an on-only switch left off is not given
+    assert cli.flag_settings(evaluate, off | {"heldout": True}) == {"eval.heldout": True}
+
+
+def test_the_config_reports_the_keys_the_user_set(tmp_path):
+    config = tmp_path / "daram.toml"
+    config.write_text('[train]\nlr = 1e-3\n[teacher]\ntop_k = 8\n', encoding="utf-8")
+    from daram.config import load_config
+
+    cfg = load_config(config, ["teacher.seed=3"], {"teacher.device": "cpu", "teacher.draws": None})
+    assert cfg.given == {"train.lr", "teacher.top_k", "teacher.seed", "teacher.device"}
+
+
 def test_exit_status_tells_finished_from_paused_refused_and_failed(monkeypatch, tmp_path):
     # A requeue loop (`until daram run; do :; done`) must tell "done" from "paused": 0, 75, 2, 1.
     from daram.cli import EXIT_PAUSED
     from daram.errors import DaramError
 
     outcomes = iter([{"paused": False}, {"paused": True}])
-    monkeypatch.setattr("daram.pipeline.run.run_pipeline", lambda cfg: next(outcomes))
+    monkeypatch.setattr("daram.pipeline.run.run_job", lambda cfg: next(outcomes))
     args = ["run", "--store", str(tmp_path / "s.zarr")]
     assert runner.invoke(app, args).exit_code == 0
     assert runner.invoke(app, args).exit_code == EXIT_PAUSED == 75
@@ -157,13 +196,13 @@ def test_exit_status_tells_finished_from_paused_refused_and_failed(monkeypatch, 
     def refused(cfg):
         raise DaramError("nothing to do")
 
-    monkeypatch.setattr("daram.pipeline.run.run_pipeline", refused)
+    monkeypatch.setattr("daram.pipeline.run.run_job", refused)
     assert runner.invoke(app, args).exit_code == 2
 
     def crashed(cfg):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("daram.pipeline.run.run_pipeline", crashed)
+    monkeypatch.setattr("daram.pipeline.run.run_job", crashed)
     assert runner.invoke(app, args).exit_code == 1
     # the statuses are documented from the same constants
     page = (Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")

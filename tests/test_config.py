@@ -19,8 +19,8 @@ def test_the_defaults_are_a_consistent_reference_setup():
     the held-out one, the teacher's own tokenizer, and the baseline first in the eval report."""
     cfg = Config()
     assert (cfg.student.n_embd, cfg.student.n_head, cfg.student.n_layer) == (768, 8, 4)
-    shards = parse_shards(cfg.train.shards, cfg.prepare.num_shards, "train.shards")
-    assert sorted([*shards, cfg.train.heldout_shard]) == list(range(cfg.prepare.num_shards))
+    shards, heldout = cfg.train.split(cfg.prepare.num_shards)
+    assert sorted([*shards, heldout]) == list(range(cfg.prepare.num_shards)) and heldout == cfg.prepare.num_shards - 1
     assert cfg.prepare.tokenizer == cfg.teacher.model
     assert cfg.eval.models[0] == "skt/kogpt2-base-v2" and cfg.eval.models[-1] == cfg.train.out
 

@@ -88,7 +88,8 @@ def dumped_stores(tmp_path_factory, tokenizer_dir, corpus_lines, tiny_teacher_di
         shutil.copytree(prepared, path)  # the same tokens, two kinds of dump
         cfg = load_config(overrides={
             "store.path": str(path), "teacher.model": str(tiny_teacher_dir), "teacher.dtype": "float32",
-            "teacher.device": "cpu", "teacher.kind": kind, "teacher.top_k": 8, "teacher.draws": 20,
+            "teacher.device": "cpu", "teacher.kind": kind,
+            **({"teacher.top_k": 8} if kind == "topk" else {"teacher.draws": 20}),  # a setting of another kind is refused
         })
         run_teacher_dump(cfg, all_shards=True)
         stores[kind] = work.parent

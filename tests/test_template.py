@@ -6,7 +6,7 @@ import typing
 import pytest
 
 from daram import template
-from daram.config import Config, load_config, setting_default
+from daram.config import TeacherConfig, Config, load_config, setting_default
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,6 +24,8 @@ def test_the_template_names_every_key_of_its_sections_with_its_help():
     text = template.render()
     keys = re.findall(r"^(\w+) = ", text, re.M) + re.findall(r"^#? ?\[+\w+\.(\w+)\]+$", text, re.M)
     keys += [key for key in template.PROTOCOL_KEYS if re.search(rf"^# {key} = ", text, re.M)]  # commented out
+    keys += [f.name for f in dataclasses.fields(TeacherConfig)
+             if template._kind_note("teacher", f.name) and re.search(rf"^# {f.name} = ", text, re.M)]
     for name, section in typing.get_type_hints(Config).items():
         if not dataclasses.is_dataclass(section) or name in template.SKIPPED_SECTIONS:
             continue

@@ -3,7 +3,7 @@
 import pytest
 
 from daram.errors import DaramError
-from daram.units import format_duration, format_size, parse_duration, parse_size
+from daram.units import format_duration, format_size, parse_amount, parse_duration, parse_size
 
 
 def test_durations():
@@ -22,3 +22,12 @@ def test_sizes():
     for bad in ("big", "0", "inf", "-1GB", "5 XB"):
         with pytest.raises(DaramError, match="run.disk_budget"):
             parse_size(bad)
+
+
+def test_amounts_are_sizes_with_their_unit_written_out_or_counts_of_lines():
+    assert parse_amount("300MB", "k") == (300_000_000, "bytes") and parse_amount("300 MB", "k") == parse_amount("300MB", "k")
+    assert parse_amount("1.5 GiB", "k") == (int(1.5 * 2**30), "bytes") and parse_amount("1.5GiB", "k")[0] == parse_size("1.5GiB")
+    assert parse_amount("20000 lines", "k") == (20000, "lines") and parse_amount("1 line", "k") == (1, "lines")
+    for bad in ("300", "300 MBs", "1.5 lines", "-3MB", ""):
+        with pytest.raises(DaramError, match="^k"):
+            parse_amount(bad, "k")

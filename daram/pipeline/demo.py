@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from daram.config import Config, parse_shards
+from daram.config import Config
 from daram.errors import DaramError
 from daram.text import plural
 
@@ -97,12 +97,9 @@ def run_demo(cfg: Config) -> dict[str, Any]:
     """Run every stage; returns what report.json holds."""
     if cfg.demo.corpus and not Path(cfg.demo.corpus).is_file():
         raise DaramError(f"demo.corpus: no such file: {cfg.demo.corpus}")
-    train_shards = parse_shards(cfg.train.shards, cfg.prepare.num_shards, "train.shards")
-    if not 0 <= cfg.train.heldout_shard < cfg.prepare.num_shards or cfg.train.heldout_shard in train_shards:
-        raise DaramError(
-            f"train.heldout_shard must be one of the {cfg.prepare.num_shards} shards and not in train.shards "
-            f"({cfg.train.shards}); got {cfg.train.heldout_shard}"
-        )
+    if cfg.train.split(cfg.prepare.num_shards)[1] < 0:
+        raise DaramError(f"train.heldout_shard: the demo scores its students on a held-out shard; name one of the "
+                         f"{cfg.prepare.num_shards} shards")
     paths = DemoPaths.under(Path(cfg.demo.workdir))
     paths.claim()
     cfg = cfg.replace("demo", threads=cpu_threads(cfg.demo.threads))
@@ -163,7 +160,7 @@ def _run_stages(cfg: Config, paths: DemoPaths) -> dict[str, Any]:
     started = stage(3, "prepare", f"{paths.corpus} -> {paths.store}")
     manifest = run_prepare(cfg, overwrite=True)
     timings["prepare"] = time.perf_counter() - started
-    train_shards, heldout = parse_shards(cfg.train.shards, manifest.num_shards), cfg.train.heldout_shard
+    train_shards, heldout = cfg.train.split(manifest.num_shards)
 
     # 4. the teacher
     started = stage(4, "teacher", f"GPT-2 {demo.teacher_n_layer}x{demo.teacher_n_embd}, {plural(demo.teacher_steps, 'step')} on shards {cfg.train.shards}")

@@ -177,12 +177,13 @@ def run_eval(cfg: Config) -> dict[str, Any]:
 # --- held-out fidelity --------------------------------------------------------------------------
 
 
-def heldout_spec(cfg: Config) -> str:
+def heldout_spec(cfg: Config, num_shards: int) -> str:
     """The shards to score: eval.heldout_shards, else the shard training kept out (train.heldout_shard)."""
     if cfg.eval.heldout_shards:
         return cfg.eval.heldout_shards
-    if cfg.train.heldout_shard >= 0:
-        return str(cfg.train.heldout_shard)
+    heldout = cfg.train.heldout(num_shards)
+    if heldout >= 0:
+        return str(heldout)
     raise DaramError("no held-out shard: pass --shards N, or set eval.heldout_shards or train.heldout_shard")
 
 
@@ -191,7 +192,7 @@ def run_heldout(cfg: Config) -> dict[str, dict[str, dict[str, Any]]]:
     settings = cfg.eval
     names = model_names(settings)
     store = Store.open(cfg.store.path, options=cfg.store.options)
-    shards = parse_shards(heldout_spec(cfg), store.manifest.num_shards, "--shards")
+    shards = parse_shards(heldout_spec(cfg, store.manifest.num_shards), store.manifest.num_shards, "--shards")
     check_teacher_shards(store, store.teacher_manifest(), shards, "eval --heldout")
     # The stored ids are the store tokenizer's: a model with another vocabulary would be scored on the wrong tokens.
     for path in settings.models:

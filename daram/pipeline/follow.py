@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daram.config import Config, parse_shards
+from daram.config import Config
 from daram.errors import DaramError
 from daram.pipeline.pause import Pause
-from daram.pipeline.student_train import Run, Stop, finish, fit, setup
+from daram.pipeline.student_train import Stop, Training, finish, fit, setup
 from daram.pipeline.training.checkpoint import latest_checkpoint
 from daram.storage import COMPLETE, ShardState, Store, is_local, shard_name
 from daram.units import parse_duration, parse_size
@@ -38,7 +38,7 @@ class Follower:
     pause: Pause
     budget: int  # bytes of the local cache at most; 0 = no limit
     cache: object | None = None  # ShardCache on a remote store
-    run: Run | None = None
+    run: Training | None = None
     waited_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
     fetching: threading.Thread | None = None
@@ -65,8 +65,8 @@ def run_follow(cfg: Config, pause: Pause, resume: bool | None = None, given: set
     checkpoint (``daram run``). Returns the summary (``paused`` when a pause stopped it)."""
     store = Store.open(cfg.store.path, options=cfg.store.options)
     follower = Follower(store, pause, parse_size(cfg.run.disk_budget))
-    heldout = cfg.train.heldout_shard
-    first = heldout if heldout >= 0 else parse_shards(cfg.train.shards, store.manifest.num_shards, "train.shards")[0]
+    training_shards, heldout = cfg.train.split(store.manifest.num_shards)
+    first = heldout if heldout >= 0 else training_shards[0]
     if not wait_for(follower, first):  # training's setup reads the dump's settings and the held-out shard
         print(f"follow: paused ({pause.reason}) before training started, waiting for shard {first}; "
               f"{continue_with or 'run the same command again to continue'}")
@@ -110,7 +110,7 @@ def complete_shards(follower: Follower, fresh: bool = True) -> set[int]:
     return follower.complete
 
 
-def next_unreadable(run: Run, available: set[int]) -> int:
+def next_unreadable(run: Training, available: set[int]) -> int:
     """The first micro-batch from the current one that reads a shard outside ``available``."""
     micro = run.micro
     while micro < run.plan.total_batches and run.plan.shard_of(micro) in available:

@@ -12,17 +12,8 @@ import torch
 
 from daram.errors import DaramError
 from daram.pipeline.batches import check_teacher_shards
-from daram.pipeline.losses import (
-    IGNORE,
-    DenseTarget,
-    SampledTarget,
-    SparseTarget,
-    TopkTarget,
-    final_hidden,
-    head_weight,
-    next_token_labels,
-    student_logq_at,
-)
+from daram.pipeline.dump_kinds import dump_kind
+from daram.pipeline.losses import IGNORE, DenseTarget, final_hidden, head_weight, next_token_labels, student_logq_at
 from daram.storage import Store
 
 ECE_BINS = 15
@@ -157,8 +148,6 @@ def _teacher_side(store, teacher, teacher_model, shard, lo, hi, tokens, temperat
     ids, values = store.read_teacher(shard, lo, hi)
     ids = torch.from_numpy(ids.astype(np.int64)).to(device)
     values = torch.from_numpy(values.astype(np.float32)).to(device)
-    if teacher.kind == "topk":
-        return TopkTarget(ids, values, tail="bucket"), ids[..., 0]
-    top = values.argmax(-1, keepdim=True)  # argmax returns the first maximum
-    target = SparseTarget(ids, values) if teacher.kind == "draws" else SampledTarget(ids, values, teacher.draws)
-    return target, ids.gather(-1, top).squeeze(-1)
+    # the teacher's top-1: the first of the largest values (top-k: the first stored id, its log-probs are sorted)
+    top = values.argmax(-1, keepdim=True)
+    return dump_kind(teacher.kind).target(ids, values, teacher, "bucket"), ids.gather(-1, top).squeeze(-1)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from daram.config import Config
 from daram.errors import DaramError
-from daram.storage import COMPLETE, INCOMPLETE, NOT_DUMPED, RELEASED, ShardState, Store, TeacherManifest, fingerprint_bytes, shard_name
+from daram.storage import COMPLETE, INCOMPLETE, NOT_DUMPED, RELEASED, ShardState, Store, TeacherManifest, shard_name
 from daram.text import figure, plural
 
-PROB_SUM_TOLERANCE = 5e-3  # float16 rounding of k stored log-probs
 PREPARE_AGAIN = "daram prepare --overwrite  (the tokens cannot be rebuilt from the dump; dump the teacher again after)"
 
 
@@ -36,12 +33,8 @@ def run_inspect(cfg: Config, sample: bool = True) -> None:
     if teacher is None:
         print("teacher      none yet (run `daram teacher-dump`)")
     else:
-        kind = {
-            "topk": f"top-{teacher.width}",
-            "sampled": f"sampled, {plural(teacher.draws, 'draw')}, width {teacher.width}, seed {teacher.seed}",
-            "draws": f"draws (format v2), {plural(teacher.draws, 'sorted draw')}, seed {teacher.seed}",
-        }[teacher.kind]
-        print(f"teacher      {teacher.teacher} @ {teacher.revision}  {teacher.dtype}  T={teacher.temperature:g}  {kind}")
+        print(f"teacher      {teacher.teacher} @ {teacher.revision}  {teacher.dtype}  T={teacher.temperature:g}  "
+              f"{teacher.format.describe(teacher)}")
 
     print("shards:")
     states = []
@@ -144,24 +137,28 @@ def _verify_tokens(store: Store, shard: int, findings: Findings, bar) -> None:
         bar.update(len(store.chunk_ranges(shard)))
         findings.add(str(exc), PREPARE_AGAIN)
         return
-    digest, damaged = hashlib.sha256(), False
-    for i, (lo, hi) in enumerate(store.chunk_ranges(shard)):
-        bar.update(1)
-        try:
-            block = store.read_tokens(shard, lo, hi)
-        except DaramError as exc:  # an absent chunk
-            findings.add(str(exc).split("; ")[0], PREPARE_AGAIN)
-            damaged = True
-            continue
-        except Exception as exc:  # a checksum mismatch or undecodable chunk surfaces here, whatever its type
-            findings.add(f"{where} chunk {i} (rows {lo}-{hi}): unreadable ({type(exc).__name__}: {str(exc)[:120]})", PREPARE_AGAIN)
-            damaged = True
-            continue
-        digest.update(fingerprint_bytes(block))
-        if block.max(initial=0) >= m.tokenizer.vocab_size:
-            findings.add(f"{where} chunk {i}: token id {int(block.max())} >= vocab {m.tokenizer.vocab_size}", PREPARE_AGAIN)
-            damaged = True
-    if not damaged and digest.hexdigest() != m.shard_fingerprints[shard]:
+    damaged = False
+
+    def readable_blocks():
+        nonlocal damaged
+        for i, (lo, hi) in enumerate(store.chunk_ranges(shard)):
+            bar.update(1)
+            try:
+                block = store.read_tokens(shard, lo, hi)
+            except DaramError as exc:  # an absent chunk
+                findings.add(str(exc).split("; ")[0], PREPARE_AGAIN)
+                damaged = True
+                continue
+            except Exception as exc:  # a checksum mismatch or undecodable chunk surfaces here, whatever its type
+                findings.add(f"{where} chunk {i} (rows {lo}-{hi}): unreadable ({type(exc).__name__}: {str(exc)[:120]})", PREPARE_AGAIN)
+                damaged = True
+                continue
+            if block.max(initial=0) >= m.tokenizer.vocab_size:
+                findings.add(f"{where} chunk {i}: token id {int(block.max())} >= vocab {m.tokenizer.vocab_size}", PREPARE_AGAIN)
+                damaged = True
+            yield block
+
+    if not store.tokens_fingerprint_matches(shard, readable_blocks()) and not damaged:
         findings.add(f"{where}: content differs from the manifest's fingerprint", PREPARE_AGAIN)
 
 
@@ -193,14 +190,14 @@ def _verify_teacher(store: Store, teacher: TeacherManifest, state: ShardState, f
                 findings.add(f"teacher shard {shard} chunk {i}: written, but its done flag is lost", redump)
             continue  # not written yet: the dump is incomplete (a gap)
         try:
-            ids, *values = target.read_rows(lo, hi)  # a draws dump has its ids only
+            arrays = target.read_rows(lo, hi)
         except Exception as exc:  # a checksum mismatch or undecodable chunk
             findings.add(
                 f"teacher shard {shard} chunk {i} (rows {lo}-{hi}): unreadable ({type(exc).__name__}: {str(exc)[:120]})",
                 _redo_chunk(store, target.chunk_keys(i), redump),
             )
             continue
-        for problem in check_teacher_block(teacher, ids, values[0] if values else np.zeros(0)):
+        for problem in teacher.format.check_block(arrays, teacher):
             findings.add(f"teacher shard {shard} chunk {i}: {problem}", _redo_chunk(store, target.chunk_keys(i), redump))
     if state.chunks_done == state.chunks and not state.recorded:
         findings.add(f"teacher shard {shard}: every chunk is written but the shard was never recorded complete", redump)
@@ -211,41 +208,3 @@ def _redo_chunk(store: Store, keys: list[str], redump: str) -> str:
     if store.local_root is not None:
         return f"rm {' '.join(f'{store.local_root}/{k}' for k in keys)} && {redump}"
     return f"delete {' and '.join(f'{store.url}/{k}' for k in keys)}, then run {redump}"
-
-
-def check_teacher_block(teacher: TeacherManifest, ids: np.ndarray, values: np.ndarray) -> list[str]:
-    """Content checks of one chunk of teacher arrays; each problem as a short phrase."""
-    problems = []
-    if ids.max(initial=0) >= teacher.vocab_size:
-        problems.append(f"id {int(ids.max())} >= vocab {teacher.vocab_size}")
-    if teacher.kind == "topk":
-        logprobs = values.astype(np.float32)
-        if not np.isfinite(logprobs).all():
-            problems.append("non-finite log-probs")
-            return problems
-        mass = np.exp(logprobs).sum(-1)
-        if mass.max() > 1 + PROB_SUM_TOLERANCE:
-            problems.append(f"probabilities sum to {mass.max():.4f} > 1")
-        if (np.diff(logprobs, axis=-1) > 0).any():
-            problems.append("top-k log-probs not sorted in descending order")
-        if (np.diff(np.sort(ids, axis=-1), axis=-1) == 0).any():
-            problems.append("an id appears twice at one position")
-    elif teacher.kind == "draws":  # the draws themselves, sorted ascending at each position
-        if (np.diff(ids.astype(np.int64), axis=-1) < 0).any():
-            problems.append("draws not sorted in ascending order")
-    else:  # sampled: unique ids with their draw counts, most drawn first, padded with id 0 / count 0
-        counts = values.astype(np.int64)
-        drawn = counts > 0
-        total = counts.sum(-1)
-        if (np.diff(counts, axis=-1) > 0).any():
-            problems.append("counts not in descending order (or padding before a drawn id)")
-        if (ids[~drawn] != 0).any():
-            problems.append("a padding slot (count 0) holds an id other than 0")
-        # fewer than `draws` only when every slot is used: the rarest ids were dropped (truncation)
-        if (total > teacher.draws).any() or ((total < teacher.draws) & ~drawn.all(-1)).any():
-            bad = total[(total > teacher.draws) | ((total < teacher.draws) & ~drawn.all(-1))]
-            problems.append(f"counts sum to {int(bad.flat[0])}, not draws={teacher.draws}")
-        marked = np.where(drawn, ids.astype(np.int64), -1 - np.arange(ids.shape[-1]))  # padding never repeats
-        if (np.diff(np.sort(marked, axis=-1), axis=-1) == 0).any():
-            problems.append("an id appears twice at one position")
-    return problems

@@ -1,4 +1,4 @@
-"""Distillation losses (DESIGN.md "The loss") as small, separately tested pieces.
+"""Distillation losses as small, separately tested pieces.
 
 Every KL function takes the student's tempered log-probabilities ``log q = log_softmax(z / T)``
 at the teacher target's ids only (``logq_k``, shape ``(..., k)``; the whole vocabulary for a

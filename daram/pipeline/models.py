@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from daram.errors import DaramError
+from daram.pipeline.schedule import lr_factor
 from daram.text import plural
 
 
@@ -59,7 +60,6 @@ def train_small_teacher(model, rows: np.ndarray, steps: int, batch_size: int, lr
     import torch
     from tqdm import tqdm
 
-    from daram.pipeline.training.optim import lr_factor
 
     if rows.ndim != 2 or len(rows) == 0 or rows.shape[1] < 2 or steps < 1 or batch_size < 1:
         raise DaramError(

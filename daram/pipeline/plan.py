@@ -14,25 +14,20 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from daram.config import REFERENCE_TEACHER, Config, parse_shards
+from daram.config import REFERENCE_TEACHER, Config
 from daram.errors import DaramError
 from daram.pipeline.measured import DATASHEET_PEAKS, MeasuredMFU, read_measured
-from daram.storage import Store
+from daram.storage import Store, measure_teacher_bytes, teacher_format
 from daram.units import format_duration, format_size, parse_duration, parse_size
 
 # Measured: UTF-8 bytes per token of the KoGPT2/Trinity tokenizer on shared/data/korean_corpus/sentences.txt.
 CORPUS_BYTES_PER_TOKEN = 5.74
-# docs/benchmarks.md (benchmarks/store_bytes.py, trained teacher at T = 2): stored bytes per kept slot.
-# top-64 took 170.3 B/token (2.66 per id); sampled 50 draws, S = 50, 89.7 (1.79 per slot); 16 / 16, 30.5.
-TOPK_BYTES_PER_ID = 170.3 / 64
-SAMPLED_BYTES_PER_SLOT = 89.7 / 50
-# format v2, draws at T = 1: 7.38 B/token for 8 draws of ko-small-sharp (2.8 nats), 13.34 for ko-small (7 nats).
-DRAWS_BYTES_PER_DRAW = 7.38 / 8
 # Dense float16 tensor peaks from the vendors' data sheets (daram/pipeline/measured.py): P100 PCIe, H100 SXM.
 PEAK_FLOPS = {gpu: DATASHEET_PEAKS[gpu].float16 for gpu in ("P100", "T4", "A100", "H100")}
 # ASSUMED model FLOPs utilisation, not measured (no GPU was lent when this was written): the dump is a
@@ -85,10 +80,10 @@ def make_plan(cfg: Config, measure: bool = True, measured: str | None = None, ma
     store = Store.open(cfg.store.path, options=cfg.store.options) if Store.exists(cfg.store.path, cfg.store.options) else None
     rows, seq_len, tokens_source = _rows_per_shard(cfg, store)
     shards = len(rows)
-    heldout = cfg.train.heldout_shard if 0 <= cfg.train.heldout_shard < shards else -1
     if cfg.train.heldout_shard >= shards:
         notes.append(f"train.heldout_shard {cfg.train.heldout_shard} is past the last shard ({shards - 1}): none held out")
-    training = [s for s in parse_shards(cfg.train.shards, shards, "train.shards") if s != heldout]
+        cfg = cfg.replace("train", heldout_shard=-1)
+    training, heldout = cfg.train.split(shards)
     shard_tokens = [r * seq_len for r in rows]
     tokens = sum(shard_tokens)
 
@@ -194,24 +189,21 @@ def teacher_bytes_per_token(cfg: Config, store: Store | None, measure: bool) -> 
         stored = sum(store.teacher_bytes(s) for s in done)
         tokens = sum(store.shard_rows(s) for s in done) * store.manifest.seq_len
         return stored / tokens, f"measured: {len(done)} dumped shard{'s' if len(done) > 1 else ''} in the store"
+    vocab = store.manifest.tokenizer.vocab_size if store is not None else REFERENCE_SHAPE["vocab_size"]
     if store is not None and measure:
         try:
             return _measure_sample(cfg, store)
         except DaramError as exc:
-            estimate, source = _estimate_bytes(cfg)
+            estimate, source = _estimate_bytes(cfg, vocab)
             return estimate, f"{source} (the teacher could not be measured: {exc})"
-    return _estimate_bytes(cfg)
+    return _estimate_bytes(cfg, vocab)
 
 
-def _estimate_bytes(cfg: Config) -> tuple[float, str]:
-    settings = cfg.teacher
-    if settings.kind == "topk":
-        return settings.top_k * TOPK_BYTES_PER_ID, f"estimate: {TOPK_BYTES_PER_ID:.2f} B per top-k id (docs/benchmarks.md)"
-    if settings.kind == "draws":
-        return settings.draws * DRAWS_BYTES_PER_DRAW, (
-            f"estimate: {DRAWS_BYTES_PER_DRAW:.2f} B per draw of a peaked teacher (docs/benchmarks.md; a flat one takes up to 1.8x)")
-    width = settings.sample_width or settings.draws
-    return width * SAMPLED_BYTES_PER_SLOT, f"estimate: {SAMPLED_BYTES_PER_SLOT:.2f} B per sampled slot (docs/benchmarks.md)"
+def _estimate_bytes(cfg: Config, vocab_size: int) -> tuple[float, str]:
+    """The kind's bytes per slot (``TeacherFormat.bytes_per_slot``) times its width."""
+    fmt = teacher_format(cfg.teacher.kind)
+    width = fmt.width(cfg.teacher, vocab_size, "the teacher")
+    return width * fmt.bytes_per_slot, f"estimate: {fmt.bytes_per_slot:.2f} {fmt.bytes_note}"
 
 
 def _measure_sample(cfg: Config, store: Store) -> tuple[float, str]:
@@ -219,31 +211,29 @@ def _measure_sample(cfg: Config, store: Store) -> tuple[float, str]:
     the store's own chunking and codecs, and count the bytes."""
     import torch
 
+    from daram.pipeline.dump_runner import TeacherRunner, resolve_dtype
+    from daram.pipeline.dump_uniforms import chunk_uniforms
     from daram.pipeline.hf import load_causal_lm, resolve_device
-    from daram.pipeline.teacher_dump import TeacherRunner, chunk_uniforms, dump_width, resolve_dtype
-    from daram.storage import measure_teacher_bytes
 
     settings, manifest = cfg.teacher, store.manifest
-    width = dump_width(cfg, store)
+    fmt = teacher_format(settings.kind)
+    width = fmt.width(settings, manifest.tokenizer.vocab_size, store.url)
     device = resolve_device(settings.device)
     model = load_causal_lm(settings.model, resolve_dtype(settings.dtype, device), str(device), settings.revision)
     runner = TeacherRunner(model, settings.kind, width, settings.temperature, device, settings.batch_size, manifest)
-    shard = 0 if cfg.train.heldout_shard != 0 else 1 % manifest.num_shards
+    shard = 0 if cfg.train.heldout(manifest.num_shards) != 0 else 1 % manifest.num_shards
     rows = min(MEASURE_ROWS, store.shard_rows(shard))
-    ids, values = [], []
+    results = []
     with torch.inference_mode():
         for chunk, (lo, hi) in enumerate(store.chunk_ranges(shard)):
             if lo >= rows:
                 break
             tokens = store.read_tokens(shard, lo, hi)
-            uniforms = chunk_uniforms(settings.seed, shard, chunk, tokens.size, settings.draws) if settings.kind != "topk" else None
-            result = runner.run_chunk(tokens, uniforms)
-            ids.append(result.ids)
-            values.append(result.values)
-    ids_all = np.concatenate(ids)
-    values_all = None if settings.kind == "draws" else np.concatenate(values)
-    stored = measure_teacher_bytes(ids_all, values_all, manifest.rows_per_chunk)
-    return stored / ids_all[..., 0].size, f"measured: {len(ids_all)} rows of shard {shard} dumped into memory"
+            uniforms = chunk_uniforms(settings.seed, shard, chunk, tokens.size, settings.draws) if fmt.drawn else None
+            results.append(runner.run_chunk(tokens, uniforms).arrays)
+    arrays = tuple(np.concatenate(column) for column in zip(*results))
+    stored = measure_teacher_bytes(fmt, arrays, manifest.rows_per_chunk)
+    return stored / arrays[0][..., 0].size, f"measured: {len(arrays[0])} rows of shard {shard} dumped into memory"
 
 
 def _rows_per_shard(cfg: Config, store: Store | None) -> tuple[list[int], int, str]:
@@ -286,7 +276,10 @@ def _teacher_shape(cfg: Config) -> tuple[dict[str, Any], str]:
 
 def run_plan(cfg: Config, as_json: bool = False, measure: bool = True, measured: str | None = None,
              machines: int = 1) -> Plan:
-    plan = make_plan(cfg, measure, measured, machines)
+    from daram.pipeline.teacher_dump import teacher_settings
+
+    plan = make_plan(teacher_settings(cfg, "plan", file=sys.stderr if as_json else sys.stdout), measure, measured,
+                     machines)
     print(json.dumps(asdict(plan), indent=2) if as_json else plan_table(plan))
     return plan
 
@@ -301,7 +294,7 @@ def plan_table(plan: Plan) -> str:
         f"teacher dump      {plan.teacher_bytes_per_token:.1f} B/token: {format_size(plan.teacher_bytes)} in all, "
         f"largest shard {format_size(plan.largest_shard_teacher_bytes)}  ({plan.teacher_bytes_source})",
         f"disk budget       {budget}: {window}",
-        f"FLOPs per token   dump {plan.dump_flops_per_token:.3g}, training {plan.train_flops_per_token:.3g}",
+        f"FLOPs per token   dump {plan.dump_flops_per_token / 1e9:.2f} G, training {plan.train_flops_per_token / 1e9:.2f} G",
         "",
         f"{'GPU':<6} {'dump':>10} {'train':>10} {'sessions':>9}",
     ]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from daram.config import Config, parse_shards
+from daram.config import Config
 from daram.errors import DaramError
 from daram.pipeline.pause import Pause
 from daram.pipeline.plan import DISK_MARGIN
@@ -31,11 +31,11 @@ from daram.storage import Store
 from daram.units import format_duration, format_size, parse_duration, parse_size
 
 if TYPE_CHECKING:  # student_train imports torch; daram run loads it only once training is set up
-    from daram.pipeline.student_train import Run
+    from daram.pipeline.student_train import Training
 
 
 @dataclass
-class Pipeline:
+class Job:
     """What ``daram run`` holds between its phases."""
 
     cfg: Config
@@ -43,7 +43,7 @@ class Pipeline:
     pause: Pause
     budget: int  # bytes of teacher shards on disk at most; 0 = no limit
     heldout: int  # -1 = none
-    train: Run | None = None  # the one training run, once it is set up
+    training: Training | None = None  # the one training run, once it is set up
     window: list[int] = field(default_factory=list)  # training shards on disk for the current window
     windows: int = 0  # windows started in this session
     peak_teacher_bytes: int = 0  # the most teacher bytes seen on disk in this session
@@ -54,19 +54,22 @@ class Pipeline:
         print(message, file=sys.stderr, flush=True)
 
 
-def run_pipeline(cfg: Config) -> dict:
+def run_job(cfg: Config) -> dict:
     """setup -> windows -> finish, under one :class:`Pause` (SIGTERM, SIGINT, ``run.time_limit``)."""
+    from daram.pipeline.teacher_dump import teacher_settings
+
+    cfg = teacher_settings(cfg, "run")
     with Pause(parse_duration(cfg.run.time_limit)) as pause:
-        pipeline = setup_pipeline(cfg, pause)
-        if pipeline.train is not None:
-            run_windows(pipeline)
-        return finish_pipeline(pipeline)
+        job = setup_job(cfg, pause)
+        if job.training is not None:
+            run_windows(job)
+        return finish_job(job)
 
 
 # --- setup ------------------------------------------------------------------------------------------------
 
 
-def setup_pipeline(cfg: Config, pause: Pause) -> Pipeline:
+def setup_job(cfg: Config, pause: Pause) -> Job:
     """The store (prepared when missing), the held-out shard's dump, then the one training run (resumed when
     ``train.out`` holds its checkpoint)."""
     from daram.pipeline.student_train import setup
@@ -87,53 +90,53 @@ def setup_pipeline(cfg: Config, pause: Pause) -> Pipeline:
         print(f"run: no store at {cfg.store.path}: preparing it", file=sys.stderr)
         run_prepare(cfg)
     store = Store.open(cfg.store.path, mode="r+", options=cfg.store.options)
-    heldout = cfg.train.heldout_shard
-    pipeline = Pipeline(cfg, store, pause, budget, heldout)
+    train_shards, heldout = cfg.train.split(store.manifest.num_shards)
+    job = Job(cfg, store, pause, budget, heldout)
 
     # Training's setup reads the dump's settings (and evaluates on the held-out shard): dump that one first.
-    first = heldout if heldout >= 0 else parse_shards(cfg.train.shards, store.manifest.num_shards, "train.shards")[0]
-    if not _dump(pipeline, [first]):
-        return pipeline
+    first = heldout if heldout >= 0 else train_shards[0]
+    if not _dump(job, [first]):
+        return job
     resume = latest_checkpoint(Path(cfg.train.out)) is not None
-    pipeline.train = setup(cfg, resume=resume, check_dumps=False, pause=pause)
+    job.training = setup(cfg, resume=resume, check_dumps=False, pause=pause)
     if resume:
-        pipeline.say(f"run: continuing the training run in {cfg.train.out} at step {pipeline.train.step}")
-    return pipeline
+        job.say(f"run: continuing the training run in {cfg.train.out} at step {job.training.step}")
+    return job
 
 
 # --- windows ----------------------------------------------------------------------------------------------
 
 
-def run_windows(pipeline: Pipeline) -> None:
+def run_windows(job: Job) -> None:
     """Window after window: release what training is done with, dump what fits, train through it."""
     from daram.pipeline.student_train import checkpoint, fit
 
-    run = pipeline.train
+    training = job.training
     while True:
-        ahead = shards_to_train(run)
+        ahead = shards_to_train(training)
         if not ahead:  # resumed at the very end: fit only says which limit ended the run
-            fit(run, available=set())
+            fit(training, available=set())
             return
-        window = next_window(pipeline, ahead)
-        _release_all_but(pipeline, keep=set(window))
-        pipeline.window = window
-        pipeline.windows += 1
-        show_progress(pipeline, "dump")
-        if not _dump(pipeline, window):
+        window = next_window(job, ahead)
+        _release_all_but(job, keep=set(window))
+        job.window = window
+        job.windows += 1
+        show_progress(job, "dump")
+        if not _dump(job, window):
             return
-        show_progress(pipeline, "train")
-        stop = fit(run, available=set(window))
+        show_progress(job, "train")
+        stop = fit(training, available=set(window))
         if stop.kind != "shards":
             return
-        checkpoint(run)  # past every step of the shards about to be released
+        checkpoint(training)  # past every step of the shards about to be released
 
 
-def shards_to_train(run: Run) -> list[int]:
+def shards_to_train(training: Training) -> list[int]:
     """The training shards the rest of the run reads, in order, each once; none past ``train.max_steps``."""
-    end = min(run.plan.total_batches, run.total_steps * run.train.grad_accum)
-    index, within = run.plan.locate(run.micro)
-    start, shards = run.micro - within, []
-    for shard_pass in run.plan.passes[index:]:
+    end = min(training.plan.total_batches, training.total_steps * training.train.grad_accum)
+    index, within = training.plan.locate(training.micro)
+    start, shards = training.micro - within, []
+    for shard_pass in training.plan.passes[index:]:
         if start >= end:
             break
         if shard_pass.batches:
@@ -142,36 +145,36 @@ def shards_to_train(run: Run) -> list[int]:
     return _unique(shards)
 
 
-def next_window(pipeline: Pipeline, ahead: list[int]) -> list[int]:
+def next_window(job: Job, ahead: list[int]) -> list[int]:
     """The next training shards, in the order training reads them, whose teacher arrays fit the budget beside
     the held-out shard's. At least the shards of the next step (several when it straddles shards)."""
-    run = pipeline.train
-    needed = _unique([run.plan.shard_of(m) for m in run.next_step_micro_batches()])
-    if not pipeline.budget:
+    training = job.training
+    needed = _unique([training.plan.shard_of(m) for m in training.next_step_micro_batches()])
+    if not job.budget:
         return ahead
-    room = pipeline.budget / DISK_MARGIN - _shard_bytes(pipeline, pipeline.heldout)
+    room = job.budget / DISK_MARGIN - _shard_bytes(job, job.heldout)
     window: list[int] = []
     for shard in ahead:
-        cost = _shard_bytes(pipeline, shard)
-        if window and sum(_shard_bytes(pipeline, s) for s in window) + cost > room and shard not in needed:
+        cost = _shard_bytes(job, shard)
+        if window and sum(_shard_bytes(job, s) for s in window) + cost > room and shard not in needed:
             break
         window.append(shard)
-    used = sum(_shard_bytes(pipeline, s) for s in window)
+    used = sum(_shard_bytes(job, s) for s in window)
     if used > room:
         raise DaramError(
-            f"run.disk_budget {format_size(pipeline.budget)} is too small: step {run.step + 1} needs the teacher "
+            f"run.disk_budget {format_size(job.budget)} is too small: step {training.step + 1} needs the teacher "
             f"arrays of shard{'s' if len(needed) > 1 else ''} {','.join(map(str, needed))} (about {format_size(used)})"
-            + (f" beside held-out shard {pipeline.heldout}'s" if pipeline.heldout >= 0 else "")
+            + (f" beside held-out shard {job.heldout}'s" if job.heldout >= 0 else "")
             + "; `daram plan` shows what fits"
         )
     return window
 
 
-def _shard_bytes(pipeline: Pipeline, shard: int) -> int:
+def _shard_bytes(job: Job, shard: int) -> int:
     """A shard's teacher bytes on disk when complete; else its tokens at the bytes per token of those dumped."""
     if shard < 0:
         return 0
-    store = pipeline.store
+    store = job.store
     teacher = store.teacher_manifest()
     if teacher is not None and teacher.is_complete(shard):
         return store.teacher_bytes(shard)
@@ -182,40 +185,40 @@ def _shard_bytes(pipeline: Pipeline, shard: int) -> int:
     return int(store.shard_rows(shard) * store.manifest.seq_len * per_token)
 
 
-def _release_all_but(pipeline: Pipeline, keep: set[int]) -> None:
+def _release_all_but(job: Job, keep: set[int]) -> None:
     """Release the complete training shards outside ``keep``: behind the checkpoint, or needed only later."""
-    store = pipeline.store
+    store = job.store
     teacher = store.teacher_manifest()
     for shard in sorted(int(s) for s in teacher.shards):  # released ones too: finishes a release a kill interrupted
-        if shard != pipeline.heldout and shard not in keep:
+        if shard != job.heldout and shard not in keep:
             store.release_shard(shard)
 
 
-def _dump(pipeline: Pipeline, shards: list[int]) -> bool:
+def _dump(job: Job, shards: list[int]) -> bool:
     """Dump the shards not complete yet; False when a pause stopped it."""
     import torch
 
     from daram.pipeline.teacher_dump import run_teacher_dump
 
-    teacher = pipeline.store.teacher_manifest()
+    teacher = job.store.teacher_manifest()
     todo = [s for s in shards if teacher is None or not teacher.is_complete(s)]
     if not todo:
-        return not pipeline.pause.requested()
+        return not job.pause.requested()
     # Loading the teacher draws from torch's global generator; training must not see it (dropout, equal weights).
     rng = torch.get_rng_state()
     started = time.perf_counter()
     # run's own pause line says how to continue: the user typed `daram run`, not teacher-dump
-    outcome = run_teacher_dump(pipeline.cfg, shards=",".join(map(str, todo)), pause=pipeline.pause, how_to_continue="")
+    outcome = run_teacher_dump(job.cfg, shards=",".join(map(str, todo)), pause=job.pause, how_to_continue="")
     torch.set_rng_state(rng)
-    pipeline.dump_seconds += time.perf_counter() - started
-    pipeline.dumped_tokens += sum(s["tokens_computed"] for s in outcome.completed)
-    _note_disk(pipeline)
+    job.dump_seconds += time.perf_counter() - started
+    job.dumped_tokens += sum(s["tokens_computed"] for s in outcome.completed)
+    _note_disk(job)
     return not outcome.paused
 
 
-def _note_disk(pipeline: Pipeline) -> int:
-    used = pipeline.store.teacher_bytes()
-    pipeline.peak_teacher_bytes = max(pipeline.peak_teacher_bytes, used)
+def _note_disk(job: Job) -> int:
+    used = job.store.teacher_bytes()
+    job.peak_teacher_bytes = max(job.peak_teacher_bytes, used)
     return used
 
 
@@ -226,59 +229,59 @@ def _unique(shards: list[int]) -> list[int]:
 # --- progress and finish ----------------------------------------------------------------------------------
 
 
-def show_progress(pipeline: Pipeline, phase: str) -> None:
+def show_progress(job: Job, phase: str) -> None:
     """One line for the whole run: phase, window, shards done / released / remaining, disk against the budget,
     steps, ETA."""
-    run, store = pipeline.train, pipeline.store
+    training, store = job.training, job.store
     teacher = store.teacher_manifest()
-    training = set(run.shards)
-    ahead = set(shards_to_train(run))
-    complete = {int(s) for s in teacher.shards if teacher.is_complete(int(s))} & training
-    released = {int(s) for s in teacher.released} & training
-    trained = training - ahead
-    used = _note_disk(pipeline)
-    budget = f" of {format_size(pipeline.budget)}" if pipeline.budget else ""
-    pipeline.say(
-        f"run: {phase} | window {pipeline.windows}: shard{'s' if len(pipeline.window) > 1 else ''} "
-        f"{_span(pipeline.window)} | training shards: {len(trained)} trained, {len(complete)} dumped, "
+    train_shards = set(training.shards)
+    ahead = set(shards_to_train(training))
+    complete = {int(s) for s in teacher.shards if teacher.is_complete(int(s))} & train_shards
+    released = {int(s) for s in teacher.released} & train_shards
+    trained = train_shards - ahead
+    used = _note_disk(job)
+    budget = f" of {format_size(job.budget)}" if job.budget else ""
+    job.say(
+        f"run: {phase} | window {job.windows}: shard{'s' if len(job.window) > 1 else ''} "
+        f"{_span(job.window)} | training shards: {len(trained)} trained, {len(complete)} dumped, "
         f"{len(released)} released, {len(ahead)} to go | teacher disk {format_size(used)}{budget} | "
-        f"step {run.step}/{run.total_steps} | ETA {eta(pipeline)}"
+        f"step {training.step}/{training.total_steps} | ETA {eta(job)}"
     )
 
 
-def eta(pipeline: Pipeline) -> str:
+def eta(job: Job) -> str:
     """What is left, at this session's measured dump and step rates ("?" until both are measured)."""
-    run = pipeline.train
-    if not run.step_seconds or not pipeline.dumped_tokens:
+    training = job.training
+    if not training.step_seconds or not job.dumped_tokens:
         return "?"
-    teacher = pipeline.store.teacher_manifest()
-    undumped = [s for s in shards_to_train(run) if not teacher.is_complete(s)]
-    tokens_left = sum(pipeline.store.shard_rows(s) for s in undumped) * pipeline.store.manifest.seq_len
-    dump_left = tokens_left * pipeline.dump_seconds / pipeline.dumped_tokens
-    steps_left = (run.total_steps - run.step) * sum(run.step_seconds[-50:]) / len(run.step_seconds[-50:])
+    teacher = job.store.teacher_manifest()
+    undumped = [s for s in shards_to_train(training) if not teacher.is_complete(s)]
+    tokens_left = sum(job.store.shard_rows(s) for s in undumped) * job.store.manifest.seq_len
+    dump_left = tokens_left * job.dump_seconds / job.dumped_tokens
+    steps_left = (training.total_steps - training.step) * sum(training.step_seconds[-50:]) / len(training.step_seconds[-50:])
     return format_duration(dump_left + steps_left)
 
 
-def finish_pipeline(pipeline: Pipeline) -> dict:
+def finish_job(job: Job) -> dict:
     """A finished run: the student's finish (held-out evaluation, export). A paused one: a checkpoint and how
     to continue."""
     from daram.pipeline.student_train import Stop, checkpoint, finish
 
-    run = pipeline.train
-    if run is not None and run.stop is not None and run.stop.finished:
-        summary = finish(run)
-        pipeline.say(f"run: complete: student in {run.out}; peak teacher disk this session "
-                     f"{format_size(pipeline.peak_teacher_bytes)}")
-        return {**summary, "paused": False, "peak_teacher_bytes": pipeline.peak_teacher_bytes}
-    if run is not None:
-        run.stop = run.stop or Stop("paused", pipeline.pause.reason)
-        checkpoint(run)
-    where = f"at step {run.step} of {run.total_steps}" if run is not None else "before training started"
+    training = job.training
+    if training is not None and training.stop is not None and training.stop.finished:
+        summary = finish(training)
+        job.say(f"run: complete: student in {training.out}; peak teacher disk this session "
+                     f"{format_size(job.peak_teacher_bytes)}")
+        return {**summary, "paused": False, "peak_teacher_bytes": job.peak_teacher_bytes}
+    if training is not None:
+        training.stop = training.stop or Stop("paused", job.pause.reason)
+        checkpoint(training)
+    where = f"at step {training.step} of {training.total_steps}" if training is not None else "before training started"
     print(
-        f"run: paused ({pipeline.pause.reason or 'stopped'}) {where}; every finished chunk and step is kept: "
+        f"run: paused ({job.pause.reason or 'stopped'}) {where}; every finished chunk and step is kept: "
         "run the same command again to continue"
     )
-    return {"paused": True, "steps": run.step if run is not None else 0, "peak_teacher_bytes": pipeline.peak_teacher_bytes}
+    return {"paused": True, "steps": training.step if training is not None else 0, "peak_teacher_bytes": job.peak_teacher_bytes}
 
 
 def _span(shards: list[int]) -> str:

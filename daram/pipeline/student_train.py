@@ -4,7 +4,7 @@ A recipe in three parts over the components in :mod:`daram.pipeline.training`:
 
 - :func:`setup` checks everything before anything is written (shards, dumps, settings against the
   store's manifests and, under ``--resume``, against the checkpoint), builds the student, the
-  optimizer and the schedule, and restores the checkpoint. It returns a :class:`Run`.
+  optimizer and the schedule, and restores the checkpoint. It returns a :class:`Training`.
 - :func:`fit` is the loop. It stops only between optimizer steps: at the end of the data or
   ``train.max_steps``, when the next step needs a shard the caller has not made available, or when
   asked to (a signal, ``run.time_limit``, the caller's ``should_stop``). Calling it again goes on
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from daram.config import Config, TrainConfig, parse_shards
+from daram.config import Config, TrainConfig
 from daram.errors import DaramError
 from daram.pipeline.batches import BatchPlan, Prefetcher, check_teacher_shards, check_token_shards, iter_batches
 from daram.pipeline.heldout import heldout_metrics
@@ -52,14 +52,14 @@ from daram.pipeline.training.distributed import Distributed, no_sync, start_dist
 from daram.pipeline.training.export import export_student
 from daram.pipeline.training.metrics import MetricsLog, objective_formula, plot_curves, read_metrics, summary_line
 from daram.pipeline.training.model import StudentWithLoss, build_student, precision_for
-from daram.pipeline.training.optim import build_optimizer, lr_factor
+from daram.pipeline.training.optim import build_optimizer
 from daram.pipeline.training.out_lock import claim_out
 from daram.pipeline.training.targets import NoTargets, OnlineTeacher, StoredTargets, TargetSource
 from daram.storage import Store, TeacherManifest
 from daram.text import plural
 from daram.units import parse_duration
 
-__all__ = ["Run", "Stop", "setup", "fit", "finish", "run_student_train", "lr_factor", "precision_for", "read_metrics"]
+__all__ = ["Training", "Stop", "setup", "fit", "finish", "run_student_train", "precision_for", "read_metrics"]
 
 # Settings that may change between a run and its --resume: they do not change what is computed.
 RESUMABLE_CHANGES = (
@@ -82,7 +82,7 @@ class Stop:
 
 
 @dataclass
-class Run:
+class Training:
     """Everything a training run holds between :func:`setup`, :func:`fit` and :func:`finish`."""
 
     cfg: Config
@@ -90,6 +90,7 @@ class Run:
     store: Store
     teacher: TeacherManifest | None
     shards: list[int]
+    heldout_shard: int  # resolved from train.heldout_shard; -1 = none
     temperature: float
     tokenizer: object
     out: Path
@@ -143,7 +144,7 @@ class Run:
 
 
 def setup(cfg: Config, resume: bool = False, online_teacher: str | None = None, given: set[str] | None = None,
-          check_dumps: bool = True, pause: Pause | None = None) -> Run:
+          check_dumps: bool = True, pause: Pause | None = None) -> Training:
     """Check the settings and the store, build the student, optimizer and schedule; under ``resume`` restore
     the last checkpoint in ``train.out``, whose settings are the run's (``given``: the keys set on the
     command line or in a config file; one that contradicts the checkpoint is refused). Without ``given``
@@ -172,18 +173,12 @@ def setup(cfg: Config, resume: bool = False, online_teacher: str | None = None, 
 
 
 def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None, online_teacher: str | None,
-           check_dumps: bool, pause: Pause | None) -> Run:
+           check_dumps: bool, pause: Pause | None) -> Training:
     train = cfg.train
     store = Store.open(cfg.store.path, options=cfg.store.options)
     manifest = store.manifest
-    shards = parse_shards(train.shards, manifest.num_shards, "train.shards")
-    if train.heldout_shard >= 0:
-        if train.heldout_shard >= manifest.num_shards:
-            raise DaramError(f"train.heldout_shard: shard {train.heldout_shard} is out of range; the store has shards "
-                             f"0-{manifest.num_shards - 1} (-1 = none)")
-        if train.heldout_shard in shards:
-            raise DaramError(f"train.heldout_shard {train.heldout_shard} is also in train.shards ({train.shards})")
-    check_token_shards(store, shards + ([train.heldout_shard] if train.heldout_shard >= 0 else []))
+    shards, heldout = train.split(manifest.num_shards)
+    check_token_shards(store, shards + ([heldout] if heldout >= 0 else []))
     teacher = store.teacher_manifest()
     use_kd = train.alpha_kd > 0
     checked: set[int] = set()
@@ -191,17 +186,18 @@ def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None,
         if use_kd and check_dumps:
             check_teacher_shards(store, teacher, shards, "train.shards")
             checked = set(shards)
-        if train.heldout_shard >= 0:
-            check_teacher_shards(store, teacher, [train.heldout_shard], "train.heldout_shard")
+        if heldout >= 0:
+            check_teacher_shards(store, teacher, [heldout], "train.heldout_shard")
     if online_teacher is not None and train.temperature == 0:
         raise DaramError("train.online_teacher needs train.temperature > 0 (the seed project used 2)")
     # An online teacher brings its own distributions: the stored dump's T does not apply.
-    temperature = _temperature(train, None if online_teacher else teacher, needed=use_kd or train.heldout_shard >= 0)
+    temperature = _temperature(train, None if online_teacher else teacher, needed=use_kd or heldout >= 0)
     tokenizer = _store_tokenizer(store)
     out = Path(train.out)
     if dist.main:  # the other ranks share rank 0's directory
         claim_out(out)
         _check_writable(out)
+        print(f"student-train: {train.describe_split(manifest.num_shards)}", flush=True)  # every check passed
 
     autocast_dtype, use_scaler = precision_for(train.precision, dist.device)
     torch.manual_seed(train.seed)  # the same initial weights on every rank
@@ -213,7 +209,7 @@ def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None,
             raise DaramError(f"online teacher {online_teacher}: vocab_size differs from the store's tokenizer")
         targets: TargetSource = OnlineTeacher(teacher_model, temperature)
     elif use_kd:
-        targets = StoredTargets(teacher.kind, train.tail, teacher.draws, dist.device)
+        targets = StoredTargets(teacher, train.tail, dist.device)
     else:
         targets = NoTargets()
     torch.manual_seed(train.seed + dist.rank)  # dropout streams differ between ranks
@@ -233,8 +229,8 @@ def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None,
     optimizer, scheduler = build_optimizer(model, train, total_steps)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=use_scaler)
     signature = _signature(cfg, dist, store, teacher, online_teacher)
-    run = Run(
-        cfg=cfg, dist=dist, store=store, teacher=teacher, shards=shards, temperature=temperature, tokenizer=tokenizer,
+    training = Training(
+        cfg=cfg, dist=dist, store=store, teacher=teacher, shards=shards, heldout_shard=heldout, temperature=temperature, tokenizer=tokenizer,
         out=out, model=model, wrapped=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
         autocast_dtype=autocast_dtype, plan=plan, total_steps=total_steps, targets=targets, signature=signature,
         metrics=MetricsLog(out, dist.main), pause=pause or Pause(parse_duration(cfg.run.time_limit)), checked_shards=checked,
@@ -246,12 +242,12 @@ def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None,
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(rng)
-        run.step, run.micro = state["step"], state["micro_batches"]
-    run.start_micro = run.micro
-    run.wrapped = wrap_for_ddp(StudentWithLoss(model, train.loss_slice, autocast_dtype or torch.float32), dist)
-    run.metrics.trim(run.step)
+        training.step, training.micro = state["step"], state["micro_batches"]
+    training.start_micro = training.micro
+    training.wrapped = wrap_for_ddp(StudentWithLoss(model, train.loss_slice, autocast_dtype or torch.float32), dist)
+    training.metrics.trim(training.step)
     model.train()
-    return run
+    return training
 
 
 def _on_these_ranks(cfg: Config, state: dict, dist: Distributed) -> Config:
@@ -359,268 +355,268 @@ def _signature(cfg: Config, dist: Distributed, store: Store, teacher, online_tea
 # --- fit ---------------------------------------------------------------------------------------------
 
 
-def fit(run: Run, should_stop: Callable[[Run], bool] | None = None, available: set[int] | None = None) -> Stop:
+def fit(training: Training, should_stop: Callable[[Training], bool] | None = None, available: set[int] | None = None) -> Stop:
     """Train until the run ends or is asked to stop; see :class:`Stop`. ``available``: the training shards the
-    loop may read (default: all); the run stops before a step that needs another one. ``should_stop(run)``
+    loop may read (default: all); the run stops before a step that needs another one. ``should_stop(training)``
     is asked between steps."""
     from tqdm import tqdm
 
-    train, dist = run.train, run.dist
-    readable = _readable_until(run, available)
+    train, dist = training.train, training.dist
+    readable = _readable_until(training, available)
     batches = Prefetcher(
-        iter_batches(run.store, run.plan, run.micro, run.targets.reads_teacher, stop=readable), depth=train.prefetch
+        iter_batches(training.store, training.plan, training.micro, training.targets.reads_teacher, stop=readable), depth=train.prefetch
     )
-    bar = tqdm(total=run.total_steps, initial=run.step, unit="step", desc="student-train", disable=not dist.main,
+    bar = tqdm(total=training.total_steps, initial=training.step, unit="step", desc="student-train", disable=not dist.main,
                dynamic_ncols=True, file=sys.stderr)
     since_log = {"tokens": 0, "seconds": 0.0}
     try:
         while True:
             # Stop only between steps: a checkpoint then holds whole steps, which is what an exact resume needs.
-            run.stop = _end_of_run(run) or _next_step_unreadable(run, readable) or _stop_requested(run, should_stop)
-            if run.stop is not None:
-                return run.stop
+            training.stop = _end_of_run(training) or _next_step_unreadable(training, readable) or _stop_requested(training, should_stop)
+            if training.stop is not None:
+                return training.stop
             started, cpu_started = time.perf_counter(), time.process_time()
-            step = run.next_step_micro_batches()
+            step = training.next_step_micro_batches()
             group = [next(batches) for _ in range(len(step) // dist.world)]  # this rank's share of the step
-            losses, grad_norm, lr = _train_step(run, group)
-            run.step += 1
-            run.micro += len(step)
-            run.step_seconds.append(time.perf_counter() - started)
-            run.step_cpu_seconds.append(time.process_time() - cpu_started)
-            run.train_seconds += run.step_seconds[-1]
-            since_log["tokens"] += len(step) * run.tokens_per_micro
-            since_log["seconds"] += run.step_seconds[-1]  # training time only: evaluations and checkpoints left out
+            losses, grad_norm, lr = _train_step(training, group)
+            training.step += 1
+            training.micro += len(step)
+            training.step_seconds.append(time.perf_counter() - started)
+            training.step_cpu_seconds.append(time.process_time() - cpu_started)
+            training.train_seconds += training.step_seconds[-1]
+            since_log["tokens"] += len(step) * training.tokens_per_micro
+            since_log["seconds"] += training.step_seconds[-1]  # training time only: evaluations and checkpoints left out
             bar.update(1)
 
-            if run.step % train.log_every == 0 or run.step == run.total_steps:
-                _log_step(run, dist.mean(losses.tolist()), grad_norm, lr, since_log)
-                bar.set_postfix(loss=f"{run.last['loss']:.4f}", tok_s=f"{run.last['tokens_per_s']:,.0f}")
+            if training.step % train.log_every == 0 or training.step == training.total_steps:
+                _log_step(training, dist.mean(losses.tolist()), grad_norm, lr, since_log)
+                bar.set_postfix(loss=f"{training.last['loss']:.4f}", tok_s=f"{training.last['tokens_per_s']:,.0f}")
                 since_log = {"tokens": 0, "seconds": 0.0}
-            if train.eval_every and run.step % train.eval_every == 0 and run.step < run.total_steps:
-                evaluate(run)
+            if train.eval_every and training.step % train.eval_every == 0 and training.step < training.total_steps:
+                evaluate(training)
                 if dist.main:
-                    plot_curves(run.out)
-            if train.checkpoint_every and run.step % train.checkpoint_every == 0 and run.step < run.total_steps:
-                checkpoint(run)
+                    plot_curves(training.out)
+            if train.checkpoint_every and training.step % train.checkpoint_every == 0 and training.step < training.total_steps:
+                checkpoint(training)
     finally:
         batches.close()
         bar.close()
 
 
-def _train_step(run: Run, group: list) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _train_step(training: Training, group: list) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One optimizer step over ``group``'s micro-batches: (mean loss, KL, CE of this rank, grad norm, lr)."""
-    train, dist = run.train, run.dist
+    train, dist = training.train, training.dist
     losses = torch.zeros(3, dtype=torch.float64, device=dist.device)
     for i, batch in enumerate(group):
         tokens = torch.from_numpy(batch.tokens).to(dist.device, non_blocking=True)
         # Under DDP the gradients are averaged across ranks once, on the step's last micro-batch.
-        with no_sync(run.wrapped, sync=i == len(group) - 1), _autocast(run):
+        with no_sync(training.wrapped, sync=i == len(group) - 1), _autocast(training):
             objective = DistillObjective(
-                next_token_labels(tokens), run.targets(batch, tokens), run.temperature, train.alpha_kd, train.alpha_ce
+                next_token_labels(tokens), training.targets(batch, tokens), training.temperature, train.alpha_kd, train.alpha_ce
             )
-            loss, kd, ce = run.wrapped(tokens, objective)
-            run.scaler.scale(loss / len(group)).backward()  # backward before the next forward: see StudentWithLoss
+            loss, kd, ce = training.wrapped(tokens, objective)
+            training.scaler.scale(loss / len(group)).backward()  # backward before the next forward: see StudentWithLoss
         losses += torch.stack([loss.detach(), kd, ce]).double() / len(group)
-    run.scaler.unscale_(run.optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), train.grad_clip)
+    training.scaler.unscale_(training.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(training.model.parameters(), train.grad_clip)
     # A non-finite loss would poison the weights for good: stop before the optimizer applies it. (Under fp16 an
     # infinite gradient is the scaler's business: it skips that step and lowers its scale.)
-    if not torch.isfinite(losses).all() or (not run.scaler.is_enabled() and not torch.isfinite(grad_norm)):
+    if not torch.isfinite(losses).all() or (not training.scaler.is_enabled() and not torch.isfinite(grad_norm)):
         shards = sorted({batch.shard for batch in group})
         raise DaramError(
-            f"step {run.step + 1}: the loss is {float(losses[0]):.4g} (KL {float(losses[1]):.4g}, CE {float(losses[2]):.4g}) "
+            f"step {training.step + 1}: the loss is {float(losses[0]):.4g} (KL {float(losses[1]):.4g}, CE {float(losses[2]):.4g}) "
             f"on shard{'s' if len(shards) > 1 else ''} {', '.join(map(str, shards))}; training stopped and nothing was "
             f"exported (the last checkpoint, if any, is intact). Check the teacher dump (`daram verify`, its "
             f"temperature) and train.lr"
         )
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.optimizer.zero_grad(set_to_none=True)
-    lr = run.scheduler.get_last_lr()[0]
-    run.scheduler.step()
+    training.scaler.step(training.optimizer)
+    training.scaler.update()
+    training.optimizer.zero_grad(set_to_none=True)
+    lr = training.scheduler.get_last_lr()[0]
+    training.scheduler.step()
     return losses, grad_norm, lr
 
 
-def _log_step(run: Run, means: list[float], grad_norm: torch.Tensor, lr: float, since_log: dict) -> None:
+def _log_step(training: Training, means: list[float], grad_norm: torch.Tensor, lr: float, since_log: dict) -> None:
     loss, kd, ce = means
-    run.last = {
-        "step": run.step, "loss": loss, "kd": kd if run.train.alpha_kd > 0 else None, "ce": ce,
-        "objective": objective_formula(run.train.alpha_kd, run.train.alpha_ce, run.temperature),
+    training.last = {
+        "step": training.step, "loss": loss, "kd": kd if training.train.alpha_kd > 0 else None, "ce": ce,
+        "objective": objective_formula(training.train.alpha_kd, training.train.alpha_ce, training.temperature),
         "lr": lr, "tokens_per_s": since_log["tokens"] / since_log["seconds"], "grad_norm": float(grad_norm),
-        **{k: v for k, v in run.plan.describe(run.micro).items() if k != "micro_batches"},
+        **{k: v for k, v in training.plan.describe(training.micro).items() if k != "micro_batches"},
     }
-    run.metrics.write(run.last)
+    training.metrics.write(training.last)
 
 
-def _end_of_run(run: Run) -> Stop | None:
+def _end_of_run(training: Training) -> Stop | None:
     """Which limit ended the run, if one did: ``train.max_steps`` or the end of the epochs."""
-    if run.step < run.total_steps:
+    if training.step < training.total_steps:
         return None
-    train = run.train
-    steps = plural(run.step, "step")
-    if train.max_steps and run.step == train.max_steps and run.micro < run.plan.total_batches:
+    train = training.train
+    steps = plural(training.step, "step")
+    if train.max_steps and training.step == train.max_steps and training.micro < training.plan.total_batches:
         return Stop("max_steps", f"stopped at --max-steps {train.max_steps} (train.max_steps)")
     epochs = plural(train.epochs, "epoch")
-    note = f"; --max-steps {train.max_steps} was not reached" if train.max_steps and run.step < train.max_steps else ""
-    return Stop("epochs", f"train.epochs = {train.epochs}: the data ended after {steps} ({epochs} of {_shards(run)}){note}")
+    note = f"; --max-steps {train.max_steps} was not reached" if train.max_steps and training.step < train.max_steps else ""
+    return Stop("epochs", f"train.epochs = {train.epochs}: the data ended after {steps} ({epochs} of {_shards(training)}){note}")
 
 
-def _shards(run: Run) -> str:
-    return plural(len(run.shards), "shard")
+def _shards(training: Training) -> str:
+    return plural(len(training.shards), "shard")
 
 
-def _readable_until(run: Run, available: set[int] | None) -> int:
+def _readable_until(training: Training, available: set[int] | None) -> int:
     """The first micro-batch at or after the current one that reads a shard outside ``available`` (the total
     when there is none), after checking the teacher dumps of the available shards not checked yet."""
     if available is None:
-        available = set(run.shards)
-    if run.targets.reads_teacher:
-        unchecked = sorted(set(run.plan.shards_from(run.micro)) & (available - run.checked_shards))
+        available = set(training.shards)
+    if training.targets.reads_teacher:
+        unchecked = sorted(set(training.plan.shards_from(training.micro)) & (available - training.checked_shards))
         if unchecked:
-            run.teacher = run.store.teacher_manifest()  # fresh: shards may have been dumped since setup
-            check_teacher_shards(run.store, run.teacher, unchecked, "train.shards")
-            run.checked_shards |= set(unchecked)
-    micro = run.micro
-    while micro < run.plan.total_batches and run.plan.shard_of(micro) in available:
-        index, within = run.plan.locate(micro)
-        micro += run.plan.passes[index].batches - within  # to the end of this shard's pass
-    return min(micro, run.plan.total_batches)
+            training.teacher = training.store.teacher_manifest()  # fresh: shards may have been dumped since setup
+            check_teacher_shards(training.store, training.teacher, unchecked, "train.shards")
+            training.checked_shards |= set(unchecked)
+    micro = training.micro
+    while micro < training.plan.total_batches and training.plan.shard_of(micro) in available:
+        index, within = training.plan.locate(micro)
+        micro += training.plan.passes[index].batches - within  # to the end of this shard's pass
+    return min(micro, training.plan.total_batches)
 
 
-def _next_step_unreadable(run: Run, readable: int) -> Stop | None:
-    needed = run.next_step_micro_batches()
+def _next_step_unreadable(training: Training, readable: int) -> Stop | None:
+    needed = training.next_step_micro_batches()
     if needed and needed[-1] >= readable:
-        shard = run.plan.shard_of(readable)
-        return Stop("shards", f"step {run.step + 1} needs shard {shard}, which is not available yet")
+        shard = training.plan.shard_of(readable)
+        return Stop("shards", f"step {training.step + 1} needs shard {shard}, which is not available yet")
     return None
 
 
-def _stop_requested(run: Run, should_stop: Callable[[Run], bool] | None) -> Stop | None:
+def _stop_requested(training: Training, should_stop: Callable[[Training], bool] | None) -> Stop | None:
     # Keep time for the next step and for the checkpoint after it: the run must stop *before* the limit.
-    reserve = 2 * max(run.step_seconds[-20:], default=0.0) + run.checkpoint_seconds
-    reason = run.pause.reason if run.pause.requested(reserve) else None
-    if reason is None and should_stop is not None and should_stop(run):
+    reserve = 2 * max(training.step_seconds[-20:], default=0.0) + training.checkpoint_seconds
+    reason = training.pause.reason if training.pause.requested(reserve) else None
+    if reason is None and should_stop is not None and should_stop(training):
         reason = "requested"
     # Every rank must stop at the same step, or the others would wait forever in the next all-reduce.
-    if run.dist.any(reason is not None):
+    if training.dist.any(reason is not None):
         return Stop("paused", reason or "another rank was asked to stop")
     return None
 
 
-def _autocast(run: Run):
-    if run.autocast_dtype is None:
+def _autocast(training: Training):
+    if training.autocast_dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(run.dist.device.type, dtype=run.autocast_dtype)
+    return torch.autocast(training.dist.device.type, dtype=training.autocast_dtype)
 
 
 # --- evaluation and checkpoints (fit calls them now and then; finish once more) ---------------------
 
 
-def evaluate(run: Run) -> dict | None:
+def evaluate(training: Training) -> dict | None:
     """Held-out metrics of the student on ``train.heldout_shard`` (rank 0 computes, the others wait)."""
-    train = run.train
-    if train.heldout_shard < 0:
+    train = training.train
+    if training.heldout_shard < 0:
         return None
     result = None
-    if run.dist.main:
-        with _autocast(run):
-            teacher_model = run.targets.model if isinstance(run.targets, OnlineTeacher) else None
+    if training.dist.main:
+        with _autocast(training):
+            teacher_model = training.targets.model if isinstance(training.targets, OnlineTeacher) else None
             result = heldout_metrics(
-                run.model, run.store, train.heldout_shard, run.temperature, train.eval_rows, train.batch_size,
-                run.dist.device, teacher_model=teacher_model,
+                training.model, training.store, training.heldout_shard, training.temperature, train.eval_rows, train.batch_size,
+                training.dist.device, teacher_model=teacher_model,
             )
-        run.metrics.write({"step": run.step, "split": "heldout", **result})
-        run.heldout = result
-    run.dist.barrier()
+        training.metrics.write({"step": training.step, "split": "heldout", **result})
+        training.heldout = result
+    training.dist.barrier()
     return result
 
 
-def checkpoint(run: Run) -> Path | None:
+def checkpoint(training: Training) -> Path | None:
     """The checkpoint of the current step (all ranks call this); None when it already exists."""
     started = time.perf_counter()
-    path = save_checkpoint(run.out, run.step, run.dist, {
-        "step": run.step,
-        "micro_batches": run.micro,
-        "data_position": {**run.plan.describe(run.micro), "shuffle_seed": run.train.seed},
-        "signature": json.dumps(run.signature, sort_keys=True),
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict(),
-    }, settings={section: dataclasses.asdict(getattr(run.cfg, section)) for section in ("store", "train", "student")})
-    run.checkpoint_seconds = time.perf_counter() - started
+    path = save_checkpoint(training.out, training.step, training.dist, {
+        "step": training.step,
+        "micro_batches": training.micro,
+        "data_position": {**training.plan.describe(training.micro), "shuffle_seed": training.train.seed},
+        "signature": json.dumps(training.signature, sort_keys=True),
+        "model": training.model.state_dict(),
+        "optimizer": training.optimizer.state_dict(),
+        "scheduler": training.scheduler.state_dict(),
+        "scaler": training.scaler.state_dict(),
+    }, settings={section: dataclasses.asdict(getattr(training.cfg, section)) for section in ("store", "train", "student")})
+    training.checkpoint_seconds = time.perf_counter() - started
     return path
 
 
 # --- finish ------------------------------------------------------------------------------------------
 
 
-def finish(run: Run, continue_with: str | None = None) -> dict:
+def finish(training: Training, continue_with: str | None = None) -> dict:
     """After :func:`fit`: the last checkpoint; for a finished run also the held-out evaluation, the exported
     model and the loss curve, each announced as it starts (they take a while on a large student). Returns
     the summary, also printed as one line; a paused run prints how to continue instead (``continue_with``,
     by default ``daram student-train --resume --out OUT``)."""
-    stop = run.stop or Stop("paused", "fit was not run")
-    if stop.finished and run.micro == run.start_micro and (run.out / "model.safetensors").is_file():
+    stop = training.stop or Stop("paused", "fit was not run")
+    if stop.finished and training.micro == training.start_micro and (training.out / "model.safetensors").is_file():
         # a rerun of a finished run: its checkpoint, held-out record and export are all written already
-        run.say(f"already complete at step {run.step}: the student is in {run.out}; nothing to do")
-        return _summary(run, stop)
-    run.say(stop.message if stop.finished else f"stopping: {stop.message}")
-    with _phase(run, f"checkpoint of step {run.step}") as done:
-        path = checkpoint(run)
-        if path is not None and run.dist.main:
+        training.say(f"already complete at step {training.step}: the student is in {training.out}; nothing to do")
+        return _summary(training, stop)
+    training.say(stop.message if stop.finished else f"stopping: {stop.message}")
+    with _phase(training, f"checkpoint of step {training.step}") as done:
+        path = checkpoint(training)
+        if path is not None and training.dist.main:
             done(f"{path} ({checkpoint_bytes(path) / 1e6:,.1f} MB)")
     if stop.finished:
-        if run.train.heldout_shard >= 0:
-            rows = min(run.train.eval_rows, run.store.manifest.rows_per_shard[run.train.heldout_shard])
-            with _phase(run, f"held-out evaluation on shard {run.train.heldout_shard} ({plural(rows, 'row')})") as done:
-                result = evaluate(run)
+        if training.heldout_shard >= 0:
+            rows = min(training.train.eval_rows, training.store.manifest.rows_per_shard[training.heldout_shard])
+            with _phase(training, f"held-out evaluation on shard {training.heldout_shard} ({plural(rows, 'row')})") as done:
+                result = evaluate(training)
                 if result is not None:
                     done(f"KL {result['kl']:.4f}, CE {result['ce']:.4f}")
-        if run.dist.main:
-            with _phase(run, f"export of the model to {run.out}"):
+        if training.dist.main:
+            with _phase(training, f"export of the model to {training.out}"):
                 try:
-                    export_student(run.model, run.tokenizer, run.out)
+                    export_student(training.model, training.tokenizer, training.out)
                 except OSError as exc:
                     raise DaramError(
-                        f"train.out {run.out}: cannot write the model ({exc.strerror or type(exc).__name__}); the "
-                        f"checkpoint of step {run.step} holds its weights: free space, then rerun with --resume"
+                        f"train.out {training.out}: cannot write the model ({exc.strerror or type(exc).__name__}); the "
+                        f"checkpoint of step {training.step} holds its weights: free space, then rerun with --resume"
                     ) from None
-            with _phase(run, "loss curve") as done:
-                done(str(plot_curves(run.out)))
-    summary = _summary(run, stop)
+            with _phase(training, "loss curve") as done:
+                done(str(plot_curves(training.out)))
+    summary = _summary(training, stop)
     if stop.finished:
-        run.say(summary_line(summary, run.targets.name))
+        training.say(summary_line(summary, training.targets.name))
     else:
-        command = continue_with or f"daram student-train --resume --out {run.out}"
-        run.say(f"paused at step {run.step} of {run.total_steps} ({stop.message}); continue with: {command}")
+        command = continue_with or f"daram student-train --resume --out {training.out}"
+        training.say(f"paused at step {training.step} of {training.total_steps} ({stop.message}); continue with: {command}")
     return summary
 
 
 @contextlib.contextmanager
-def _phase(run: Run, what: str):
+def _phase(training: Training, what: str):
     """``what ...`` before a slow step and ``done in N s: detail`` after, so the console never goes quiet."""
     started = time.perf_counter()
     detail: list[str] = []
-    run.say(f"{what} ...")
+    training.say(f"{what} ...")
     yield detail.append
-    run.say(f"  done in {time.perf_counter() - started:.1f} s" + (f": {detail[0]}" if detail else ""))
+    training.say(f"  done in {time.perf_counter() - started:.1f} s" + (f": {detail[0]}" if detail else ""))
 
 
-def _summary(run: Run, stop: Stop) -> dict:
+def _summary(training: Training, stop: Stop) -> dict:
     return {
-        "steps": run.step,
+        "steps": training.step,
         "ended": stop.message,
         "paused": not stop.finished,
-        "tokens": run.micro * run.tokens_per_micro,
-        "tokens_this_run": (run.micro - run.start_micro) * run.tokens_per_micro,  # less than tokens after a --resume
-        "seconds": run.train_seconds,
-        "step_seconds": run.step_seconds,  # wall time of each step of this process (the first pays for warm-up)
-        "step_cpu_seconds": run.step_cpu_seconds,  # CPU time of this process (all threads) per step: steadier under load
-        "mean_step_s": float(np.mean(run.step_seconds[1:] or run.step_seconds)) if run.step_seconds else 0.0,
-        "last": run.last,
-        "heldout": run.heldout,
-        "out": str(run.out),
+        "tokens": training.micro * training.tokens_per_micro,
+        "tokens_this_run": (training.micro - training.start_micro) * training.tokens_per_micro,  # less than tokens after a --resume
+        "seconds": training.train_seconds,
+        "step_seconds": training.step_seconds,  # wall time of each step of this process (the first pays for warm-up)
+        "step_cpu_seconds": training.step_cpu_seconds,  # CPU time of this process (all threads) per step: steadier under load
+        "mean_step_s": float(np.mean(training.step_seconds[1:] or training.step_seconds)) if training.step_seconds else 0.0,
+        "last": training.last,
+        "heldout": training.heldout,
+        "out": str(training.out),
     }
 
 
@@ -637,10 +633,10 @@ def run_student_train(cfg: Config, resume: bool = False, online_teacher: str | N
     teacher arrays are not read. It is the seed project's recipe, kept as the baseline that stored
     formats are judged against (``benchmarks/fidelity.py``), not the product path.
     """
-    run = setup(cfg, resume=resume, online_teacher=online_teacher, given=given)
+    training = setup(cfg, resume=resume, online_teacher=online_teacher, given=given)
     try:
-        with run.pause:
-            fit(run)
-            return finish(run)
+        with training.pause:
+            fit(training)
+            return finish(training)
     finally:
-        stop_distributed(run.dist)
+        stop_distributed(training.dist)

@@ -1,11 +1,15 @@
 """Phase one, ``daram teacher-dump``: run the teacher over token shards and store its tempered distributions.
 
-For every chunk of rows of ``tokens/shard-N``: a batched forward through the teacher's body, then
-its LM head a slice of positions at a time (:mod:`daram.pipeline.dump_kernels`), keeping either
-the top-k ids with ``log_softmax(logits / T)`` over the full vocabulary (kind ``topk``) or the ids
-drawn ``draws`` times from ``softmax(logits / T)`` with their counts (kind ``sampled``), or those
-draws themselves, sorted (kind ``draws``, format v2). Row t of
-the stored arrays is the distribution from ``logits[:, t]``, i.e. for the token at t + 1.
+The recipe: setup (every check, instant) -> dump shard by shard -> finish (one summary). Its parts:
+``dump_runner.py`` runs the teacher over one chunk of rows (its body, then its LM head a slice of
+positions at a time through the kind's kernel, ``dump_kinds.py``), ``dump_uniforms.py`` seeds the
+draws, ``dump_writer.py`` writes chunks on a background thread, ``dump_stats.py`` sums up a shard.
+What a kind stores is its own (``daram/storage/formats.py``): the top-k ids with ``log_softmax(logits / T)``
+over the full vocabulary (``topk``), the ids drawn ``draws`` times from ``softmax(logits / T)`` with their
+counts (``sampled``), or those draws themselves, sorted (``draws``, format v2). Row t of the stored arrays
+is the distribution from ``logits[:, t]``, i.e. for the token at t + 1. ``--top-k`` without ``--kind``
+dumps ``topk`` (a setting only one kind reads picks it) and says so first; a setting the kind does not
+read is refused.
 
 Safe to kill at any moment: chunks are written whole and flagged done afterwards, a rerun of the
 same command skips flagged chunks, and each chunk is computed on its own (batches never cross
@@ -40,12 +44,10 @@ over. Shards are independent work units:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,31 +56,21 @@ import numpy as np
 
 from daram.config import Config, TeacherConfig, parse_shards
 from daram.errors import DaramError
-from daram.pipeline.hf import (
-    check_store_tokenizer, load_causal_lm, load_tokenizer, loaded_commit, resolve_device, resolved_source,
-)
+from daram.pipeline.dump_runner import TeacherRunner, resolve_dtype
+from daram.pipeline.dump_stats import shard_stats, summary_line
+from daram.pipeline.dump_uniforms import chunk_uniforms
+from daram.pipeline.dump_writer import ChunkWriter
+from daram.pipeline.hf import check_store_tokenizer, load_causal_lm, load_tokenizer, loaded_commit, resolve_device, resolved_source
 from daram.pipeline.parent_death import die_with_parent
 from daram.pipeline.pause import Pause
 from daram.storage import (
-    COMPLETE, RELEASED, ClaimLost, LockHeld, Store, TeacherManifest, TeacherShard, check_same_teacher, fingerprint_bytes, shard_name,
-    teacher_format,
+    COMPLETE, RELEASED, ClaimLost, LockHeld, Store, TeacherManifest, check_same_teacher, choose_kind, teacher_format,
 )
 from daram.text import plural
 from daram.units import parse_duration
 
-CPU_BATCH_TOKENS = 4096  # automatic batch size on CPU: rows of about this many tokens per forward
 HELD_POLL_S = 2.0  # --all: how often to look at shards other processes hold
-MASS_BINS = 10_000  # resolution of the captured-mass percentile
-DRAWN = ("sampled", "draws")  # kinds whose ids are drawn from a seeded stream of uniforms
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-
-
-@dataclass
-class ChunkResult:
-    ids: np.ndarray  # [rows, seq_len, width]
-    values: np.ndarray | None  # top-k log-probs (float16) or draw counts (uint8), same shape; None for draws
-    entropy_sum: float  # sum over positions of the teacher's entropy at T (nats)
-    seconds: float = 0.0
 
 
 @dataclass
@@ -118,6 +110,7 @@ def run_teacher_dump(
     A caller with its own pause (``daram run``) passes ``how_to_continue=""`` and says it itself.
     """
     if pause is None:
+        cfg = teacher_settings(cfg, "teacher-dump")
         with Pause(parse_duration(cfg.run.time_limit)) as own:
             return run_teacher_dump(cfg, shard, shards, all_shards, own, how_to_continue, worker)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun rank ends with its launcher, which can no longer stop it
@@ -132,6 +125,18 @@ def run_teacher_dump(
     return finish_dump(job, outcome, how_to_continue)
 
 
+def teacher_settings(cfg: Config, command: str, file=None) -> Config:
+    """``cfg`` with ``teacher.kind`` resolved: a setting that only some kinds read (``--top-k``) picks the kind when
+    none was given, and a contradiction (``--kind draws --top-k 32``) is refused (:func:`daram.storage.choose_kind`).
+    A kind picked this way is the command's first line."""
+    given = sorted(key.removeprefix("teacher.") for key in cfg.given if key.startswith("teacher."))
+    kind, why = choose_kind(cfg.teacher.kind, cfg.was_given("teacher.kind"), given)
+    if not why:
+        return cfg
+    print(f"{command}: {why}", file=file or sys.stdout)
+    return dataclasses.replace(cfg.replace("teacher", kind=kind), given=cfg.given | {"teacher.kind"})
+
+
 def setup_dump(cfg: Config, shard: int | None, shards: str | None, all_shards: bool, pause: Pause,
                worker: str | None = None) -> DumpJob:
     """Check the selection, settings, store, tokens, tokenizer and claims, without loading the teacher."""
@@ -143,7 +148,8 @@ def setup_dump(cfg: Config, shard: int | None, shards: str | None, all_shards: b
     selection = select_shards(store, shard, shards, all_shards, worker)
     for s in selection:
         store.check_tokens_layout(s)  # a missing or damaged tokens shard fails now, before the teacher loads
-    width = dump_width(cfg, store)
+    fmt = teacher_format(settings.kind)
+    width = fmt.width(settings, store.manifest.tokenizer.vocab_size, store.url)
     device = resolve_device(_local_device(settings.device))
     wanted = TeacherManifest(
         teacher=resolved_source(settings.model),
@@ -156,8 +162,8 @@ def setup_dump(cfg: Config, shard: int | None, shards: str | None, all_shards: b
         vocab_size=store.manifest.tokenizer.vocab_size,
         tokens_fingerprint=store.manifest.tokens_fingerprint,
         rows_per_chunk=store.manifest.rows_per_chunk,
-        draws=settings.draws if settings.kind in DRAWN else 0,
-        seed=settings.seed if settings.kind in DRAWN else 0,
+        draws=settings.draws if fmt.drawn else 0,
+        seed=settings.seed if fmt.drawn else 0,
     )
     existing = store.teacher_manifest()
     if existing is not None:
@@ -169,7 +175,7 @@ def setup_dump(cfg: Config, shard: int | None, shards: str | None, all_shards: b
     if not todo:
         return job
     for s in todo:
-        check_tokens(store, s)
+        store.check_tokens_fingerprint(s)
     _check_teacher_tokenizer(settings.model, store)
     job.held = [s for s in todo if _held_by_another(store, s, lease)]
     if job.held and len(selection) == 1:
@@ -265,36 +271,6 @@ def finish_dump(job: DumpJob, outcome: DumpOutcome, how_to_continue: str) -> Dum
     return outcome
 
 
-def resolve_dtype(dtype: str, device) -> str:
-    """``auto``: float16 on CUDA (the GPU's fast path), float32 elsewhere (float16 matmuls are slow on CPUs)."""
-    if dtype != "auto":
-        if device.type == "cpu" and dtype != "float32":
-            print(f"note: {dtype} on CPU is slow; --dtype float32 (or auto) is faster there", file=sys.stderr)
-        return dtype
-    return "float16" if device.type == "cuda" else "float32"
-
-
-def check_tokens(store: Store, shard: int) -> None:
-    """Refuse a tokens shard whose chunks no longer hash to the fingerprint prepare recorded
-    (a chunk lost, replaced or damaged): a teacher dump over it would be recorded as a dump of other text."""
-    digest = hashlib.sha256()
-    for lo, hi in store.chunk_ranges(shard):
-        try:
-            digest.update(fingerprint_bytes(store.read_tokens(shard, lo, hi)))
-        except DaramError:
-            raise
-        except Exception as exc:  # a checksum or decompression failure
-            raise DaramError(
-                f"{store.url}: tokens/{shard_name(shard)} rows {lo}-{hi} cannot be read ({type(exc).__name__}); "
-                "the token shards are damaged: rebuild the store with `daram prepare --overwrite`"
-            ) from None
-    if digest.hexdigest() != store.manifest.shard_fingerprints[shard]:
-        raise DaramError(
-            f"{store.url}: tokens/{shard_name(shard)} does not match its fingerprint in the manifest (a chunk lost or "
-            "changed); refusing to dump over it: rebuild the store with `daram prepare --overwrite`"
-        )
-
-
 def _check_teacher_tokenizer(model: str, store: Store) -> None:
     """The teacher's tokenizer must be the store's: same ids for the same text."""
     local = Path(model)
@@ -350,27 +326,6 @@ def select_shards(store: Store, shard: int | None, shards: str | None, all_shard
     return selection[rank::world]
 
 
-def dump_width(cfg: Config, store: Store) -> int:
-    """The width of the teacher arrays (k, or S for sampled), after checking the settings against the store."""
-    settings = cfg.teacher
-    vocab = store.manifest.tokenizer.vocab_size
-    if settings.kind == "topk":
-        if settings.top_k > vocab:
-            raise DaramError(f"teacher.top_k={settings.top_k} exceeds the vocabulary of {store.url} ({vocab:,} ids)")
-        return settings.top_k
-    if settings.kind == "draws":
-        return settings.draws  # every draw is stored (sorted), so the width is the number of draws
-    if settings.draws > 255:
-        raise DaramError(f"teacher.draws={settings.draws}: at most 255 (counts are stored as uint8)")
-    width = settings.sample_width or settings.draws
-    if width > min(settings.draws, vocab):
-        raise DaramError(
-            f"teacher.sample_width={width} exceeds teacher.draws={settings.draws} (or the vocabulary); "
-            f"a position has at most `draws` unique ids"
-        )
-    return width
-
-
 def _local_device(device: str) -> str:
     """Under torchrun, ``auto`` / ``cuda`` mean this rank's local GPU."""
     local_rank = os.environ.get("LOCAL_RANK")
@@ -380,165 +335,6 @@ def _local_device(device: str) -> str:
         if torch.cuda.is_available():
             return f"cuda:{local_rank}"
     return device
-
-
-class TeacherRunner:
-    """The teacher's body and tempered LM head, run over one chunk of rows at a time."""
-
-    def __init__(self, model, kind: str, width: int, temperature: float, device, batch_size: int, manifest) -> None:
-        import torch
-
-        from daram.pipeline.dump_kernels import TemperedHead, slice_positions
-
-        head = model.get_output_embeddings()
-        if not isinstance(head, torch.nn.Linear):
-            raise DaramError(f"teacher's output layer is a {type(head).__name__}; daram expects a Linear LM head")
-        vocab = head.out_features
-        if vocab != manifest.tokenizer.vocab_size:
-            raise DaramError(
-                f"teacher's LM head has {vocab:,} outputs but its tokenizer (and the store) has "
-                f"{manifest.tokenizer.vocab_size:,} ids"
-            )
-        context = getattr(model.config, "max_position_embeddings", None)
-        if context is not None and manifest.seq_len > context:
-            raise DaramError(f"the store's rows hold {manifest.seq_len} tokens; the teacher's context is {context}")
-        self.model = model
-        self.body = model.base_model
-        self.head = TemperedHead.from_linear(head, temperature)
-        self.kind, self.width, self.device = kind, width, device
-        self.auto_batch = batch_size == 0
-        if self.auto_batch:  # CPU: about CPU_BATCH_TOKENS per forward; CUDA: a whole chunk, halved on OOM
-            batch_size = max(1, CPU_BATCH_TOKENS // manifest.seq_len) if device.type == "cpu" else manifest.rows_per_chunk
-        self.batch_size = min(batch_size, manifest.rows_per_chunk)  # batches never cross chunks
-        self.slice = min(slice_positions(vocab, device), self.batch_size * manifest.seq_len)
-        self.buffers = [torch.empty(self.slice, vocab, dtype=torch.float32, device=device) for _ in range(2)]
-        self.token_dtype = np.dtype(manifest.token_dtype)
-        arrays = teacher_format(kind).arrays  # ids, then log-probs or counts as stored; a draws dump has ids only
-        self.value_dtype = np.dtype(arrays[1].dtype) if len(arrays) > 1 else None
-        self.device_name = str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})"
-        self.dtype_name = str(head.weight.dtype).removeprefix("torch.")
-        self._check_head_path()
-
-    def hidden_states(self, input_ids):
-        return self.body(input_ids=input_ids, use_cache=False).last_hidden_state
-
-    def _check_head_path(self) -> None:
-        """The body + head path must give the model's own logits (refuses models that rescale or cap them)."""
-        import torch
-
-        with torch.inference_mode():
-            probe = torch.arange(8, device=self.device).unsqueeze(0)
-            expected = self.model(input_ids=probe, use_cache=False).logits[0].float() / self.head.temperature
-            if not torch.isfinite(expected).all():
-                raise DaramError(
-                    f"teacher {type(self.model).__name__} gives non-finite logits on a probe of 8 tokens "
-                    f"(dtype {self.dtype_name}); its weights are damaged or overflow this dtype"
-                )
-            ours = self.head(self.hidden_states(probe)[0], self.buffers[0])
-            if not torch.allclose(ours, expected, rtol=1e-2, atol=1e-2 * float(expected.abs().max()) + 1e-4):
-                raise DaramError(
-                    f"teacher {type(self.model).__name__} post-processes its logits after the LM head; "
-                    f"daram's sliced dump does not support it"
-                )
-
-    def run_chunk(self, tokens: np.ndarray, uniforms=None) -> ChunkResult:
-        """The teacher's distributions for one chunk of rows; on CUDA with batch_size 0, halve on OOM."""
-        import torch
-
-        while True:
-            try:
-                return self._run_chunk(tokens, uniforms)
-            except torch.OutOfMemoryError:
-                if not self.auto_batch or self.batch_size == 1 or self.device.type != "cuda":
-                    raise DaramError(
-                        f"out of memory on {self.device_name} at batch size {self.batch_size} "
-                        f"(rows of {tokens.shape[1]} tokens); lower --batch-size"
-                    ) from None
-                self.batch_size //= 2
-                torch.cuda.empty_cache()
-                print(f"out of memory: batch size -> {self.batch_size}", file=sys.stderr)
-
-    def _run_chunk(self, tokens: np.ndarray, uniforms) -> ChunkResult:
-        import torch
-
-        from daram.pipeline.dump_kernels import draws_slice, sample_slice, topk_slice
-
-        rows, seq_len = tokens.shape
-        ids = np.empty((rows * seq_len, self.width), dtype=self.token_dtype)
-        values = None if self.value_dtype is None else np.empty((rows * seq_len, self.width), dtype=self.value_dtype)
-        logits, scratch = self.buffers
-        entropy_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        batch_ids = torch.from_numpy(tokens.astype(np.int64))
-        for lo in range(0, rows, self.batch_size):
-            hidden = self.hidden_states(batch_ids[lo : lo + self.batch_size].to(self.device))
-            hidden = hidden.reshape(-1, hidden.shape[-1])
-            base = lo * seq_len  # flat position of this batch's first token within the chunk
-            for start in range(0, hidden.shape[0], self.slice):
-                z = self.head(hidden[start : start + self.slice], logits)
-                at = slice(base + start, base + start + z.shape[0])
-                if self.kind == "topk":
-                    top_ids, top_values, entropy = topk_slice(z, scratch, self.width)
-                    top_values = top_values.to(torch.float16)
-                elif self.kind == "sampled":
-                    top_ids, top_values, entropy = sample_slice(z, scratch, uniforms[at], self.width)
-                    top_values = top_values.to(torch.uint8)
-                else:
-                    top_ids, entropy = draws_slice(z, scratch, uniforms[at])
-                ids[at] = top_ids.cpu().numpy()
-                if values is not None:
-                    values[at] = top_values.cpu().numpy()
-                entropy_sum += entropy.sum(dtype=torch.float64)
-        shape = (rows, seq_len, self.width)
-        return ChunkResult(ids.reshape(shape), None if values is None else values.reshape(shape), float(entropy_sum))
-
-
-def chunk_uniforms(seed: int, shard: int, chunk: int, positions: int, draws: int):
-    """The uniforms behind a chunk's draws: a pure function of (seed, shard, chunk), drawn on the CPU."""
-    import torch
-
-    state = np.random.SeedSequence([seed, shard, chunk]).generate_state(2, np.uint32)
-    generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-    return torch.rand(positions, draws, generator=generator)
-
-
-class ChunkWriter:
-    """Writes finished chunks on a background thread, so compression and I/O overlap the next forward.
-
-    At most one write is in flight (two chunks' arrays in memory). A chunk's statistics are saved
-    before its arrays and its done flag, so a flagged chunk always has them.
-    """
-
-    def __init__(self, shard: TeacherShard) -> None:
-        self.shard = shard
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="daram-writer")
-        self.pending: Future | None = None
-
-    def submit(self, chunk: int, result: ChunkResult) -> None:
-        self.wait()
-        self.pending = self.pool.submit(self._write, chunk, result)
-
-    def _write(self, chunk: int, result: ChunkResult) -> None:
-        stats = {
-            "positions": int(result.ids.shape[0] * result.ids.shape[1]),
-            "entropy_sum": result.entropy_sum,
-            "seconds": result.seconds,
-        }
-        arrays = (result.ids,) if result.values is None else (result.ids, result.values)  # a draws dump: ids only
-        self.shard.write_chunk(chunk, arrays, stats)
-
-    def wait(self) -> None:
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            try:
-                pending.result()  # a failed write surfaces here
-            except OSError as exc:
-                raise DaramError(f"{self.shard.store.url}: writing a teacher chunk failed: {exc}") from None
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self.pool.shutdown()
 
 
 def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: TeacherRunner, pause: Pause,
@@ -585,9 +381,7 @@ def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: Teach
                     break
                 chunk_started = time.perf_counter()
                 tokens = store.read_tokens(shard, lo, hi)
-                uniforms = None
-                if teacher.kind in DRAWN:
-                    uniforms = chunk_uniforms(teacher.seed, shard, chunk, tokens.size, teacher.draws)
+                uniforms = chunk_uniforms(teacher.seed, shard, chunk, tokens.size, teacher.draws) if target.format.drawn else None
                 result = runner.run_chunk(tokens, uniforms)
                 result.seconds = time.perf_counter() - chunk_started
                 slowest_chunk = max(slowest_chunk, result.seconds)
@@ -621,60 +415,8 @@ def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: Teach
         lock.check()
         if not store.record_teacher_shard(shard, stats):
             print(f"shard {shard}: recorded complete already (its first record is kept)", file=sys.stderr)
-    print(_summary_line(shard, stats, wall), file=sys.stderr)
+    print(summary_line(target, stats, wall), file=sys.stderr)
     return stats
-
-
-def shard_stats(store: Store, target: TeacherShard) -> dict[str, Any]:
-    """Per-shard statistics: entropy and speed from the forward's per-chunk sums, the rest from the stored arrays."""
-    shard, chunk_stats = target.shard, target.chunk_stats()
-    positions = sum(c["positions"] for c in chunk_stats.values())
-    seconds = sum(c["seconds"] for c in chunk_stats.values())
-    return {
-        "rows": store.shard_rows(shard),
-        "tokens": positions,
-        "shard_fingerprint": store.manifest.shard_fingerprints[shard],
-        "entropy_mean": sum(c["entropy_sum"] for c in chunk_stats.values()) / positions,
-        "seconds": round(seconds, 3),
-        "tokens_per_s": round(positions / max(seconds, 1e-9), 1),
-        **stored_stats(target),
-    }
-
-
-def stored_stats(target: TeacherShard) -> dict[str, Any]:
-    """What the stored arrays say, read back chunk by chunk: the top-k's captured probability mass
-    (mean and 5th percentile), or the unique ids per position and the truncated positions of a sampled dump."""
-    store, shard, teacher = target.store, target.shard, target.teacher
-    stored = [target.format.arrays[-1].name]  # log-probs, counts, or (draws) the sorted draws themselves
-    positions = 0
-    if teacher.kind == "topk":
-        hist, total = np.zeros(MASS_BINS, dtype=np.int64), 0.0
-        for lo, hi in store.chunk_ranges(shard):
-            mass = np.exp(target.read_rows(lo, hi, stored)[0].astype(np.float32)).sum(-1).ravel()
-            positions += mass.size
-            total += float(mass.sum(dtype=np.float64))
-            hist += np.bincount(np.minimum((mass * MASS_BINS).astype(np.int64), MASS_BINS - 1), minlength=MASS_BINS)
-        p5_bin = int(np.searchsorted(np.cumsum(hist), 0.05 * positions))
-        return {"captured_mass_mean": total / positions, "captured_mass_p5": (p5_bin + 0.5) / MASS_BINS}
-    unique, truncated = 0, 0
-    for lo, hi in store.chunk_ranges(shard):
-        block = target.read_rows(lo, hi, stored)[0]
-        counts = np.rint(target.format.decode(block)[1] * teacher.draws) if target.format.decode else block
-        positions += counts.shape[0] * counts.shape[1]
-        unique += int((counts > 0).sum())
-        truncated += int((counts.sum(-1, dtype=np.int64) < teacher.draws).sum())
-    return {"unique_ids_mean": unique / positions, "truncated_positions": truncated}
-
-
-def _summary_line(shard: int, stats: dict, wall: float) -> str:
-    if "captured_mass_mean" in stats:
-        kept = f"top-k mass mean {stats['captured_mass_mean']:.3g} (p5 {stats['captured_mass_p5']:.3g})"
-    else:
-        kept = f"{stats['unique_ids_mean']:.1f} unique ids per position, {stats['truncated_positions']} truncated"
-    return (
-        f"shard {shard}: {stats['tokens']:,} tokens ({stats['tokens_computed']:,} this run) in {wall:.1f}s, "
-        f"{stats['tokens_per_s']:,.0f} tokens/s on {stats['device']}; {kept}; entropy {stats['entropy_mean']:.3f} nats"
-    )
 
 
 def _ranges(shards: list[int]) -> str:

@@ -1,11 +1,14 @@
-"""The store contract (DESIGN.md, format v1): numpy + zarr only, never torch.
+"""The store contract (docs/store-format.md, format version 2): numpy + zarr only, never torch.
 
 Only this package knows the store's layout (array names, attributes, chunk flags); stages call
 :class:`Store` and :class:`TeacherShard` methods.
 """
 
 from daram.storage.claims import LEASE_S, ClaimLost, ShardClaim
-from daram.storage.formats import TEACHER_FORMATS, ArraySpec, TeacherFormat, teacher_format
+from daram.storage.codecs import codecs_for
+from daram.storage.formats import (
+    TEACHER_FORMATS, ArraySpec, DrawnFormat, TeacherFormat, choose_kind, kinds_reading, register, teacher_format,
+)
 from daram.storage.lock import FileLock, LockHeld, StoreLock
 from daram.storage.manifest import SourceStats, StoreManifest, TeacherManifest, TokenizerInfo, token_dtype_for
 from daram.storage.store import (
@@ -21,6 +24,7 @@ __all__ = [
     "RELEASED",
     "TEACHER_FORMATS",
     "ArraySpec",
+    "DrawnFormat",
     "FileLock",
     "ClaimLost",
     "LEASE_S",
@@ -36,14 +40,18 @@ __all__ = [
     "TeacherShard",
     "TokenizerInfo",
     "check_not_foreign",
+    "choose_kind",
     "check_persistent",
     "check_same_teacher",
+    "codecs_for",
     "discard_torn_writes",
     "fingerprint_bytes",
     "fingerprint_rows",
     "is_local",
+    "kinds_reading",
     "local_path",
     "measure_teacher_bytes",
+    "register",
     "shard_name",
     "teacher_format",
     "token_dtype_for",

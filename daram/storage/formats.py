@@ -1,13 +1,19 @@
-"""Teacher-dump kinds: the arrays each kind stores, declared once.
+"""Teacher-dump kinds, the storage half: everything about a kind's arrays, in one object per kind.
 
-A new kind (e.g. format v2's) is one :class:`TeacherFormat` added to :data:`TEACHER_FORMATS`; the
-store creates, checks, reads and releases its arrays from this description alone.
+A :class:`TeacherFormat` owns its arrays, its width, its decoding to probabilities, the checks of a
+stored block, its shard statistics, its one-line description, the settings it reads and their
+validation, and its bytes-per-slot estimate for ``daram plan``. The store, inspect, verify and plan
+look a kind up here (:func:`teacher_format`) instead of branching on its name; an unknown kind fails in
+that one place. The torch half (dump kernel, value dtype, training target) is
+``daram/pipeline/dump_kinds.py``. A new kind is one subclass registered with :func:`register`, plus
+its torch half; docs/architecture.md says where.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -15,6 +21,8 @@ from daram.errors import DaramError
 from daram.storage.draws import decode_draws
 
 TOKEN_DTYPE = "tokens"  # an ArraySpec dtype meaning "the store's token dtype" (uint16 or uint32)
+PROB_SUM_TOLERANCE = 5e-3  # float16 rounding of k stored log-probs
+MASS_BINS = 10_000  # resolution of the captured-mass percentile
 
 
 @dataclass(frozen=True)
@@ -28,29 +36,278 @@ class ArraySpec:
         return token_dtype if self.dtype == TOKEN_DTYPE else self.dtype
 
 
+class DumpSettings(Protocol):
+    """The teacher settings a kind reads (``daram.config.TeacherConfig`` has them; storage never imports it)."""
+
+    top_k: int
+    draws: int
+    sample_width: int
+    seed: int
+
+
+class Dump(Protocol):
+    """What a kind reads of a dump's manifest (``TeacherManifest``)."""
+
+    kind: str
+    width: int
+    draws: int
+    seed: int
+    vocab_size: int
+
+
 @dataclass(frozen=True)
 class TeacherFormat:
+    """One kind. Subclasses fill in the methods; the base class holds what every kind shares."""
+
     kind: str
     arrays: tuple[ArraySpec, ...]  # as stored, in this order (ids first)
-    # stored arrays -> what ``Store.read_teacher`` returns, (ids, values); None: the two arrays as stored
-    decode: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
+    reads: tuple[str, ...]  # the teacher settings (bare names) that only some kinds read, these among them
+    drawn: bool  # ids drawn from a seeded stream of uniforms: the manifest records draws and seed
+    bytes_per_slot: float  # plan's estimate of stored bytes per slot of the width (docs/benchmarks.md)
+    bytes_note: str  # where that estimate comes from
+
+    def width(self, settings: DumpSettings, vocab_size: int, where: str) -> int:
+        """The last axis of the arrays for these settings; a setting this kind cannot honour is refused."""
+        raise NotImplementedError
+
+    def check_dump(self, dump: Dump) -> str | None:
+        """What is wrong with a manifest of this kind (a short phrase), or None."""
+        return None
+
+    def describe(self, dump: Dump) -> str:
+        """One phrase for ``daram inspect``: "top-64", "draws (format v2), 16 sorted draws, seed 0"."""
+        raise NotImplementedError
+
+    def decode(self, arrays: tuple[np.ndarray, ...], dump: Dump) -> tuple[np.ndarray, np.ndarray]:
+        """Stored arrays -> ``Store.read_teacher``'s (ids, values): the two arrays as stored by default."""
+        ids, values = arrays
+        return ids, values
+
+    def probabilities(self, arrays: tuple[np.ndarray, ...], dump: Dump) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64, probabilities float32), ``(rows, seq_len, width)``; slots of probability 0 are padding."""
+        raise NotImplementedError
+
+    def check_block(self, arrays: tuple[np.ndarray, ...], dump: Dump) -> list[str]:
+        """Content checks of one chunk of stored arrays; each problem as a short phrase."""
+        ids = arrays[0]
+        return [f"id {int(ids.max())} >= vocab {dump.vocab_size}"] if ids.max(initial=0) >= dump.vocab_size else []
+
+    def statistics(self, blocks: Iterable[tuple[np.ndarray, ...]], dump: Dump) -> dict[str, Any]:
+        """A shard's statistics from its stored arrays, read chunk by chunk."""
+        raise NotImplementedError
+
+    def summary(self, stats: Mapping[str, Any]) -> str:
+        """A shard's statistics as one phrase for the dump's log."""
+        raise NotImplementedError
+
+    def array_specs(self) -> dict[str, ArraySpec]:
+        return {spec.name: spec for spec in self.arrays}
 
 
-TEACHER_FORMATS: dict[str, TeacherFormat] = {
-    f.kind: f
-    for f in (
-        # the k most likely ids per position, with log_softmax(logits / T) over the full vocabulary
-        TeacherFormat("topk", (ArraySpec("topk_ids", TOKEN_DTYPE), ArraySpec("topk_logprobs", "float16"))),
-        # the unique ids of `draws` draws from softmax(logits / T) per position, with their counts
-        TeacherFormat("sampled", (ArraySpec("sample_ids", TOKEN_DTYPE), ArraySpec("sample_counts", "uint8"))),
-        # format v2: `draws` ids drawn per position, sorted ascending; a run's length is its count (no counts array)
-        TeacherFormat("draws", (ArraySpec("draw_ids", TOKEN_DTYPE, codec="ids"),), decode=decode_draws),
-    )
-}
+class TopkFormat(TeacherFormat):
+    """The k most likely ids per position, with log_softmax(logits / T) over the full vocabulary."""
+
+    def width(self, settings: DumpSettings, vocab_size: int, where: str) -> int:
+        if settings.top_k > vocab_size:
+            raise DaramError(f"teacher.top_k={settings.top_k} exceeds the vocabulary of {where} ({vocab_size:,} ids)")
+        return settings.top_k
+
+    def describe(self, dump: Dump) -> str:
+        return f"top-{dump.width}"
+
+    def probabilities(self, arrays, dump):
+        ids, logprobs = arrays
+        return ids.astype(np.int64), np.exp(logprobs.astype(np.float32))
+
+    def check_block(self, arrays, dump):
+        problems = super().check_block(arrays, dump)
+        ids, logprobs = arrays[0], arrays[1].astype(np.float32)
+        if not np.isfinite(logprobs).all():
+            return problems + ["non-finite log-probs"]
+        mass = np.exp(logprobs).sum(-1)
+        if mass.max() > 1 + PROB_SUM_TOLERANCE:
+            problems.append(f"probabilities sum to {mass.max():.4f} > 1")
+        if (np.diff(logprobs, axis=-1) > 0).any():
+            problems.append("top-k log-probs not sorted in descending order")
+        if (np.diff(np.sort(ids, axis=-1), axis=-1) == 0).any():
+            problems.append("an id appears twice at one position")
+        return problems
+
+    def statistics(self, blocks, dump):
+        """The captured probability mass of the k ids: mean and 5th percentile."""
+        hist, total, positions = np.zeros(MASS_BINS, dtype=np.int64), 0.0, 0
+        for arrays in blocks:
+            mass = np.exp(arrays[1].astype(np.float32)).sum(-1).ravel()
+            positions += mass.size
+            total += float(mass.sum(dtype=np.float64))
+            hist += np.bincount(np.minimum((mass * MASS_BINS).astype(np.int64), MASS_BINS - 1), minlength=MASS_BINS)
+        p5_bin = int(np.searchsorted(np.cumsum(hist), 0.05 * positions))
+        return {"captured_mass_mean": total / positions, "captured_mass_p5": (p5_bin + 0.5) / MASS_BINS}
+
+    def summary(self, stats):
+        return f"top-k mass mean {stats['captured_mass_mean']:.3g} (p5 {stats['captured_mass_p5']:.3g})"
+
+
+class DrawnFormat(TeacherFormat):
+    """What the kinds that store draws share: their statistics, from the counts of each position's ids."""
+
+    def counts(self, arrays: tuple[np.ndarray, ...], dump: Dump) -> np.ndarray:
+        """Draws per slot, ``(rows, seq_len, width)``; 0 = padding."""
+        return np.rint(self.probabilities(arrays, dump)[1] * dump.draws).astype(np.int64)
+
+    def statistics(self, blocks, dump):
+        """Unique ids per position, and the positions whose rarest draws were dropped (sampled, S < draws)."""
+        unique, truncated, positions = 0, 0, 0
+        for arrays in blocks:
+            counts = self.counts(arrays, dump)
+            positions += counts.shape[0] * counts.shape[1]
+            unique += int((counts > 0).sum())
+            truncated += int((counts.sum(-1) < dump.draws).sum())
+        return {"unique_ids_mean": unique / positions, "truncated_positions": truncated}
+
+    def summary(self, stats):
+        return f"{stats['unique_ids_mean']:.1f} unique ids per position, {stats['truncated_positions']} truncated"
+
+
+class SampledFormat(DrawnFormat):
+    """The unique ids of ``draws`` draws from softmax(logits / T) per position, with their counts (uint8)."""
+
+    def width(self, settings, vocab_size, where):
+        if settings.draws > 255:
+            raise DaramError(f"teacher.draws={settings.draws}: at most 255 (counts are stored as uint8)")
+        width = settings.sample_width or settings.draws
+        if width > min(settings.draws, vocab_size):
+            raise DaramError(
+                f"teacher.sample_width={width} exceeds teacher.draws={settings.draws} (or the vocabulary); "
+                f"a position has at most `draws` unique ids"
+            )
+        return width
+
+    def check_dump(self, dump):
+        return None if 0 < dump.draws < 256 else f"sampled draws {dump.draws} (1-255, counts are uint8)"
+
+    def describe(self, dump):
+        return f"sampled, {dump.draws} draw{'s' if dump.draws != 1 else ''}, width {dump.width}, seed {dump.seed}"
+
+    def probabilities(self, arrays, dump):
+        ids, counts = arrays
+        return ids.astype(np.int64), counts.astype(np.float32) / dump.draws
+
+    def counts(self, arrays, dump):
+        return arrays[1].astype(np.int64)
+
+    def check_block(self, arrays, dump):
+        """Unique ids with their draw counts, most drawn first, padded with id 0 / count 0."""
+        problems = super().check_block(arrays, dump)
+        ids, counts = arrays[0], arrays[1].astype(np.int64)
+        drawn = counts > 0
+        total = counts.sum(-1)
+        if (np.diff(counts, axis=-1) > 0).any():
+            problems.append("counts not in descending order (or padding before a drawn id)")
+        if (ids[~drawn] != 0).any():
+            problems.append("a padding slot (count 0) holds an id other than 0")
+        # fewer than `draws` only when every slot is used: the rarest ids were dropped (truncation)
+        wrong = (total > dump.draws) | ((total < dump.draws) & ~drawn.all(-1))
+        if wrong.any():
+            problems.append(f"counts sum to {int(total[wrong].flat[0])}, not draws={dump.draws}")
+        marked = np.where(drawn, ids.astype(np.int64), -1 - np.arange(ids.shape[-1]))  # padding never repeats
+        if (np.diff(np.sort(marked, axis=-1), axis=-1) == 0).any():
+            problems.append("an id appears twice at one position")
+        return problems
+
+
+class DrawsFormat(DrawnFormat):
+    """Format v2: ``draws`` ids drawn per position, sorted ascending; a run's length is its count (no counts array)."""
+
+    def width(self, settings, vocab_size, where):
+        return settings.draws  # every draw is stored (sorted), so the width is the number of draws
+
+    def check_dump(self, dump):
+        return None if dump.width == dump.draws > 0 else f"draws dump of width {dump.width}, draws {dump.draws}"
+
+    def describe(self, dump):
+        return f"draws (format v2), {dump.draws} sorted draw{'s' if dump.draws != 1 else ''}, seed {dump.seed}"
+
+    def decode(self, arrays, dump):
+        return decode_draws(arrays[0])
+
+    def probabilities(self, arrays, dump):
+        return decode_draws(arrays[0])
+
+    def check_block(self, arrays, dump):
+        problems = super().check_block(arrays, dump)
+        if (np.diff(arrays[0].astype(np.int64), axis=-1) < 0).any():
+            problems.append("draws not sorted in ascending order")
+        return problems
+
+
+TEACHER_FORMATS: dict[str, TeacherFormat] = {}
+
+
+def register(fmt: TeacherFormat) -> TeacherFormat:
+    """Make a kind known to the store (a kind's torch half registers in ``daram/pipeline/dump_kinds.py``)."""
+    TEACHER_FORMATS[fmt.kind] = fmt
+    return fmt
+
+
+# docs/benchmarks.md (benchmarks/store_bytes.py, trained teacher at T = 2): top-64 took 170.3 B/token (2.66 per id);
+# sampled 50 draws, S = 50, 89.7 (1.79 per slot). Format v2, draws at T = 1: 7.38 B/token for 8 draws of
+# ko-small-sharp (2.8 nats), 13.34 for ko-small (7 nats).
+register(TopkFormat(
+    "topk", (ArraySpec("topk_ids", TOKEN_DTYPE), ArraySpec("topk_logprobs", "float16")), ("top_k",), False,
+    170.3 / 64, "B per top-k id (docs/benchmarks.md)",
+))
+register(SampledFormat(
+    "sampled", (ArraySpec("sample_ids", TOKEN_DTYPE), ArraySpec("sample_counts", "uint8")),
+    ("draws", "sample_width", "seed"), True, 89.7 / 50, "B per sampled slot (docs/benchmarks.md)",
+))
+register(DrawsFormat(
+    "draws", (ArraySpec("draw_ids", TOKEN_DTYPE, codec="ids"),), ("draws", "seed"), True,
+    7.38 / 8, "B per draw of a peaked teacher (docs/benchmarks.md; a flat one takes up to 1.8x)",
+))
 
 
 def teacher_format(kind: str) -> TeacherFormat:
+    """The one place an unknown kind fails."""
     try:
         return TEACHER_FORMATS[kind]
     except KeyError:
         raise DaramError(f"unknown teacher kind {kind!r}; this daram knows {', '.join(TEACHER_FORMATS)}") from None
+
+
+def kinds_reading(setting: str) -> list[str]:
+    """The kinds whose dumps read ``setting`` (a teacher setting that some kinds ignore)."""
+    return [f.kind for f in TEACHER_FORMATS.values() if setting in f.reads]
+
+
+def choose_kind(kind: str, kind_given: bool, given: Iterable[str]) -> tuple[str, str]:
+    """(the kind a dump uses, why when it is not ``kind`` as given): a setting that only some kinds read picks
+    the kind when ``teacher.kind`` was not given, and contradicts it when it was. ``given``: the teacher settings
+    the user set (bare names: ``top_k``). A contradiction is refused in one line naming both settings."""
+    teacher_format(kind)
+    specific = [key for key in dict.fromkeys(given) if kinds_reading(key)]
+    if kind_given:
+        for key in specific:
+            if kind not in kinds_reading(key):
+                raise DaramError(
+                    f"teacher.{key} is read only by {' and '.join(kinds_reading(key))} dumps, but teacher.kind is "
+                    f"{kind!r}: remove teacher.{key}, or set teacher.kind to a kind that reads it"
+                )
+        return kind, ""
+    candidates = list(TEACHER_FORMATS)
+    for key in specific:
+        narrowed = [k for k in candidates if k in kinds_reading(key)]
+        if not narrowed:
+            others = [k for k in specific if set(kinds_reading(k)).isdisjoint(kinds_reading(key))]
+            other = (others or specific)[0]
+            raise DaramError(
+                f"teacher.{other} ({' and '.join(kinds_reading(other))} dumps) and teacher.{key} "
+                f"({' and '.join(kinds_reading(key))} dumps) belong to different kinds: set teacher.kind and keep "
+                "only the settings it reads"
+            )
+        candidates = narrowed
+    if kind in candidates:
+        return kind, ""
+    chosen = candidates[0]
+    return chosen, f"teacher.kind = {chosen!r} (from teacher.{', teacher.'.join(specific)})"
+

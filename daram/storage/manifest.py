@@ -135,8 +135,8 @@ class TeacherManifest:
     revision: str  # the hub revision asked for
     dtype: str  # of the first dump; not part of the identity (each shard's stats record its own)
     temperature: float
-    kind: str  # topk | sampled | draws
-    width: int  # the last axis of the arrays: k for topk, S (max unique ids per position) for sampled, draws for draws
+    kind: str  # a kind of storage/formats.py: topk | sampled | draws
+    width: int  # the last axis of the arrays (the kind's ``TeacherFormat.width``)
     vocab_size: int
     tokens_fingerprint: str  # the store's tokens_fingerprint the dump was computed over
     rows_per_chunk: int
@@ -154,8 +154,8 @@ class TeacherManifest:
         _require(self.kind in TEACHER_FORMATS, f"teacher kind {self.kind!r} (this daram knows {', '.join(TEACHER_FORMATS)})")
         _require(self.temperature > 0 and math.isfinite(self.temperature), f"teacher temperature {self.temperature}")
         _require(0 < self.width <= self.vocab_size, f"teacher width {self.width} for vocab {self.vocab_size}")
-        _require(self.kind != "sampled" or 0 < self.draws < 256, f"sampled draws {self.draws} (1-255, counts are uint8)")
-        _require(self.kind != "draws" or self.width == self.draws > 0, f"draws dump of width {self.width}, draws {self.draws}")
+        problem = self.format.check_dump(self)
+        _require(problem is None, str(problem))
         _check_version(self.format_version)
 
     @property

@@ -1,4 +1,4 @@
-"""The store: a Zarr v3 group laid out as DESIGN.md's format v1. numpy in, numpy out; no torch.
+"""The store: a Zarr v3 group laid out as docs/store-format.md describes (format version 2). numpy in, numpy out; no torch.
 
 Integrity has three layers:
 - every chunk is compressed then checksummed with crc32c (zarr's ``Crc32cCodec``), so a damaged
@@ -17,25 +17,24 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec
 
 from daram.errors import DaramError
 from daram.storage.keyvalue import KeyValue
 from daram.storage.lock import StoreLock
 from daram.storage.manifest import StoreManifest, TeacherManifest
-from daram.storage import records
+from daram.storage.records import ensure_group, read_records, write_record
 from daram.storage.cache import ShardCache
 from daram.storage.claims import LEASE_S, ShardClaim
+from daram.storage.codecs import TOKEN_ZSTD_LEVEL, WRITE_EVERY_CHUNK, codecs_for, id_compressors
+from daram.storage.formats import TeacherFormat
 from daram.storage.remote import explain_access_error, open_remote
-from daram.storage.teacher import (
-    COMPLETE, INCOMPLETE, NOT_DUMPED, RELEASED, WRITE_EVERY_CHUNK, ShardState, TeacherShard,
-)
+from daram.storage.teacher import COMPLETE, INCOMPLETE, NOT_DUMPED, RELEASED, ShardState, TeacherShard
 
 STORE_ATTR = "daram"
 TEACHER_ATTR = "daram_teacher"
@@ -45,23 +44,6 @@ MANIFEST_LOCK_WAIT_S = 60.0  # each holder keeps it for milliseconds; 60 s cover
 
 def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}"
-
-
-def compressors() -> tuple:
-    # bitshuffle + zstd suits small ints and float16 alike; crc32c last so it covers the stored bytes.
-    return (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"), Crc32cCodec())
-
-
-def id_compressors(clevel: int = 9) -> tuple:
-    """For arrays of vocabulary ids (tokens, draws): zstd's matches find the ids a corpus repeats, which
-    bit-shuffling hides (KoGPT2 tokens: 1.56 B/token against 1.97; docs/benchmarks.md, format v2)."""
-    return (BloscCodec(cname="zstd", clevel=clevel, shuffle="noshuffle"), Crc32cCodec())
-
-
-# Token shards are compressed at zstd level 3: 118 MB/s against level 9's 13 MB/s on one core, for 1.567
-# B/token against 1.558 (KoGPT2 tokens of real Korean text; docs/benchmarks.md, prepare). At level 9 the
-# compression alone took a third of prepare's time on top of the tokenizer's.
-TOKEN_ZSTD_LEVEL = 3
 
 
 def fingerprint_bytes(rows: np.ndarray) -> bytes:
@@ -288,6 +270,34 @@ class Store:
         self.require_chunks(array, shard, start, stop, repair="rebuild the tokens with `daram prepare --overwrite`")
         return array[start:stop]
 
+    def tokens_fingerprint_matches(self, shard: int, blocks: Iterable[np.ndarray]) -> bool:
+        """Whether ``blocks``, a shard's rows in order, hash to the fingerprint prepare recorded for it."""
+        digest = hashlib.sha256()
+        for block in blocks:
+            digest.update(fingerprint_bytes(block))
+        return digest.hexdigest() == self.manifest.shard_fingerprints[shard]
+
+    def check_tokens_fingerprint(self, shard: int) -> None:
+        """Refuse a tokens shard whose chunks no longer hash to the fingerprint prepare recorded (a chunk lost,
+        replaced or damaged): a teacher dump over it would be recorded as a dump of other text."""
+        def blocks():
+            for lo, hi in self.chunk_ranges(shard):
+                try:
+                    yield self.read_tokens(shard, lo, hi)
+                except DaramError:
+                    raise
+                except Exception as exc:  # a checksum or decompression failure
+                    raise DaramError(
+                        f"{self.url}: tokens/{shard_name(shard)} rows {lo}-{hi} cannot be read ({type(exc).__name__}); "
+                        "the token shards are damaged: rebuild the store with `daram prepare --overwrite`"
+                    ) from None
+
+        if not self.tokens_fingerprint_matches(shard, blocks()):
+            raise DaramError(
+                f"{self.url}: tokens/{shard_name(shard)} does not match its fingerprint in the manifest (a chunk lost or "
+                "changed); refusing to dump over it: rebuild the store with `daram prepare --overwrite`"
+            )
+
     def missing_token_chunks(self, shard: int) -> list[int]:
         return self.missing_chunks(self._token_array(shard))
 
@@ -338,7 +348,7 @@ class Store:
         if data is None:
             return None
         # the shard table: each shard's own completion record, over the table a v1/v2 store kept in the manifest
-        recorded = {str(shard): stats for shard, stats in records.read_records(self.kv).items()}
+        recorded = {str(shard): stats for shard, stats in read_records(self.kv).items()}
         return TeacherManifest.from_dict({**data, "shards": {**data.get("shards", {}), **recorded}})
 
     def _require_teacher(self) -> TeacherManifest:
@@ -352,7 +362,7 @@ class Store:
         created once, exclusively: of many machines starting the same dump, one writes it and the others check it."""
         group = {"zarr_format": 3, "node_type": "group", "attributes": {TEACHER_ATTR: wanted.to_dict()}}
         if self.kv.set_if_absent("teacher/zarr.json", json.dumps(group).encode()):
-            records.ensure_group(self.kv)
+            ensure_group(self.kv)
             return wanted
         existing = self.teacher_manifest()
         if existing is None:  # the group without a dump (a release's destination): never overwrite its members
@@ -362,7 +372,7 @@ class Store:
                     return wanted
             existing = self.teacher_manifest()
         check_same_teacher(self.url, existing, wanted)
-        records.ensure_group(self.kv)
+        ensure_group(self.kv)
         return existing
 
     def _update_teacher_manifest(self, change) -> TeacherManifest:
@@ -376,7 +386,7 @@ class Store:
     def record_teacher_shard(self, shard: int, stats: dict) -> bool:
         """Record a shard complete with its statistics, in its own write-once record (no longer released, if it
         was); False when it was recorded already (by another process, or before a release), which is kept."""
-        created = records.write_record(self.kv, shard_name(shard), stats)
+        created = write_record(self.kv, shard_name(shard), stats)
         if str(shard) in (self._require_teacher().released or {}):  # dumped again after a release: rare, one writer
             self._update_teacher_manifest(
                 lambda data: {**data, "released": {k: v for k, v in data.get("released", {}).items() if k != str(shard)}}
@@ -438,7 +448,8 @@ class Store:
         state = self.shard_state(shard, teacher)
         prefix = f"teacher/{shard_name(shard)}/"
         if state.state == RELEASED:
-            self.kv.delete_dir(prefix)  # finish an interrupted release; nothing left to copy
+            with self.shard_lock(shard):  # takes over the lock of a release that a kill interrupted
+                self.kv.delete_dir(prefix)  # finish that release; nothing left to copy
             return state
         resumable = str(shard) in teacher.released and state.chunks_done == state.chunks  # killed after recording
         if state.state != COMPLETE and not resumable:
@@ -493,11 +504,10 @@ class Store:
         return self.shard_state(shard)
 
     def read_teacher(self, shard: int, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, values) of rows [start, stop) of a teacher shard: top-k ids + log-probs, sample ids + counts,
-        or (draws dump) the draws + their probabilities (its format's decode, :func:`daram.storage.draws.decode_draws`)."""
+        """(ids, values) of rows [start, stop) of a teacher shard, as its kind hands them to training
+        (:meth:`TeacherFormat.decode`: top-k ids + log-probs, sample ids + counts, or the draws + their probabilities)."""
         target = self.teacher_shard(shard)
-        rows = target.read_rows(start, stop)
-        return target.format.decode(*rows) if target.format.decode else rows
+        return target.format.decode(target.read_rows(start, stop), target.teacher)
 
     def read_teacher_probs(self, shard: int, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64, probabilities float32) of rows [start, stop), ``(rows, seq_len, width)``, for any kind.
@@ -506,13 +516,8 @@ class Store:
         sampled: ``counts / draws``; draws: ``count / draws`` at each distinct id's first slot, 0 on repeats.
         The last two are unbiased estimates of the teacher at T and sum to 1. Slots of probability 0 are padding.
         """
-        teacher = self.teacher_manifest()
-        ids, values = self.read_teacher(shard, start, stop)
-        if teacher.kind == "topk":
-            values = np.exp(values.astype(np.float32))
-        elif teacher.kind == "sampled":
-            values = values.astype(np.float32) / teacher.draws
-        return ids.astype(np.int64), values
+        target = self.teacher_shard(shard)
+        return target.format.probabilities(target.read_rows(start, stop), target.teacher)
 
     # --- locks and sizes --------------------------------------------------------------------
 
@@ -571,20 +576,18 @@ def check_same_teacher(url: str, existing: TeacherManifest, wanted: TeacherManif
         )
 
 
-def measure_teacher_bytes(ids: np.ndarray, values: np.ndarray | None, rows_per_chunk: int) -> int:
-    """Bytes that teacher arrays of these rows take stored as a teacher shard is (same chunks and codecs), counted
-    in memory: ``daram plan`` measures the teacher's format on a sample without writing a store. ``values`` None:
-    a draws dump (ids only, with its own codec)."""
+def measure_teacher_bytes(fmt: TeacherFormat, arrays: tuple[np.ndarray, ...], rows_per_chunk: int) -> int:
+    """Bytes that teacher arrays of these rows (in ``fmt``'s order) take stored as a teacher shard is (same chunks
+    and codecs), counted in memory: ``daram plan`` measures the teacher's format on a sample without writing a store."""
     memory = zarr.storage.MemoryStore()
-    arrays = (("ids", ids, compressors()), ("values", values, compressors())) if values is not None else (("ids", ids, id_compressors()),)
-    for name, data, codecs in arrays:
+    for spec, data in zip(fmt.arrays, arrays):
         array = zarr.create_array(
-            memory, name=name, shape=data.shape, chunks=(rows_per_chunk, *data.shape[1:]), dtype=data.dtype,
-            compressors=codecs, fill_value=0,
+            memory, name=spec.name, shape=data.shape, chunks=(rows_per_chunk, *data.shape[1:]), dtype=data.dtype,
+            compressors=codecs_for(spec), fill_value=0,
         )
         array[:] = data
     kv = KeyValue(memory)
-    return kv.size_of_prefix("ids/c") + kv.size_of_prefix("values/c")
+    return sum(kv.size_of_prefix(f"{spec.name}/c") for spec in fmt.arrays)
 
 
 def check_not_foreign(url: str) -> None:

@@ -10,22 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import zarr
 
 from daram.errors import DaramError
+from daram.storage.codecs import WRITE_EVERY_CHUNK, codecs_for, flag_codecs
 from daram.storage.formats import ArraySpec, TeacherFormat
-from daram.storage.manifest import TeacherManifest
-
-if TYPE_CHECKING:
-    from daram.storage.store import Store
+from daram.storage.manifest import StoreManifest, TeacherManifest
 
 CHUNKS_DONE = "chunks_done"
-# zarr skips writing a chunk that equals the fill value, and reads an absent chunk as the fill value:
-# store every chunk, so that an absent one always means damage (see ``Store.missing_chunks``).
-WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 CHUNK_STATS_ATTR = "daram_chunk_stats"  # on teacher/shard-N: per-chunk sums that only the forward can see
 
 COMPLETE, INCOMPLETE, NOT_DUMPED, RELEASED = "complete", "incomplete", "not dumped", "released"
@@ -61,10 +56,22 @@ class ShardState:
         return self.state
 
 
+class ShardStore(Protocol):
+    """What a teacher shard asks of its store (``daram.storage.store.Store``, which imports this module)."""
+
+    url: str
+    manifest: StoreManifest
+
+    def shard_rows(self, shard: int) -> int: ...
+    def chunk_key(self, array: zarr.Array, chunk: int) -> str: ...
+    def missing_chunks(self, array: zarr.Array, start: int = 0, stop: int | None = None) -> list[int]: ...
+    def require_chunks(self, array: zarr.Array, shard: int, start: int, stop: int | None, repair: str) -> None: ...
+
+
 class TeacherShard:
     """The arrays of ``teacher/shard-N``; get one from :meth:`Store.teacher_shard`."""
 
-    def __init__(self, store: "Store", shard: int, teacher: TeacherManifest, group: zarr.Group,
+    def __init__(self, store: ShardStore, shard: int, teacher: TeacherManifest, group: zarr.Group,
                  arrays: dict[str, zarr.Array], done: zarr.Array) -> None:
         self.store, self.shard, self.teacher = store, shard, teacher
         self.group, self.arrays, self.done = group, arrays, done
@@ -74,7 +81,7 @@ class TeacherShard:
     # --- opening / creating (called by Store.teacher_shard) -----------------------------------------
 
     @classmethod
-    def open(cls, store: "Store", shard: int, teacher: TeacherManifest, group: zarr.Group) -> "TeacherShard":
+    def open(cls, store: ShardStore, shard: int, teacher: TeacherManifest, group: zarr.Group) -> "TeacherShard":
         names = [spec.name for spec in teacher.format.arrays] + [CHUNKS_DONE]
         arrays = {}
         for name in names:
@@ -97,26 +104,22 @@ class TeacherShard:
         return shard_
 
     @classmethod
-    def create(cls, store: "Store", shard: int, teacher: TeacherManifest, group: zarr.Group) -> "TeacherShard":
+    def create(cls, store: ShardStore, shard: int, teacher: TeacherManifest, group: zarr.Group) -> "TeacherShard":
         """Create the arrays the group lacks (all of them for a new shard); existing ones are kept."""
         rows, seq_len, step = store.shard_rows(shard), store.manifest.seq_len, store.manifest.rows_per_chunk
-        from daram.storage.store import compressors, id_compressors
-
         existing = {name for name, _ in group.members()}
         for spec in teacher.format.arrays:
             if spec.name not in existing:
                 shape = _shape(spec, rows, seq_len, teacher.width)
                 group.create_array(
                     spec.name, shape=shape, chunks=(step, *shape[1:]), dtype=spec.numpy_dtype(store.manifest.token_dtype),
-                    compressors=id_compressors() if spec.codec == "ids" else compressors(), fill_value=0,
+                    compressors=codecs_for(spec), fill_value=0,
                     config=WRITE_EVERY_CHUNK,
                 )
         if CHUNKS_DONE not in existing:
-            from zarr.codecs import Crc32cCodec
-
             group.create_array(
                 CHUNKS_DONE, shape=(-(-rows // step),), chunks=(1,), dtype="uint8", fill_value=0,
-                compressors=(Crc32cCodec(),), config=WRITE_EVERY_CHUNK,
+                compressors=flag_codecs(), config=WRITE_EVERY_CHUNK,
             )
         return cls.open(store, shard, teacher, group)
 

@@ -133,7 +133,8 @@ def test_a_rerun_clears_only_what_the_demo_wrote(tmp_path):
 
 @pytest.mark.parametrize("setting, message", [
     ("demo.teacher_n_head=3", "demo.teacher_n_embd (128) must be divisible by demo.teacher_n_head (3)"),
-    ("train.heldout_shard=1", "train.heldout_shard must be one of the 4 shards and not in train.shards (0-2); got 1"),
+    ("train.heldout_shard=1", "train.heldout_shard 1 is also in train.shards (0-2)"),
+    ("train.heldout_shard=-1", "train.heldout_shard: the demo scores its students on a held-out shard; name one of the 4 shards"),
 ])
 def test_demo_rejects_bad_settings_in_one_line_before_writing(tmp_path, setting, message):
     workdir = tmp_path / "demo"

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from daram.cli import app
 from daram.config import load_config
-from daram.pipeline.inspect import check_teacher_block, run_inspect, run_verify
+from daram.pipeline.inspect import run_inspect, run_verify
 from daram.storage import Store, TeacherManifest
 from daram.storage.draws import decode_draws
 from .test_dump_sampled import DRAWS, SEED, sampled, sampled_args, small_store  # noqa: F401 (fixture)
@@ -64,9 +64,9 @@ def test_inspect_verify_and_block_checks(drawn, capsys):
     out = capsys.readouterr().out
     assert "BAD" not in out and "teacher: 1 complete, 0 incomplete, 1 not dumped, 0 released" in out
     teacher = TeacherManifest("t", "-", "float32", 1.0, "draws", 4, 100, "fp", 4, draws=4)
-    assert check_teacher_block(teacher, np.array([[[3, 3, 7, 9]]], dtype=np.uint16), np.zeros(0)) == []
-    assert check_teacher_block(teacher, np.array([[[3, 9, 7, 7]]], dtype=np.uint16), np.zeros(0)) == ["draws not sorted in ascending order"]
-    assert check_teacher_block(teacher, np.array([[[3, 3, 7, 700]]], dtype=np.uint16), np.zeros(0)) == ["id 700 >= vocab 100"]
+    assert teacher.format.check_block((np.array([[[3, 3, 7, 9]]], dtype=np.uint16),), teacher) == []
+    assert teacher.format.check_block((np.array([[[3, 9, 7, 7]]], dtype=np.uint16),), teacher) == ["draws not sorted in ascending order"]
+    assert teacher.format.check_block((np.array([[[3, 3, 7, 700]]], dtype=np.uint16),), teacher) == ["id 700 >= vocab 100"]
 
 
 def test_stored_chunks_are_plain_zarr_with_a_standard_codec(drawn):

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from conftest import prepare_store
 from daram.cli import app
 from daram.config import load_config
-from daram.pipeline.inspect import check_teacher_block, run_inspect, run_verify
+from daram.pipeline.inspect import run_inspect, run_verify
 from daram.storage import Store, TeacherManifest
 from .test_teacher_dump import TORN_WRITE, run_daram, shard_files
 
@@ -64,7 +64,7 @@ def test_layout_counts_and_manifest(sampled):
     assert ids.dtype == np.uint16 and counts.dtype == np.uint8 and ids.shape == (*store.read_tokens(0).shape, DRAWS)
     assert (counts.sum(-1) == DRAWS).all()  # width = draws: nothing is ever truncated
     assert (np.diff(counts.astype(int), axis=-1) <= 0).all() and (ids[counts == 0] == 0).all()
-    assert check_teacher_block(teacher, ids, counts) == []
+    assert teacher.format.check_block((ids, counts), teacher) == []
     stats = teacher.shards["0"]
     assert stats["truncated_positions"] == 0
     assert stats["unique_ids_mean"] == pytest.approx(float((counts > 0).sum(-1).mean()))
@@ -85,15 +85,15 @@ def test_block_checks_name_each_problem():
     teacher = TeacherManifest("t", "-", "float32", 2.0, "sampled", 4, 100, "fp", 4, draws=5)
     ids = np.array([[[7, 3, 0, 0]]], dtype=np.uint16)
     counts = np.array([[[3, 2, 0, 0]]], dtype=np.uint8)
-    assert check_teacher_block(teacher, ids, counts) == []
-    assert check_teacher_block(teacher, np.array([[[7, 3, 9, 8]]], dtype=np.uint16), np.array([[[2, 1, 1, 0]]], dtype=np.uint8)) \
+    assert teacher.format.check_block((ids, counts), teacher) == []
+    assert teacher.format.check_block((np.array([[[7, 3, 9, 8]]], dtype=np.uint16), np.array([[[2, 1, 1, 0]]], dtype=np.uint8)), teacher) \
         == ["a padding slot (count 0) holds an id other than 0", "counts sum to 4, not draws=5"]
-    assert check_teacher_block(teacher, np.array([[[7, 3, 5, 1]]], dtype=np.uint16), np.array([[[2, 1, 1, 1]]], dtype=np.uint8)) \
+    assert teacher.format.check_block((np.array([[[7, 3, 5, 1]]], dtype=np.uint16), np.array([[[2, 1, 1, 1]]], dtype=np.uint8)), teacher) \
         == []  # every slot used, one draw dropped: truncation
-    assert check_teacher_block(teacher, ids, np.array([[[2, 3, 0, 0]]], dtype=np.uint8)) \
+    assert teacher.format.check_block((ids, np.array([[[2, 3, 0, 0]]], dtype=np.uint8)), teacher) \
         == ["counts not in descending order (or padding before a drawn id)"]
-    assert check_teacher_block(teacher, np.array([[[7, 7, 0, 0]]], dtype=np.uint16), counts) == ["an id appears twice at one position"]
-    assert check_teacher_block(teacher, np.array([[[700, 3, 0, 0]]], dtype=np.uint16), counts) == ["id 700 >= vocab 100"]
+    assert teacher.format.check_block((np.array([[[7, 7, 0, 0]]], dtype=np.uint16), counts), teacher) == ["an id appears twice at one position"]
+    assert teacher.format.check_block((np.array([[[700, 3, 0, 0]]], dtype=np.uint16), counts), teacher) == ["id 700 >= vocab 100"]
 
 
 def test_the_seed_decides_the_draws(tmp_path, tokenizer_dir, corpus_lines, sampled, tiny_teacher_dir):

@@ -9,7 +9,7 @@ import pytest
 from conftest import write_teacher_dump
 from daram.config import load_config
 from daram.errors import DaramError
-from daram.pipeline.inspect import check_teacher_block, run_inspect, run_verify
+from daram.pipeline.inspect import run_inspect, run_verify
 from daram.storage import TeacherManifest
 
 
@@ -64,12 +64,12 @@ def test_teacher_block_checks():
     teacher = TeacherManifest("t", "-", "float32", 2.0, "topk", 3, 100, "fp", 4)
     ids = np.array([[[5, 7, 9]]], dtype=np.uint16)
     good = np.log(np.array([[[0.5, 0.3, 0.1]]])).astype(np.float16)
-    assert check_teacher_block(teacher, ids, good) == []
-    assert "sum to" in check_teacher_block(teacher, ids, np.log(np.array([[[0.7, 0.5, 0.1]]])).astype(np.float16))[0]
-    assert "sorted" in check_teacher_block(teacher, ids, good[..., ::-1])[0]
-    assert "twice" in check_teacher_block(teacher, np.array([[[5, 5, 9]]], dtype=np.uint16), good)[0]
-    assert ">= vocab" in check_teacher_block(teacher, np.array([[[5, 700, 9]]], dtype=np.uint16), good)[0]
-    assert "non-finite" in check_teacher_block(teacher, ids, np.full((1, 1, 3), np.nan, np.float16))[0]
+    assert teacher.format.check_block((ids, good), teacher) == []
+    assert "sum to" in teacher.format.check_block((ids, np.log(np.array([[[0.7, 0.5, 0.1]]])).astype(np.float16)), teacher)[0]
+    assert "sorted" in teacher.format.check_block((ids, good[..., ::-1]), teacher)[0]
+    assert "twice" in teacher.format.check_block((np.array([[[5, 5, 9]]], dtype=np.uint16), good), teacher)[0]
+    assert ">= vocab" in teacher.format.check_block((np.array([[[5, 700, 9]]], dtype=np.uint16), good), teacher)[0]
+    assert "non-finite" in teacher.format.check_block((ids, np.full((1, 1, 3), np.nan, np.float16)), teacher)[0]
 
 
 def test_verify_exits_0_only_when_complete_and_counts_the_shards(prepared_store, tiny_teacher_dir, capsys):

@@ -80,6 +80,7 @@ def test_plan_without_a_store_estimates_from_the_corpus_bytes(tmp_path):
     rows = [line for line in result.stdout.splitlines() if line.split(" ")[0] in PEAK_FLOPS]
     assert len(rows) == 4 and all(re.fullmatch(rf"\S+ +{duration} +{duration} +\S+", row) for row in rows), rows
     assert any(" s " in row or " min " in row for row in rows), rows
+    assert not re.search(r"\de[+-]\d", result.stdout), result.stdout  # no scientific notation anywhere
 
 
 @pytest.mark.parametrize("hours, shown", [(2.17e-05, "< 1 s"), (0.004, "14 s"), (0.02, "1.2 min"), (0.58, "35 min"),

@@ -49,7 +49,7 @@ def test_prepare_real_sentences_round_trip_in_order(tmp_path, kogpt2_tokenizer_d
     expected = [tokenizer.decode(tokenizer(line, add_special_tokens=False)["input_ids"]).strip() for line in lines[: len(units)]]
     assert units == expected
 
-    group = zarr.open_group(str(path), mode="r")  # plain zarr, the paths DESIGN.md gives
+    group = zarr.open_group(str(path), mode="r")  # plain zarr, the paths docs/store-format.md gives
     manifest = group.attrs["daram"]
     assert manifest["format"] == "daram-store" and manifest["format_version"] == 2
     assert manifest["tokenizer"]["vocab_size"] == 51200 and manifest["tokenizer"]["eos_id"] == 1

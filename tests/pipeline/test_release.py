@@ -81,3 +81,24 @@ def test_only_complete_shards_are_released(prepared_store, tiny_teacher_dir):
     with pytest.raises(DaramError, match="shard 1 is not dumped"):
         store.release_shard(1)
     assert store.shard_state(0).chunks_done == 3  # nothing touched
+
+
+def test_a_release_killed_under_its_lock_leaves_no_lock_once_finished(dumped_store):
+    # Catches the lock a SIGKILL mid-release left behind for ever: finishing that release deleted the arrays
+    # without taking the shard's lock, so nothing ever removed the dead holder's record.
+    import signal
+    import subprocess
+    import sys
+
+    store = Store.open(str(dumped_store), mode="r+")
+    store.release_shard(0)
+    hold = ("import sys, time; from daram.storage import Store; "
+            "Store.open(sys.argv[1], mode='r+').shard_lock(0).acquire(); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(dumped_store)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    locks = dumped_store / "locks"
+    assert list(locks.glob("teacher-*"))  # the dead holder's record is there
+    assert store.release_shard(0).describe() == "released (deleted)"
+    assert not list(locks.glob("teacher-*"))

@@ -289,9 +289,29 @@ def test_cli_errors_are_one_line_with_exit_code_2(kd_store, tmp_path):
     result = CliRunner().invoke(app, ["student-train", "--store", str(kd_store), "--shards", "0-5", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ["error: train.shards: shard 3 is out of range; the store has shards 0-2"]
-    # the default held-out shard (63) on a smaller store: the message names the setting to change
-    result = CliRunner().invoke(app, ["student-train", "--store", str(kd_store), "--shards", "0-1", "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and result.output.startswith("error: train.heldout_shard: shard 63 is out of range")
+    result = CliRunner().invoke(app, ["student-train", "--store", str(kd_store), "--shards", "0-1", "--heldout-shard", "7",
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: train.heldout_shard: shard 7 is out of range; the store has shards 0-2"]
+
+
+@pytest.mark.parametrize("num_shards, line", [
+    (2, "student-train: training shards 0; held-out shard 1 (the store's last; train.heldout_shard)"),
+    (1, "student-train: training shards 0; no held-out shard (a one-shard store)"),
+])
+def test_the_default_heldout_shard_is_the_stores_last_resolved_and_printed(
+        tmp_path, tokenizer_dir, corpus_lines, tiny_teacher_dir, num_shards, line):
+    store = prepare_store(tmp_path, tokenizer_dir, corpus_lines[:300], seq_len=64, num_shards=num_shards, rows_per_chunk=16)
+    write_teacher_dump(store, tiny_teacher_dir)
+    result = CliRunner().invoke(app, [  # neither --shards nor --heldout-shard: the defaults fit any store
+        "student-train", "--store", str(store), "--out", str(tmp_path / "out"), "--n-embd", "32", "--n-head", "2",
+        "--n-layer", "2", "--batch-size", "4", "--grad-accum", "1", "--max-steps", "1", "--device", "cpu",
+        "--set", "train.eval_rows=4"])
+    assert result.exit_code == 0, result.output
+    assert line in result.output.splitlines()
+    records = [r for r in read_metrics(tmp_path / "out") if r.get("split") == "heldout"]
+    assert bool(records) == (num_shards > 1)  # evaluated on the held-out shard only when there is one
 
 
 def test_ce_only_never_needs_the_teacher_dump_and_says_what_its_loss_is(tmp_path, tokenizer_dir, corpus_lines):

@@ -601,3 +601,51 @@ def test_manifest_records_the_given_and_the_resolved_tokenizer(tmp_path, tokeniz
     tokenizer = Store.open(str(store_path)).manifest.tokenizer
     assert tokenizer.given == tokenizer_dir.name and tokenizer.commit == ""
     assert tokenizer.name_or_path == str(tokenizer_dir.resolve())
+
+
+# --- no flag without effect: the settings only one kind reads pick or contradict the kind -----------------
+
+
+def _dump_without_kind(store: Path, teacher: Path, *extra: str):
+    return CliRunner().invoke(app, ["teacher-dump", "--store", str(store), "--teacher", str(teacher), "--dtype", "float32",
+                                    "--device", "cpu", "--shard", "0", *extra])
+
+
+def test_top_k_without_a_kind_dumps_topk_and_says_so_first(store_path, tiny_teacher_dir):
+    result = _dump_without_kind(store_path, tiny_teacher_dir, "--top-k", "8")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "teacher-dump: teacher.kind = 'topk' (from teacher.top_k)"
+    teacher = Store.open(str(store_path)).teacher_manifest()
+    assert (teacher.kind, teacher.width) == ("topk", 8)
+
+
+def test_draws_without_a_kind_dumps_draws(store_path, tiny_teacher_dir):
+    result = _dump_without_kind(store_path, tiny_teacher_dir, "--draws", "4")
+    assert result.exit_code == 0, result.output
+    teacher = Store.open(str(store_path)).teacher_manifest()
+    assert (teacher.kind, teacher.draws) == ("draws", 4)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--kind", "draws", "--top-k", "32"], "error: teacher.top_k is read only by topk dumps, but teacher.kind is 'draws'"),
+    (["--kind", "topk", "--draws", "8"], "error: teacher.draws is read only by sampled and draws dumps, but teacher.kind is 'topk'"),
+    (["--kind", "draws", "--sample-width", "4"], "error: teacher.sample_width is read only by sampled dumps, but teacher.kind is 'draws'"),
+    (["--top-k", "8", "--draws", "8"], "error: teacher.draws (sampled and draws dumps) and teacher.top_k (topk dumps) belong"),
+    (["--top-k", "60000"], "error: teacher.top_k=60000 exceeds the vocabulary of"),
+])
+def test_a_kind_setting_that_would_do_nothing_is_refused_in_one_line(store_path, tiny_teacher_dir, flags, message):
+    result = _dump_without_kind(store_path, tiny_teacher_dir, *flags)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if not line.startswith("teacher-dump: teacher.kind = ")]
+    assert len(errors) == 1 and errors[0].startswith(message), result.output
+    assert Store.open(str(store_path)).teacher_manifest() is None  # refused before anything was written
+
+
+def test_top_k_under_kind_draws_in_the_config_file_is_refused_naming_both(store_path, tiny_teacher_dir, tmp_path):
+    config = tmp_path / "daram.toml"
+    config.write_text('[teacher]\nkind = "draws"\ntop_k = 32\n', encoding="utf-8")
+    result = _dump_without_kind(store_path, tiny_teacher_dir, "--config", str(config))
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: teacher.top_k is read only by topk dumps, but teacher.kind is 'draws': remove teacher.top_k, or set "
+        "teacher.kind to a kind that reads it"]

@@ -101,7 +101,7 @@ def _two_ranks_in_one_process(store_path: Path, steps: int, grad_accum: int, bat
     model = build_student(cfg.student, store, load_tokenizer(store.manifest.tokenizer.name_or_path))
     optimizer, scheduler = build_optimizer(model, cfg.train, steps)
     student = StudentWithLoss(model, 64, torch.float32)
-    targets = StoredTargets(teacher.kind, cfg.train.tail, teacher.draws, torch.device("cpu"))
+    targets = StoredTargets(teacher, cfg.train.tail, torch.device("cpu"))
     streams = [
         iter_batches(store, BatchPlan({s: store.chunk_ranges(s) for s in (0, 1)}, [0, 1], 1, batch_size,
                                       True, cfg.train.seed, rank, 2))

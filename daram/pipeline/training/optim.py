@@ -1,19 +1,10 @@
-"""AdamW and its learning-rate schedule: warm-up, then cosine or linear decay to the floor."""
+"""AdamW and its learning-rate schedule (``daram/pipeline/schedule.py``) over a run's steps."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float, schedule: str) -> float:
-    """LR multiplier at ``step`` (0-based): linear warmup to 1, then cosine or linear decay to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
-    return min_ratio + (1 - min_ratio) * decay
+from daram.pipeline.schedule import lr_factor
 
 
 def build_optimizer(model: torch.nn.Module, train, total_steps: int):

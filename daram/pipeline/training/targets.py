@@ -11,7 +11,9 @@ from typing import Protocol
 import torch
 
 from daram.pipeline.batches import Batch
-from daram.pipeline.losses import DenseTarget, SampledTarget, SparseTarget, TopkTarget, final_hidden, head_weight
+from daram.pipeline.dump_kinds import dump_kind
+from daram.pipeline.losses import DenseTarget, final_hidden, head_weight
+from daram.storage import TeacherManifest
 
 
 class TargetSource(Protocol):
@@ -31,22 +33,19 @@ class NoTargets:
 
 
 class StoredTargets:
-    """The dumped teacher's top-k log-probs, sampled counts, or draws decoded into probabilities (format v2),
-    as the batch reader fetched them."""
+    """The dumped teacher's arrays as the batch reader fetched them, made into its kind's training target
+    (``dump_kinds.py``: top-k log-probs, sampled counts, or draws decoded into probabilities)."""
 
     reads_teacher = True
 
-    def __init__(self, kind: str, tail: str, draws: int, device: torch.device) -> None:
-        self.name, self.tail, self.draws, self.device = kind, tail, draws, device
+    def __init__(self, teacher: TeacherManifest, tail: str, device: torch.device) -> None:
+        self.name, self.teacher, self.tail, self.device = teacher.kind, teacher, tail, device
+        self.make_target = dump_kind(teacher.kind).target
 
     def __call__(self, batch: Batch, tokens: torch.Tensor):
         ids = torch.from_numpy(batch.teacher_ids).to(self.device, non_blocking=True)
         values = torch.from_numpy(batch.teacher_values).to(self.device, non_blocking=True)
-        if self.name == "topk":
-            return TopkTarget(ids, values, self.tail)
-        if self.name == "draws":
-            return SparseTarget(ids, values)
-        return SampledTarget(ids, values, self.draws)
+        return self.make_target(ids, values, self.teacher, self.tail)
 
 
 class OnlineTeacher:

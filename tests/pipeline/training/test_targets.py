@@ -9,6 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from daram.pipeline.batches import Batch
 from daram.pipeline.losses import SampledTarget, TopkTarget, student_logq_at
 from daram.pipeline.training.targets import NoTargets, OnlineTeacher, StoredTargets
+from daram.storage import TeacherManifest
 
 
 def _teacher():
@@ -22,17 +23,22 @@ def _kl_of(target, logits, temperature):
     return target.kl(student_logq_at(target, log_q, 0, logits.shape[1]), 0, logits.shape[1])
 
 
+def _dump(kind: str, width: int, draws: int = 0) -> TeacherManifest:
+    return TeacherManifest(teacher="t", revision="main", dtype="float32", temperature=2.0, kind=kind, width=width,
+                           vocab_size=50, tokens_fingerprint="f", rows_per_chunk=4, draws=draws)
+
+
 def test_stored_topk_targets_come_from_the_batch_arrays():
     teacher, tokens = _teacher(), torch.randint(0, 50, (2, 6))
     with torch.no_grad():
         logits = teacher(tokens).logits
     values, ids = torch.log_softmax(logits / 2, -1).topk(50, -1)  # k = V: the bucket KL is the full KL
     batch = Batch(tokens.numpy(), ids.numpy(), values.numpy(), shard=0)
-    source = StoredTargets("topk", "bucket", 0, torch.device("cpu"))
+    source = StoredTargets(_dump("topk", 50), "bucket", torch.device("cpu"))
     target = source(batch, tokens)
     assert source.reads_teacher and isinstance(target, TopkTarget)
     assert _kl_of(target, logits, 2.0).abs().max() < 1e-5  # the teacher as its own student
-    sampled = StoredTargets("sampled", "bucket", 50, torch.device("cpu"))(
+    sampled = StoredTargets(_dump("sampled", 50, draws=50), "bucket", torch.device("cpu"))(
         Batch(tokens.numpy(), ids.numpy(), np.ones(ids.shape, np.float32), shard=0), tokens)
     assert isinstance(sampled, SampledTarget)
 
