@@ -95,7 +95,13 @@ def _options(
     pass
 
 
-# What a second Ctrl-C (or SIGTERM for prepare) leaves, and how to go on; a command not named keeps nothing.
+# Exit statuses, for a scheduler's requeue loop (`until daram run; do :; done`, SLURM --requeue): 0 finished;
+# EXIT_PAUSED stopped cleanly (time limit, SIGTERM, SIGINT) with its work kept, the same command continues;
+# 2 refused (bad input, one line); 1 failed (a bug or crash: a traceback) or, for verify, not intact.
+EXIT_FAILED, EXIT_REFUSED, EXIT_PAUSED = 1, 2, 75  # 75 is sysexits.h's EX_TEMPFAIL: "try again later"
+
+# What an interruption that got past the clean pause (a second Ctrl-C; SIGTERM for prepare) leaves, and how to
+# go on. A command named here keeps its work and exits EXIT_PAUSED; any other keeps nothing and exits 130.
 AFTER_INTERRUPT = {
     "prepare": ": the work directory beside the store is kept; run the same command again to resume from it",
     "teacher_dump": ": every written chunk is kept; run the same command again to continue",
@@ -113,12 +119,19 @@ def command(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except DaramError as exc:
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_REFUSED) from None
         except KeyboardInterrupt:
-            typer.echo(f"interrupted{AFTER_INTERRUPT.get(fn.__name__, '')}", err=True)
-            raise typer.Exit(130) from None
+            after = AFTER_INTERRUPT.get(fn.__name__)
+            typer.echo(f"interrupted{after or ''}", err=True)
+            raise typer.Exit(EXIT_PAUSED if after else 130) from None
 
     return app.command()(wrapper)
+
+
+def _exit_paused(paused: bool) -> None:
+    """A command that paused (its work kept, a line saying how to continue) must not exit like a finished one."""
+    if paused:
+        raise typer.Exit(EXIT_PAUSED)
 
 
 def _config(config: Optional[Path], sets: Optional[list[str]], overrides: dict[str, Any]):
@@ -206,13 +219,20 @@ def teacher_dump(
     device: Annotated[Optional[str], setting_option("teacher.device")] = None,
     dtype: Annotated[Optional[str], setting_option("teacher.dtype")] = None,
     time_limit: Annotated[Optional[str], setting_option("run.time_limit")] = None,
+    lease: Annotated[Optional[str], setting_option("teacher.lease")] = None,
+    worker: Annotated[
+        Optional[str],
+        typer.Option("--worker", help="I/N: take every N-th shard of the selection from the I-th (0-based), e.g. "
+                                      "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT or $JOB_COMPLETION_INDEX/N."),
+    ] = None,
 ) -> None:
     """Phase one: run the teacher over token shards and store its tempered distributions (teacher.kind).
 
     Resumable (kill it, rerun the same command), pauses cleanly on SIGTERM / Ctrl-C / --time-limit
-    (after the current chunk, locks released, exit 0), one process per shard (a lock in the store), and
-    shardable: under torchrun, rank r of w takes shards r, r+w, ... of the selection. A SLURM job
-    array runs one shard per task:
+    (after the current chunk, claims released, exit 75), one process per shard (a claim in the store, renewed
+    while it works and taken over once stale: --lease), and shareable: `--all` on any number of machines
+    sharing one store (a bucket) claims the next free shard in order; `--worker I/N` or torchrun (rank r of w
+    takes shards r, r+w, ...) split the selection statically. A SLURM job array runs one shard per task:
 
     \b
       #SBATCH --array=0-63%16 --gres=gpu:1 --requeue
@@ -221,7 +241,8 @@ def teacher_dump(
     cfg = _config(config, set_, flag_settings(teacher_dump, locals()))
     from daram.pipeline.teacher_dump import run_teacher_dump
 
-    run_teacher_dump(cfg, shard=shard, shards=shards, all_shards=all_)
+    outcome = run_teacher_dump(cfg, shard=shard, shards=shards, all_shards=all_, worker=worker)
+    _exit_paused(bool(outcome.paused))
 
 
 @command
@@ -232,6 +253,10 @@ def plan(
     disk_budget: Annotated[Optional[str], setting_option("run.disk_budget")] = None,
     time_limit: Annotated[Optional[str], setting_option("run.time_limit")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON instead of a table.")] = False,
+    machines: Annotated[
+        int, typer.Option("--machines", help="Machines that share the dump (teacher-dump --all on each): its wall hours "
+                                             "and the sessions each machine needs.")
+    ] = 1,
     measure: Annotated[
         bool,
         typer.Option(help="Measure the teacher's bytes per token on a few hundred rows (loads the teacher); "
@@ -250,7 +275,7 @@ def plan(
     cfg = _config(config, set_, flag_settings(plan, locals()))
     from daram.pipeline.plan import run_plan
 
-    run_plan(cfg, as_json=as_json, measure=measure, measured=measured)
+    run_plan(cfg, as_json=as_json, measure=measure, measured=measured, machines=machines)
 
 
 @command
@@ -430,16 +455,33 @@ def student_train(
         bool, typer.Option("--resume", help="Continue exactly from the last checkpoint in --out, with the settings "
                                             "saved in it (a flag that contradicts them is refused).")
     ] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Train while other machines dump (teacher-dump --all): in shard order, "
+                                            "waiting for each shard's dump to complete and naming who holds it.")
+    ] = False,
+    disk_budget: Annotated[
+        Optional[str], setting_option("run.disk_budget", note="With --follow on a remote store: its local shard cache.")
+    ] = None,
 ) -> None:
     """Phase two: train the student from the stored teacher distributions (torchrun for several GPUs).
 
-    SIGTERM, Ctrl-C and --time-limit pause it cleanly after the current step (checkpoint, exit 0);
+    SIGTERM, Ctrl-C and --time-limit pause it cleanly after the current step (checkpoint, exit 75);
     `daram student-train --resume --out DIR` continues it exactly.
     """
     cfg = _config(config, set_, flag_settings(student_train, locals()))
+    if follow:
+        from daram.pipeline.follow import follow_command
+
+        if cfg.train.online_teacher:
+            raise DaramError("--follow trains from the stored dump; an online teacher (train.online_teacher) needs none")
+        again = f"daram student-train --follow --resume --out {cfg.train.out}"
+        _exit_paused(follow_command(cfg, resume=resume, given=set(cfg.given), continue_with=again)["paused"])
+        return
+    if disk_budget is not None:
+        raise DaramError("--disk-budget bounds the local shard cache of --follow; student-train reads the store in place")
     from daram.pipeline.student_train import run_student_train
 
-    run_student_train(cfg, resume=resume, given=set(cfg.given))
+    _exit_paused(run_student_train(cfg, resume=resume, given=set(cfg.given))["paused"])
 
 
 @command
@@ -474,21 +516,31 @@ def run(
     device: Annotated[
         Optional[str], setting_option("train.device", note="Also the teacher's device [teacher.device].")
     ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Dump nothing here: train while other machines dump (teacher-dump --all on "
+                                            "each), in shard order, then export. --disk-budget bounds the local shard "
+                                            "cache of a remote store.")
+    ] = False,
 ) -> None:
     """The whole job from daram.toml, idempotent: prepare (when the store is missing), then windows of teacher
     dump + training + release that keep the teacher shards under --disk-budget, then export.
 
     Training is one run (one schedule, optimizer and data order): its student equals student-train's over a
-    complete dump. SIGTERM, Ctrl-C and --time-limit pause it cleanly; the same command continues it.
+    complete dump. SIGTERM, Ctrl-C and --time-limit pause it cleanly (exit 75); the same command continues it.
     Run `daram plan` first to see what fits. Settings without a flag here: --set section.key=value.
     """
     flags = flag_settings(run, locals())
     if device is not None:
         flags["teacher.device"] = device  # --device is the teacher's too
     cfg = _config(config, set_, flags)
+    if follow:
+        from daram.pipeline.follow import follow_command
+
+        _exit_paused(follow_command(cfg, resume=None, continue_with="run the same command again to continue")["paused"])
+        return
     from daram.pipeline.run import run_job
 
-    run_job(cfg)
+    _exit_paused(run_job(cfg)["paused"])
 
 
 @command

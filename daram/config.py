@@ -77,6 +77,12 @@ class StoreConfig:
         "work/store.zarr",
         "Local path or any fsspec URL zarr supports (s3://bucket/daram.zarr, gs://..., az://...; extras daram[s3], daram[gcs], daram[azure]).",
     )
+    options: dict[str, str] = setting(
+        help="Options of a remote store's file system (fsspec storage options), e.g. { endpoint_url = "
+        "\"https://<account>.r2.cloudflarestorage.com\", profile = \"r2\" }; unset ones come from the usual "
+        "environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_PROFILE, ...).",
+        factory=dict,
+    )
 
 
 @dataclass(frozen=True)
@@ -201,6 +207,11 @@ class TeacherConfig:
     )
     batch_size: int = setting(0, "Rows per forward; 0 = automatic, backing off on CUDA out-of-memory.")
     seed: int = setting(0, "Seed of the draws (draws and sampled dumps): they are a pure function of (seed, shard, chunk).")
+    lease: str = setting(
+        "15m",
+        "How long a shard's claim lasts without a heartbeat (renewed 4 times per lease while its dump runs) before "
+        "another machine takes the shard over, keeping its written chunks. Longer than the hosts' clock skew.",
+    )
 
     def __post_init__(self) -> None:
         _check_choice("teacher.dtype", self.dtype, ("auto", "float16", "bfloat16", "float32"))

@@ -94,8 +94,31 @@ def _type_name(hint) -> str:
     return hint.__name__
 
 
+def exit_statuses() -> str:
+    """The exit statuses, from the constants ``daram.cli`` exits with."""
+    from daram.cli import AFTER_INTERRUPT, EXIT_FAILED, EXIT_PAUSED, EXIT_REFUSED
+
+    pausing = ", ".join(f"`{name.replace('_', '-')}`" for name in AFTER_INTERRUPT)
+    return f"""\
+## Exit status
+
+What a scheduler or a requeue loop (`until daram run; do :; done`, SLURM `--requeue`, a notebook
+scheduler) acts on:
+
+| status | meaning | what to do |
+|---|---|---|
+| `0` | finished | nothing: the work is done (running it again changes nothing) |
+| `{EXIT_PAUSED}` | paused (`EX_TEMPFAIL`): the time limit, SIGTERM or SIGINT stopped it cleanly, its work is kept | run the same command again to continue (`student-train`: the printed `--resume` command) |
+| `{EXIT_REFUSED}` | refused: bad input or a state it will not act on, one line `error: ...` | fix what the line names |
+| `{EXIT_FAILED}` | failed: an unexpected error (a traceback), or `verify` found the store not intact | read the output |
+
+The commands that pause are {pausing}; an interruption that gets past the clean pause
+(a second Ctrl-C) exits {EXIT_PAUSED} too, since what they wrote is kept. Other commands exit 130 on Ctrl-C.
+"""
+
+
 def render() -> str:
-    parts = [INTRO, "## Commands", ""]
+    parts = [INTRO, exit_statuses(), "## Commands", ""]
     pages = command_help()
     parts += [f"- [`{name}`](#{name.replace(' ', '-')})" for name, _ in pages[1:]]
     for name, text in pages:

@@ -307,3 +307,44 @@ def pytest_sessionfinish(session, exitstatus):
         else:
             print(message)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+S3_BUCKET = "daram-test"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API on localhost: moto's standalone server, spoken to through s3fs as a bucket would be. The
+    endpoint and (fake) credentials go into the environment, so subprocesses (`daram ...`) find them the usual
+    way (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...). Yields the endpoint URL."""
+    import logging
+
+    import moto.server as server_module  # the dev extra installs moto[server] and s3fs: never skipped silently
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_ENDPOINT_URL=endpoint,
+                      AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+    yield endpoint
+    server.stop()
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def s3_url(s3_server) -> str:
+    """A fresh store URL in the test bucket."""
+    import uuid
+
+    return f"s3://{S3_BUCKET}/{uuid.uuid4().hex}/store.zarr"

@@ -1,16 +1,21 @@
 """Streaming rows of tokens (and the teacher's arrays) from the store into micro-batches.
 
-The order is a pure function of (shards, epochs, seed, shuffle, batch size, rank, world size):
+The order is a pure function of (shards, epochs, seed, shuffle, batch size), the same on any number
+of ranks, so a run checkpointed on N ranks resumes on M with the same data (elastic resume):
 
 - shards are visited in the given curriculum order, every epoch;
-- within a shard, the chunk order is a seeded permutation (when shuffling), and chunk ``i`` of
-  that order goes to rank ``i % world``, so DDP ranks read disjoint rows and never the same chunk;
-- a rank's rows are shuffled within windows of :data:`WINDOW_CHUNKS` consecutive chunks, so only
-  one window is held in memory (a shuffle buffer, not a whole-shard shuffle);
-- each rank takes the same number of full micro-batches from a shard (the fewest any rank can
-  fill), so DDP ranks step together; the few rows left over are skipped.
+- within a shard, the chunk order is a seeded permutation (when shuffling), and the rows are
+  shuffled within windows of :data:`WINDOW_CHUNKS` consecutive chunks, so only one window is held
+  in memory (a shuffle buffer, not a whole-shard shuffle);
+- the rows are cut into micro-batches of ``batch_size``, the rows left over at a shard's end are
+  skipped; the micro-batches of all shards and epochs, in order, are the global sequence. Under DDP
+  rank ``r`` of ``w`` trains micro-batch ``g`` when ``g % w == r``; a step is ``grad_accum * w``
+  consecutive micro-batches, so the global batch stays the same when ``w`` changes and
+  ``grad_accum`` follows it. The sequence is cut to a multiple of ``w`` (at most ``w - 1``
+  micro-batches of the data's end), so ranks step together. Ranks read the windows their rows are in:
+  rows of one chunk may go to several ranks.
 
-A position in this order is just the number of micro-batches consumed, which is what a
+A position in this order is the number of (global) micro-batches consumed, which is what a
 checkpoint records; :meth:`BatchPlan.describe` turns it back into (epoch, shard, row offset).
 
 Reading runs in a background thread (:class:`Prefetcher`) a few micro-batches ahead.
@@ -38,13 +43,13 @@ class ShardPass:
 
     epoch: int
     shard: int
-    chunks: tuple[tuple[int, int], ...]  # this rank's chunk row ranges, in reading order
-    batches: int  # full micro-batches this rank (and every other rank) takes from it
+    chunks: tuple[tuple[int, int], ...]  # the shard's chunk row ranges, in reading order
+    batches: int  # full micro-batches of the pass (of all ranks together)
     seed: tuple[int, ...]  # seeds the row shuffle within windows; () = no shuffle
 
     def row_order(self) -> np.ndarray:
-        """This rank's row indices in the order they are used (all of them; only the first
-        ``batches * batch_size`` are)."""
+        """The row indices in the order they are used (all of them; only the first ``batches * batch_size``
+        are)."""
         rng = np.random.default_rng(self.seed) if self.seed else None
         windows = [np.zeros(0, dtype=np.int64)]  # a rank may get no chunk of a small shard
         for w in range(0, len(self.chunks), WINDOW_CHUNKS):
@@ -65,18 +70,19 @@ class BatchPlan:
         rank: int = 0,
         world: int = 1,
     ) -> None:
-        self.batch_size = batch_size
+        self.batch_size, self.rank, self.world = batch_size, rank, world
         self.passes: list[ShardPass] = []
         for epoch in range(epochs):
             for shard in shards:
                 ranges = chunk_ranges[shard]
                 rng = np.random.default_rng([seed, epoch, shard])
                 order = rng.permutation(len(ranges)) if shuffle else np.arange(len(ranges))
-                per_rank = [[ranges[i] for i in order[r::world]] for r in range(world)]
-                batches = min(sum(hi - lo for lo, hi in chunks) for chunks in per_rank) // batch_size
-                row_seed = (seed, epoch, shard, rank) if shuffle else ()
-                self.passes.append(ShardPass(epoch, shard, tuple(per_rank[rank]), batches, row_seed))
-        self.total_batches = sum(p.batches for p in self.passes)
+                chunks = tuple(ranges[i] for i in order)
+                batches = sum(hi - lo for lo, hi in chunks) // batch_size
+                row_seed = (seed, epoch, shard, 0) if shuffle else ()  # (the seed of a one-rank run, as before)
+                self.passes.append(ShardPass(epoch, shard, chunks, batches, row_seed))
+        everything = sum(p.batches for p in self.passes)
+        self.total_batches = everything - everything % world  # every rank takes as many
 
     def locate(self, micro: int) -> tuple[int, int]:
         """(index into ``passes``, micro-batch within that pass) of the ``micro``-th micro-batch."""
@@ -122,26 +128,28 @@ class Batch:
 def iter_batches(
     store: Store, plan: BatchPlan, start: int = 0, with_teacher: bool = True, stop: int | None = None
 ) -> Iterator[Batch]:
-    """Micro-batches ``start`` to ``stop`` (default: the end). ``with_teacher=False`` never opens the teacher
-    arrays; ``stop`` keeps a reader that runs ahead out of shards that are not there yet."""
+    """This rank's micro-batches among the global ones ``start`` to ``stop`` (default: the end).
+    ``with_teacher=False`` never opens the teacher arrays; ``stop`` keeps a reader that runs ahead out of
+    shards that are not there yet."""
     first, skip = plan.locate(start)
-    left = (plan.total_batches if stop is None else stop) - start
+    global_index = start - skip  # of the first micro-batch of the pass
+    end = plan.total_batches if stop is None else min(stop, plan.total_batches)
     for shard_pass in plan.passes[first:]:
-        if left <= 0:
+        if global_index >= end:
             return
-        if shard_pass.batches == 0:
-            continue
-        rows = shard_pass.row_order()[skip * plan.batch_size : shard_pass.batches * plan.batch_size]
-        rows = rows[: left * plan.batch_size]
+        mine = [b for b in range(skip, shard_pass.batches)
+                if global_index + b < end and (global_index + b) % plan.world == plan.rank]
+        if mine:
+            order = shard_pass.row_order()
+            window = _WindowReader(store, shard_pass, with_teacher)
+            for b in mine:
+                yield window.take(order[b * plan.batch_size : (b + 1) * plan.batch_size])
+        global_index += shard_pass.batches
         skip = 0
-        window = _WindowReader(store, shard_pass, with_teacher)
-        for b in range(0, len(rows), plan.batch_size):
-            yield window.take(rows[b : b + plan.batch_size])
-            left -= 1
 
 
 class _WindowReader:
-    """Reads a rank's chunks of one shard a window at a time and serves rows from the windows read.
+    """Reads a shard's chunks a window at a time and serves rows from the windows read.
 
     Rows are used window by window, so a window is dropped once a batch needs only later ones.
     """

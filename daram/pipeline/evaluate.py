@@ -191,7 +191,7 @@ def run_heldout(cfg: Config) -> dict[str, dict[str, dict[str, Any]]]:
     """Perplexity, KL and top-1 agreement with the stored teacher, and ECE, per model and shard (heldout.json/.md)."""
     settings = cfg.eval
     names = model_names(settings)
-    store = Store.open(cfg.store.path)
+    store = Store.open(cfg.store.path, options=cfg.store.options)
     shards = parse_shards(heldout_spec(cfg, store.manifest.num_shards), store.manifest.num_shards, "--shards")
     check_teacher_shards(store, store.teacher_manifest(), shards, "eval --heldout")
     # The stored ids are the store tokenizer's: a model with another vocabulary would be scored on the wrong tokens.

@@ -15,7 +15,7 @@ PREPARE_AGAIN = "daram prepare --overwrite  (the tokens cannot be rebuilt from t
 
 
 def run_inspect(cfg: Config, sample: bool = True) -> None:
-    store = Store.open(cfg.store.path)
+    store = Store.open(cfg.store.path, options=cfg.store.options)
     m = store.manifest
     print(f"store        {store.url}  (format {m.format} v{m.format_version}, daram {m.daram_version or '?'})")
     print(f"tokenizer    {m.tokenizer.name_or_path}  vocab {m.tokenizer.vocab_size:,}  eos {m.tokenizer.eos_id}  "
@@ -89,7 +89,7 @@ def run_verify(cfg: Config, tokens_only: bool = False) -> bool:
     only when the tokens are intact and, unless ``tokens_only``, every shard's dump is complete or released."""
     from tqdm import tqdm
 
-    store = Store.open(cfg.store.path)
+    store = Store.open(cfg.store.path, options=cfg.store.options)
     m = store.manifest
     teacher = None if tokens_only else store.teacher_manifest()
     findings = Findings()

@@ -3,7 +3,7 @@
 Preempted notebooks and SLURM jobs get SIGTERM, and sessions are cut after a fixed time. Dying
 there loses the chunk or step in flight and, worse, can leave a shard lock held until its
 heartbeat expires. So long commands check :meth:`Pause.requested` between units of work (a
-chunk, a step), finish the unit, release what they hold and exit 0 with a "paused" line; the
+chunk, a step), finish the unit, release what they hold and exit 75 (EX_TEMPFAIL) with a "paused" line; the
 same command run again continues where this one stopped.
 
 A second SIGINT (Ctrl-C twice) is not caught: whoever presses it twice wants out now.

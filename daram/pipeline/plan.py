@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -64,14 +64,21 @@ class Plan:
     time_limit_hours: float  # 0 = none
     sessions: dict[str, int | None]
     notes: list[str]
+    # --machines N: the dump's shards shared by N machines (teacher-dump --all on each), so its wall hours are
+    # a 1/N share of its GPU-hours; training follows on one of them (run --follow) and is not divided
+    machines: int = 1
+    dump_wall_hours: dict[str, float] = field(default_factory=dict)
+    dump_sessions_per_machine: dict[str, int | None] = field(default_factory=dict)
 
 
-def make_plan(cfg: Config, measure: bool = True, measured: str | None = None) -> Plan:
+def make_plan(cfg: Config, measure: bool = True, measured: str | None = None, machines: int = 1) -> Plan:
     """The forecast for ``cfg``; ``measure=False`` never loads the teacher (estimates instead); ``measured``: a
-    ``benchmarks/gpu_suite.py`` JSON whose MFU replaces the assumed one."""
+    ``benchmarks/gpu_suite.py`` JSON whose MFU replaces the assumed one; ``machines`` share the dump."""
+    if machines < 1:
+        raise DaramError(f"--machines {machines}: give the number of machines that dump, 1 or more")
     notes: list[str] = []
     mfu, mfu_note = effective_mfu(read_measured(measured) if measured else None)
-    store = Store.open(cfg.store.path) if Store.exists(cfg.store.path) else None
+    store = Store.open(cfg.store.path, options=cfg.store.options) if Store.exists(cfg.store.path, cfg.store.options) else None
     rows, seq_len, tokens_source = _rows_per_shard(cfg, store)
     shards = len(rows)
     if cfg.train.heldout_shard >= shards:
@@ -112,6 +119,9 @@ def make_plan(cfg: Config, measure: bool = True, measured: str | None = None) ->
     limit_h = parse_duration(cfg.run.time_limit) / 3600
     sessions = {gpu: (math.ceil((dump_hours[gpu] + train_hours[gpu]) / limit_h) if limit_h else None) for gpu in PEAK_FLOPS}
     notes.append(mfu_note)
+    wall_hours, machine_sessions = dump_share(dump_hours, machines, limit_h, shards)
+    if machines > shards:
+        notes.append(f"--machines {machines}: only {shards} shards to share; {machines - shards} machines get none")
     return Plan(
         tokens=tokens, tokens_source=tokens_source, shards=shards, training_shards=training, heldout_shard=heldout,
         training_tokens=sum(shard_tokens[s] for s in training), token_bytes=int(token_bytes),
@@ -121,7 +131,8 @@ def make_plan(cfg: Config, measure: bool = True, measured: str | None = None) ->
         dump_flops_per_token=dump_flops, train_flops_per_token=train_flops, mfu=mfu,
         dump_gpu_hours={k: float(f"{v:.4g}") for k, v in dump_hours.items()},
         train_gpu_hours={k: float(f"{v:.4g}") for k, v in train_hours.items()},
-        time_limit_hours=round(limit_h, 4), sessions=sessions, notes=notes,
+        time_limit_hours=round(limit_h, 4), sessions=sessions, notes=notes, machines=machines,
+        dump_wall_hours={k: float(f"{v:.4g}") for k, v in wall_hours.items()}, dump_sessions_per_machine=machine_sessions,
     )
 
 
@@ -155,6 +166,15 @@ def window_size(shard_bytes: list[int], budget: int, fixed: int = 0) -> int:
     while n < len(largest) and sum(largest[: n + 1]) <= room:
         n += 1
     return n
+
+
+def dump_share(dump_hours: dict[str, float], machines: int, limit_h: float, shards: int
+               ) -> tuple[dict[str, float], dict[str, int | None]]:
+    """(wall hours of the dump, sessions of ``limit_h`` each dumping machine needs) per GPU kind when
+    ``machines`` share it. Shards are the unit of work: more machines than shards do not help."""
+    share = min(machines, shards)
+    wall = {gpu: hours / share for gpu, hours in dump_hours.items()}
+    return wall, {gpu: (math.ceil(hours / limit_h) if limit_h else None) for gpu, hours in wall.items()}
 
 
 def forward_flops_per_token(n_layer: int, n_embd: int, vocab: int, seq_len: int, block_weights: int | None = None) -> float:
@@ -257,10 +277,12 @@ def _teacher_shape(cfg: Config) -> tuple[dict[str, Any], str]:
 # --- output ----------------------------------------------------------------------------------------------
 
 
-def run_plan(cfg: Config, as_json: bool = False, measure: bool = True, measured: str | None = None) -> Plan:
+def run_plan(cfg: Config, as_json: bool = False, measure: bool = True, measured: str | None = None,
+             machines: int = 1) -> Plan:
     from daram.pipeline.teacher_dump import teacher_settings
 
-    plan = make_plan(teacher_settings(cfg, "plan", file=sys.stderr if as_json else sys.stdout), measure, measured)
+    plan = make_plan(teacher_settings(cfg, "plan", file=sys.stderr if as_json else sys.stdout), measure, measured,
+                     machines)
     print(json.dumps(asdict(plan), indent=2) if as_json else plan_table(plan))
     return plan
 
@@ -287,6 +309,12 @@ def plan_table(plan: Plan) -> str:
         )
     if plan.time_limit_hours:
         lines.append(f"(sessions of {format_duration(plan.time_limit_hours * 3600)}, run.time_limit)")
+    if plan.machines > 1:
+        lines += ["", f"{plan.machines} machines dump (teacher-dump --all on each), one trains (run --follow):",
+                  f"{'GPU':<6} {'dump wall h':>12} {'sessions each':>14}"]
+        for gpu, hours in plan.dump_wall_hours.items():
+            sessions = plan.dump_sessions_per_machine[gpu]
+            lines.append(f"{gpu:<6} {_hours(hours):>12} {sessions if sessions is not None else '-':>14}")
     lines += [""] + [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
 

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +85,8 @@ def run_prepare(cfg: Config, overwrite: bool = False) -> StoreManifest:
     url = cfg.store.path
     if not settings.sources:
         raise DaramError("no sources: pass --source PATH or list [[prepare.sources]] in daram.toml")
-    if not overwrite and Store.exists(url):
+    options = cfg.store.options
+    if not overwrite and Store.is_finished(url, options):
         raise DaramError(f"store already exists: {url}; pass --overwrite to replace it")
     check_not_foreign(url)
     check_overlaps(settings.sources)
@@ -111,7 +112,7 @@ def run_prepare(cfg: Config, overwrite: bool = False) -> StoreManifest:
         spec = EncodeSpec(tokenizer.backend_tokenizer.to_str(), info.eos_id, dtype.str, settings.sentence_splitter)
         with _sigterm_interrupts():
             stats = _tokenize(settings, files, spec, workers, work)
-            manifest = _write_store(url, overwrite, settings, info, stats, dtype, work)
+            manifest = _write_store(url, overwrite, settings, info, stats, dtype, work, options)
     except WorkerDied:
         work.release()  # the blocks so far are sound: the rerun its message asks for resumes them
         raise
@@ -369,7 +370,7 @@ def _finish_source(source: SourceConfig, counter: SourceCounter) -> SourceStats:
 # --- write ----------------------------------------------------------------------------------
 
 
-def _write_store(url, overwrite, settings, info, stats, dtype, work: WorkDir) -> StoreManifest:
+def _write_store(url, overwrite, settings, info, stats, dtype, work: WorkDir, options: Mapping[str, str] | None = None) -> StoreManifest:
     from tqdm import tqdm
 
     seq_len, rows_per_chunk = settings.seq_len, settings.rows_per_chunk
@@ -383,11 +384,13 @@ def _write_store(url, overwrite, settings, info, stats, dtype, work: WorkDir) ->
     rows_per_shard = _split_evenly(n_rows, settings.num_shards)
     journal = work.journal
     local = is_local(url)
-    if local and journal.shards and work.staging_path.is_dir():
-        store = Store.resume_unfinished(str(work.staging_path))
+    if journal.shards and (work.staging_path.is_dir() if local else Store.exists(url, options)):
+        # the shards written before the interruption stay; a remote store is filled in place (see its journal)
+        store = Store.resume_unfinished(str(work.staging_path) if local else url, options)
     else:
         journal.shards = []
-        store = Store.create(str(work.staging_path) if local else url, overwrite=True if local else overwrite)
+        store = Store.create(str(work.staging_path) if local else url, overwrite=True if local else overwrite,
+                             options=options)
     row_bytes = seq_len * dtype.itemsize
     first = sum(rows_per_shard[: len(journal.shards)])
     with tqdm(total=n_rows, initial=first, unit="row", desc="prepare: write shards", dynamic_ncols=True) as bar:

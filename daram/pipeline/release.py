@@ -17,7 +17,7 @@ from daram.units import format_size
 
 def run_release(cfg: Config, shards: str, to: str | None = None, restore: bool = False, source: str | None = None) -> list[int]:
     """Release (or restore) the selected shards; returns the shards whose state this run changed."""
-    store = Store.open(cfg.store.path, mode="r+")
+    store = Store.open(cfg.store.path, mode="r+", options=cfg.store.options)
     selection = parse_shards(shards, store.manifest.num_shards, "--shards")
     if restore:
         if to:

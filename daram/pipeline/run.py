@@ -84,12 +84,12 @@ def setup_job(cfg: Config, pause: Pause) -> Job:
         # Later epochs would dump every released shard again: allowed, but say what it costs.
         print(f"note: {cfg.train.epochs} epochs under a disk budget dump each training shard {cfg.train.epochs} times",
               file=sys.stderr)
-    if not Store.exists(cfg.store.path):
+    if not Store.exists(cfg.store.path, cfg.store.options):
         from daram.pipeline.prepare import run_prepare
 
         print(f"run: no store at {cfg.store.path}: preparing it", file=sys.stderr)
         run_prepare(cfg)
-    store = Store.open(cfg.store.path, mode="r+")
+    store = Store.open(cfg.store.path, mode="r+", options=cfg.store.options)
     train_shards, heldout = cfg.train.split(store.manifest.num_shards)
     job = Job(cfg, store, pause, budget, heldout)
 

@@ -124,11 +124,12 @@ class Training:
 
     @property
     def tokens_per_micro(self) -> int:
-        return self.train.batch_size * self.store.manifest.seq_len * self.dist.world
+        return self.train.batch_size * self.store.manifest.seq_len  # one micro-batch of one rank
 
     def next_step_micro_batches(self) -> range:
-        """The micro-batches the next step reads: ``grad_accum`` of them, fewer at the end of the data."""
-        return range(self.micro, min(self.micro + self.train.grad_accum, self.plan.total_batches))
+        """The (global) micro-batches the next step reads, of all ranks: ``grad_accum`` per rank, fewer at the end
+        of the data."""
+        return range(self.micro, min(self.micro + self.train.grad_accum * self.dist.world, self.plan.total_batches))
 
     def shards_ahead(self) -> list[int]:
         """The shards the rest of the run reads, in order, starting with the next step's."""
@@ -163,6 +164,8 @@ def setup(cfg: Config, resume: bool = False, online_teacher: str | None = None, 
     dist = start_distributed(cfg.train.device)
     try:
         state, rng = load_checkpoint(checkpoint, dist) if checkpoint else (None, None)
+        if state is not None:
+            cfg = _on_these_ranks(cfg, state, dist)
         return _setup(cfg, dist, state, rng, online_teacher or cfg.train.online_teacher or None, check_dumps, pause)
     except BaseException:
         stop_distributed(dist)
@@ -172,7 +175,7 @@ def setup(cfg: Config, resume: bool = False, online_teacher: str | None = None, 
 def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None, online_teacher: str | None,
            check_dumps: bool, pause: Pause | None) -> Training:
     train = cfg.train
-    store = Store.open(cfg.store.path)
+    store = Store.open(cfg.store.path, options=cfg.store.options)
     manifest = store.manifest
     shards, heldout = train.split(manifest.num_shards)
     check_token_shards(store, shards + ([heldout] if heldout >= 0 else []))
@@ -220,7 +223,7 @@ def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None,
             f"train.shards {train.shards}: no full micro-batch of {train.batch_size} rows"
             + (f" per rank ({dist.world} ranks)" if dist.world > 1 else "")
         )
-    total_steps = -(-plan.total_batches // train.grad_accum)  # the last step may have fewer micro-batches
+    total_steps = -(-plan.total_batches // (train.grad_accum * dist.world))  # the last step may have fewer
     if train.max_steps:
         total_steps = min(total_steps, train.max_steps)
     optimizer, scheduler = build_optimizer(model, train, total_steps)
@@ -245,6 +248,31 @@ def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None,
     training.metrics.trim(training.step)
     model.train()
     return training
+
+
+def _on_these_ranks(cfg: Config, state: dict, dist: Distributed) -> Config:
+    """Elastic resume: the checkpointed run's global batch (rows per step) on this run's ranks, by
+    ``grad_accum``. The data order and schedule do not depend on the ranks (see ``batches.py``)."""
+    saved = json.loads(state["signature"])
+    if "world_size" in saved:  # written before elastic resume: its data order was per rank
+        if saved["world_size"] != 1:
+            raise DaramError(
+                f"--resume: the checkpoint was written by an older daram on {saved['world_size']} ranks, whose data "
+                "order differs from this one's; finish it with that daram, or start a new run in another --out"
+            )
+        saved["global_batch_rows"] = saved["train.batch_size"] * saved.pop("train.grad_accum")
+        del saved["world_size"]
+        state["signature"] = json.dumps(saved)
+    rows, per_micro = saved["global_batch_rows"], cfg.train.batch_size * dist.world
+    if rows % per_micro:
+        raise DaramError(
+            f"--resume: the run's global batch is {rows} rows per step; {dist.world} rank(s) of train.batch_size "
+            f"{cfg.train.batch_size} cannot make it up (it needs a number of ranks that divides {rows // cfg.train.batch_size})"
+        )
+    if rows // per_micro != cfg.train.grad_accum and dist.main:
+        print(f"--resume on {dist.world} rank(s): train.grad_accum {cfg.train.grad_accum} -> {rows // per_micro}, the "
+              f"same {rows} rows per step", file=sys.stderr)
+    return cfg.replace("train", grad_accum=rows // per_micro)
 
 
 def _settings_of_checkpoint(cfg: Config, saved: dict, given: set[str]) -> Config:
@@ -312,11 +340,12 @@ def _store_tokenizer(store: Store):
 
 def _signature(cfg: Config, dist: Distributed, store: Store, teacher, online_teacher) -> dict:
     """What a resumed run must share with the checkpointed one for the losses to continue exactly."""
-    train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in RESUMABLE_CHANGES}
+    # the global batch, not the ranks or grad_accum: a run resumes on another number of ranks (elastic)
+    train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in (*RESUMABLE_CHANGES, "grad_accum")}
     return {
         **{f"train.{k}": v for k, v in train.items()},
         **{f"student.{k}": v for k, v in dataclasses.asdict(cfg.student).items()},
-        "world_size": dist.world,
+        "global_batch_rows": cfg.train.batch_size * cfg.train.grad_accum * dist.world,
         "store.tokens_fingerprint": store.manifest.tokens_fingerprint,
         "teacher": None if teacher is None else {k: teacher.settings()[k] for k in ("teacher", "kind", "width", "temperature", "draws", "seed")},
         "online_teacher": online_teacher,
@@ -347,14 +376,15 @@ def fit(training: Training, should_stop: Callable[[Training], bool] | None = Non
             if training.stop is not None:
                 return training.stop
             started, cpu_started = time.perf_counter(), time.process_time()
-            group = [next(batches) for _ in training.next_step_micro_batches()]
+            step = training.next_step_micro_batches()
+            group = [next(batches) for _ in range(len(step) // dist.world)]  # this rank's share of the step
             losses, grad_norm, lr = _train_step(training, group)
             training.step += 1
-            training.micro += len(group)
+            training.micro += len(step)
             training.step_seconds.append(time.perf_counter() - started)
             training.step_cpu_seconds.append(time.process_time() - cpu_started)
             training.train_seconds += training.step_seconds[-1]
-            since_log["tokens"] += len(group) * training.tokens_per_micro
+            since_log["tokens"] += len(step) * training.tokens_per_micro
             since_log["seconds"] += training.step_seconds[-1]  # training time only: evaluations and checkpoints left out
             bar.update(1)
 

@@ -22,7 +22,7 @@ Every check comes before the teacher loads, so a refusal is instant: the setting
 dump (the dtype is not part of a dump's identity, see docs/store-format.md), complete shards (skipped),
 each pending shard's tokens against its fingerprint, the teacher's tokenizer, and the shard locks.
 SIGTERM, SIGINT and ``run.time_limit`` pause the dump cleanly after the chunk in flight: the lock
-is released, a "paused" line says how to continue, and the exit code is 0 (see ``pause.py``).
+is released, a "paused" line says how to continue, and the command exits 75 (see ``pause.py``).
 
 One process per shard, enforced by a lock in the store; a stale lock of a dead process is taken
 over. Shards are independent work units:
@@ -64,7 +64,9 @@ from daram.pipeline.hf import check_store_tokenizer, load_causal_lm, load_tokeni
 from daram.pipeline.padded_vocab import check_padding_mass
 from daram.pipeline.parent_death import die_with_parent
 from daram.pipeline.pause import Pause
-from daram.storage import COMPLETE, RELEASED, LockHeld, Store, TeacherManifest, check_same_teacher, choose_kind, teacher_format
+from daram.storage import (
+    COMPLETE, RELEASED, ClaimLost, LockHeld, Store, TeacherManifest, check_same_teacher, choose_kind, teacher_format,
+)
 from daram.text import plural
 from daram.units import parse_duration
 
@@ -85,6 +87,7 @@ class DumpJob:
     wanted: TeacherManifest  # the dump's identity (commit filled in once the teacher loads)
     device: Any  # torch.device
     pause: Pause
+    lease: float = 0.0  # seconds without a heartbeat after which a shard's claim is taken over
 
 
 @dataclass
@@ -100,7 +103,7 @@ class DumpOutcome:
 
 def run_teacher_dump(
     cfg: Config, shard: int | None = None, shards: str | None = None, all_shards: bool = False,
-    pause: Pause | None = None, how_to_continue: str = "run the same command again to continue",
+    pause: Pause | None = None, how_to_continue: str = "run the same command again to continue", worker: str | None = None,
 ) -> DumpOutcome:
     """Dump the selected shards: setup (every check, instant) -> run (the teacher) -> finish (one summary).
 
@@ -110,10 +113,10 @@ def run_teacher_dump(
     if pause is None:
         cfg = teacher_settings(cfg, "teacher-dump")
         with Pause(parse_duration(cfg.run.time_limit)) as own:
-            return run_teacher_dump(cfg, shard, shards, all_shards, own, how_to_continue)
+            return run_teacher_dump(cfg, shard, shards, all_shards, own, how_to_continue, worker)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun rank ends with its launcher, which can no longer stop it
         die_with_parent(os.getppid())
-    job = setup_dump(cfg, shard, shards, all_shards, pause)
+    job = setup_dump(cfg, shard, shards, all_shards, pause, worker)
     for s in job.complete:
         print(f"shard {s}: already complete, skipped", file=sys.stderr)
     if not job.selection:
@@ -135,11 +138,15 @@ def teacher_settings(cfg: Config, command: str, file=None) -> Config:
     return dataclasses.replace(cfg.replace("teacher", kind=kind), given=cfg.given | {"teacher.kind"})
 
 
-def setup_dump(cfg: Config, shard: int | None, shards: str | None, all_shards: bool, pause: Pause) -> DumpJob:
-    """Check the selection, settings, store, tokens, tokenizer and locks, without loading the teacher."""
+def setup_dump(cfg: Config, shard: int | None, shards: str | None, all_shards: bool, pause: Pause,
+               worker: str | None = None) -> DumpJob:
+    """Check the selection, settings, store, tokens, tokenizer and claims, without loading the teacher."""
     settings = cfg.teacher
-    store = Store.open(cfg.store.path, mode="r+")
-    selection = select_shards(store, shard, shards, all_shards)
+    lease = parse_duration(settings.lease, "teacher.lease")
+    if lease <= 0:
+        raise DaramError(f"teacher.lease {settings.lease!r}: give a duration, e.g. 15m")
+    store = Store.open(cfg.store.path, mode="r+", options=cfg.store.options)
+    selection = select_shards(store, shard, shards, all_shards, worker)
     for s in selection:
         store.check_tokens_layout(s)  # a missing or damaged tokens shard fails now, before the teacher loads
     fmt = teacher_format(settings.kind)
@@ -165,15 +172,15 @@ def setup_dump(cfg: Config, shard: int | None, shards: str | None, all_shards: b
     # complete is judged from the chunk flags and files, not the manifest alone: a lost chunk is dumped again
     complete = [s for s in selection if existing is not None and store.shard_state(s, existing).state == COMPLETE]
     todo = [s for s in selection if s not in complete]
-    job = DumpJob(store, settings, selection, complete, todo, [], wanted, device, pause)
+    job = DumpJob(store, settings, selection, complete, todo, [], wanted, device, pause, lease)
     if not todo:
         return job
     for s in todo:
         store.check_tokens_fingerprint(s)
     _check_teacher_tokenizer(settings.model, store)
-    job.held = [s for s in todo if _held_by_another(store, s)]
+    job.held = [s for s in todo if _held_by_another(store, s, lease)]
     if job.held and len(selection) == 1:
-        store.shard_lock(selection[0]).acquire()  # raises LockHeld, naming the holder
+        store.shard_lock(selection[0], lease).acquire()  # raises LockHeld, naming the holder
     return job
 
 
@@ -198,9 +205,9 @@ def dump_shards(job: DumpJob) -> DumpOutcome:
                 outcome.skipped.append(s)
                 continue
             try:
-                stats = dump_shard(store, s, teacher, runner, job.pause)
-            except LockHeld as exc:
-                if len(job.selection) == 1:
+                stats = dump_shard(store, s, teacher, runner, job.pause, job.lease)
+            except (LockHeld, ClaimLost) as exc:
+                if len(job.selection) == 1 and isinstance(exc, LockHeld):
                     raise
                 print(f"shard {s}: held by another process, back to it after the others ({exc})", file=sys.stderr)
                 outcome.held.append(s)
@@ -211,13 +218,14 @@ def dump_shards(job: DumpJob) -> DumpOutcome:
                 break
             else:
                 outcome.completed.append(stats)
-        _wait_for_others(store, teacher, runner, job.pause, outcome)
+        _wait_for_others(store, teacher, runner, job.pause, outcome, job.lease)
     outcome.paused = job.pause.reason
     outcome.seconds = time.perf_counter() - started
     return outcome
 
 
-def _wait_for_others(store: Store, teacher: TeacherManifest, runner, pause: Pause, outcome: DumpOutcome) -> None:
+def _wait_for_others(store: Store, teacher: TeacherManifest, runner, pause: Pause, outcome: DumpOutcome,
+                     lease: float) -> None:
     """Shards another process was writing: wait until each is complete, or finish one whose writer stopped
     (its lock freed or stale). Two ``--all`` runs share the work this way."""
     import random
@@ -228,8 +236,8 @@ def _wait_for_others(store: Store, teacher: TeacherManifest, runner, pause: Paus
         time.sleep(HELD_POLL_S * random.uniform(0.5, 1.5))
         for s in list(outcome.held):
             try:
-                stats = dump_shard(store, s, teacher, runner, pause)
-            except LockHeld:
+                stats = dump_shard(store, s, teacher, runner, pause, lease)
+            except (LockHeld, ClaimLost):
                 continue  # still being written
             if stats is not None and stats.get("paused"):
                 return
@@ -278,16 +286,31 @@ def _check_teacher_tokenizer(model: str, store: Store) -> None:
         raise DaramError(f"cannot load teacher {model!r}: its tokenizer: {exc}") from None
     check_store_tokenizer(tokenizer, f"teacher {model!r}", store)
 
-def _held_by_another(store: Store, shard: int) -> bool:
-    lock = store.shard_lock(shard)
+def _held_by_another(store: Store, shard: int, lease: float) -> bool:
+    lock = store.shard_lock(shard, lease)
     holder = lock.holder()
     return holder is not None and not lock.is_stale(holder)
 
 
-def select_shards(store: Store, shard: int | None, shards: str | None, all_shards: bool) -> list[int]:
-    """The shards this process dumps: the selection, split across torchrun ranks (r, r+w, ...)."""
+def parse_worker(text: str) -> tuple[int, int]:
+    """``--worker I/N`` -> (I, N), 0 <= I < N."""
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        sep = ""
+    if not sep or n < 1 or not 0 <= i < n:
+        raise DaramError(f"--worker expects I/N with 0 <= I < N (e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); got {text!r}")
+    return i, n
+
+
+def select_shards(store: Store, shard: int | None, shards: str | None, all_shards: bool, worker: str | None = None) -> list[int]:
+    """The shards this process dumps: the selection, split across static workers (``--worker I/N``: I, I+N, ...)
+    or torchrun ranks (r, r+w, ...)."""
     if sum((shard is not None, shards is not None, all_shards)) != 1:
         raise DaramError("say which shards to dump: --shard N, --shards 0-7 or --all (exactly one)")
+    if worker is not None and shard is not None:
+        raise DaramError("--worker I/N splits a selection of shards (--shards or --all); --shard N is one already")
     if shard is not None:
         store.check_shard(shard)
         selection = [shard]
@@ -295,6 +318,11 @@ def select_shards(store: Store, shard: int | None, shards: str | None, all_shard
         selection = parse_shards(shards, store.manifest.num_shards, "--shards")
     else:
         selection = list(range(store.manifest.num_shards))
+    if worker is not None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise DaramError("--worker I/N and torchrun's ranks both split the shards; use one of them")
+        index, count = parse_worker(worker)
+        return selection[index::count]
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     return selection[rank::world]
 
@@ -310,15 +338,17 @@ def _local_device(device: str) -> str:
     return device
 
 
-def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: TeacherRunner, pause: Pause) -> dict | None:
-    """Dump (or finish, or repair) one shard under its lock; returns its stats, None when it was already
-    complete, or ``{"paused": True}`` when ``pause`` stopped it between chunks (the lock is released either way).
+def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: TeacherRunner, pause: Pause,
+               lease: float = 15 * 60.0) -> dict | None:
+    """Dump (or finish, or repair) one shard under its claim; returns its stats, None when it was already
+    complete, or ``{"paused": True}`` when ``pause`` stopped it between chunks (the claim is released either way).
+    Raises ``ClaimLost`` when another process took the claim over (this one's heartbeat went stale).
     The chunks dumped are those not done by the store's judgement (flag set and files present), so a shard
     recorded complete that lost a chunk or a flag gets exactly those chunks again."""
     from tqdm import tqdm
 
     seq_len = store.manifest.seq_len
-    with store.shard_lock(shard) as lock:
+    with store.shard_lock(shard, lease) as lock:
         state = store.shard_state(shard, store.teacher_manifest())
         if state.state == COMPLETE:  # finished by another process since we looked
             return None
@@ -343,6 +373,7 @@ def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: Teach
             dynamic_ncols=True, file=sys.stderr,
         )
         slowest_chunk = 0.0  # what the next chunk may take, for the time limit
+        written = int(done.sum())  # for those waiting on the shard: how far it got
         try:
             for chunk, (lo, hi) in enumerate(ranges):
                 if done[chunk]:
@@ -361,12 +392,14 @@ def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: Teach
                         f"rows {lo}-{hi} (dtype {runner.dtype_name}"
                         + ("; float16 can overflow: try --dtype float32 or bfloat16)" if runner.dtype_name == "float16" else ")")
                     )
+                lock.check()  # another process took the shard over: write nothing more
                 if result.padding:
                     check_padding_mass(result.padding["padding_mass_max"], teacher.teacher_given or teacher.teacher,
                                        shard, (lo, hi), teacher.vocab_size)
                 writer.submit(chunk, result)
-                lock.refresh()
                 bar.update(tokens.size)
+                written += 1
+                lock.refresh(progress=f"{written}/{len(ranges)} chunks")
         finally:
             bar.close()
             writer.close()
@@ -383,7 +416,9 @@ def dump_shard(store: Store, shard: int, teacher: TeacherManifest, runner: Teach
             device=runner.device_name, dtype=runner.dtype_name, batch_size=runner.batch_size,
             tokens_computed=rows * seq_len - resumed,
         )
-        store.record_teacher_shard(shard, stats)
+        lock.check()
+        if not store.record_teacher_shard(shard, stats):
+            print(f"shard {shard}: recorded complete already (its first record is kept)", file=sys.stderr)
     print(summary_line(target, stats, wall), file=sys.stderr)
     return stats
 

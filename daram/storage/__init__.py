@@ -4,6 +4,7 @@ Only this package knows the store's layout (array names, attributes, chunk flags
 :class:`Store` and :class:`TeacherShard` methods.
 """
 
+from daram.storage.claims import LEASE_S, ClaimLost, ShardClaim
 from daram.storage.codecs import codecs_for
 from daram.storage.formats import (
     TEACHER_FORMATS, ArraySpec, DrawnFormat, TeacherFormat, choose_kind, kinds_reading, register, teacher_format,
@@ -25,7 +26,10 @@ __all__ = [
     "ArraySpec",
     "DrawnFormat",
     "FileLock",
+    "ClaimLost",
+    "LEASE_S",
     "LockHeld",
+    "ShardClaim",
     "ShardState",
     "SourceStats",
     "Store",

@@ -11,6 +11,8 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
+from daram.storage.remote import NoAtomicCreate, backend_name, create_exclusive, has_atomic_create
+
 
 class KeyValue:
     def __init__(self, store: Store) -> None:
@@ -23,16 +25,27 @@ class KeyValue:
     def set(self, key: str, value: bytes) -> None:
         sync(self.store.set(key, default_buffer_prototype().buffer.from_bytes(value)))
 
+    @property
+    def atomic_create(self) -> bool:
+        """Whether :meth:`set_if_absent` is atomic here (local disk, memory, S3); elsewhere one writer only."""
+        return has_atomic_create(self.store)
+
+    @property
+    def backend(self) -> str:
+        return backend_name(self.store)
+
     def set_if_absent(self, key: str, value: bytes) -> bool:
-        """Write ``key`` only if it does not exist; True when this call created it."""
+        """Write ``key`` only if it does not exist, with the backend's atomic create; True when this call created
+        it. ``value`` should be unique to the writer (a retried create recognises its own object by it)."""
+        try:
+            return sync(create_exclusive(self.store, key, value))
+        except NoAtomicCreate:
+            pass
+        # No atomic create here (see ``atomic_create``): safe for one writer; the later of two writes wins, so
+        # read back to learn whether this writer is the one that stuck.
         if sync(self.store.exists(key)):
             return False
-        try:
-            sync(self.store.set_if_not_exists(key, default_buffer_prototype().buffer.from_bytes(value)))
-        except FileExistsError:
-            return False
-        # Stores without an atomic create (most object stores) may let two writers through; the
-        # later write wins, so read back to learn whether this writer is the one that stuck.
+        self.set(key, value)
         return self.get(key) == value
 
     def delete(self, key: str) -> None:
@@ -69,6 +82,15 @@ class KeyValue:
             pass
         return mine
 
+    def delete_key_and_dir(self, key: str) -> None:
+        """Delete ``key``; on local disk also its directory when that is left empty (a lock's or claim's)."""
+        self.delete(key)
+        if isinstance(self.store, LocalStore):
+            try:
+                os.rmdir(os.path.dirname(os.path.join(self.store.root, key)))
+            except OSError:
+                pass
+
     def delete_dir(self, prefix: str) -> None:
         sync(self.store.delete_dir(prefix))
 
@@ -85,6 +107,13 @@ class KeyValue:
     def list_prefix(self, prefix: str) -> list[str]:
         async def collect() -> list[str]:
             return [k async for k in self.store.list_prefix(prefix)]
+
+        return sync(collect())
+
+    def list_dir(self, prefix: str) -> list[str]:
+        """The names directly under the directory ``prefix`` (one listing on an object store)."""
+        async def collect() -> list[str]:
+            return [k async for k in self.store.list_dir(prefix)]
 
         return sync(collect())
 

@@ -4,8 +4,8 @@
 A lock is a tiny Zarr group ``locks/<name>`` whose attributes say who holds it, so plain zarr
 readers walk the hierarchy without surprises and can see who is writing.
 
-A lock is taken with the store's create-if-absent write (atomic on local disk and in memory; on
-object stores it is best effort, so give each machine its own shards there). The holder refreshes
+A lock is taken with the store's create-if-absent write (atomic on local disk, in memory and on S3; see
+``remote.py``; elsewhere it serves one writer). Teacher shards use claims instead (``claims.py``). The holder refreshes
 a heartbeat; a lock is stale when its process is gone (same host) or its heartbeat is older than
 ``stale_after`` seconds (another host), and a stale lock is taken over, saying whose it was.
 

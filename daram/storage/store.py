@@ -14,10 +14,12 @@ One writer per teacher shard is enforced by a :class:`~daram.storage.lock.StoreL
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -26,8 +28,12 @@ from daram.errors import DaramError
 from daram.storage.keyvalue import KeyValue
 from daram.storage.lock import StoreLock
 from daram.storage.manifest import StoreManifest, TeacherManifest
+from daram.storage.records import ensure_group, read_records, write_record
+from daram.storage.cache import ShardCache
+from daram.storage.claims import LEASE_S, ShardClaim
 from daram.storage.codecs import TOKEN_ZSTD_LEVEL, WRITE_EVERY_CHUNK, codecs_for, id_compressors
 from daram.storage.formats import TeacherFormat
+from daram.storage.remote import explain_access_error, open_remote
 from daram.storage.teacher import COMPLETE, INCOMPLETE, NOT_DUMPED, RELEASED, ShardState, TeacherShard
 
 STORE_ATTR = "daram"
@@ -111,17 +117,25 @@ def check_persistent(url: str) -> None:
     check_filesystem(url)
 
 
-def _open_group(url: str, **kwargs) -> zarr.Group:
-    """zarr.open_group with one-line errors for what a user can fix: a missing filesystem package,
-    damaged metadata."""
+def _open_group(url: str, options: Mapping[str, Any] | None = None, **kwargs) -> zarr.Group:
+    """zarr.open_group with one-line errors for what a user can fix: a missing filesystem package, missing
+    credentials, damaged metadata. A remote store retries transient errors (see ``remote.py``)."""
     check_filesystem(url)
+    target = local_path(url) if is_local(url) else open_remote(url, kwargs.get("mode") == "r", options)
     try:
-        return zarr.open_group(local_path(url), use_consolidated=False, **kwargs)
+        return zarr.open_group(target, use_consolidated=False, **kwargs)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        raise
     except ValueError as exc:  # a zarr.json that is not JSON (JSONDecodeError is a ValueError)
         raise DaramError(
             f"{url}: zarr.json is damaged ({type(exc).__name__}: {exc}); the store manifest cannot be read: "
             "rebuild the store with `daram prepare --overwrite`"
         ) from None
+    except Exception as exc:
+        explained = explain_access_error(url, exc)
+        if explained is None:
+            raise
+        raise explained from None
 
 
 class Store:
@@ -136,7 +150,7 @@ class Store:
     # --- opening ----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str, mode: str = "r") -> "Store":
+    def open(cls, url: str, mode: str = "r", options: Mapping[str, Any] | None = None) -> "Store":
         """Open a finished store (``mode`` "r" or "r+"); a clear error when it is missing or unfinished."""
         if is_local(url):
             path = Path(local_path(url))
@@ -145,7 +159,7 @@ class Store:
             if mode != "r" and not os.access(path, os.W_OK):
                 raise DaramError(f"{url} is read-only; this command writes into the store (locks, teacher arrays)")
         try:
-            root = _open_group(url, mode=mode)
+            root = _open_group(url, options, mode=mode)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
             raise DaramError(f"store not found: {url} (run `daram prepare` first)") from None
         data = root.attrs.get(STORE_ATTR)
@@ -156,23 +170,35 @@ class Store:
         return cls(url, root, StoreManifest.from_dict(data))
 
     @classmethod
-    def create(cls, url: str, overwrite: bool = False) -> "Store":
+    def create(cls, url: str, overwrite: bool = False, options: Mapping[str, Any] | None = None) -> "Store":
         """A new, empty store for prepare to fill; ``write_manifest`` marks it finished."""
-        if cls.exists(url) and not overwrite:
+        if cls.exists(url, options) and not overwrite:
             raise DaramError(f"store already exists: {url}; pass --overwrite to replace it")
         check_not_foreign(url)
-        root = _open_group(url, mode="w", zarr_format=3)
+        root = _open_group(url, options, mode="w", zarr_format=3)
         root.create_group("locks")  # holds one small group per held lock (see storage/lock.py)
         return cls(url, root, None)
 
     @classmethod
-    def resume_unfinished(cls, url: str) -> "Store":
+    def resume_unfinished(cls, url: str, options: Mapping[str, Any] | None = None) -> "Store":
         """A store that prepare was filling when it stopped (no manifest yet), to go on filling it."""
-        return cls(url, zarr.open_group(url, mode="r+", use_consolidated=False), None)
+        return cls(url, _open_group(url, options, mode="r+"), None)
 
     @staticmethod
-    def exists(url: str) -> bool:
-        return _group_exists(url)
+    def exists(url: str, options: Mapping[str, Any] | None = None) -> bool:
+        return _group_exists(url, options)
+
+    @staticmethod
+    def is_finished(url: str, options: Mapping[str, Any] | None = None) -> bool:
+        """A store whose manifest is written (an interrupted prepare's remote store has none yet)."""
+        if not _group_exists(url, options):
+            return False
+        return STORE_ATTR in _open_group(url, options, mode="r").attrs
+
+    def with_cache(self, directory: str | os.PathLike) -> tuple["Store", ShardCache]:
+        """This store read through a local cache of whole shards (see ``cache.py``), and the cache."""
+        cache = ShardCache(self.root.store, directory)
+        return Store(self.url, zarr.open_group(cache, mode="r", use_consolidated=False), self._manifest), cache
 
     @property
     def manifest(self) -> StoreManifest:
@@ -319,7 +345,11 @@ class Store:
                 "lost with it: move the teacher/ directory aside and run `daram teacher-dump` again"
             ) from None
         data = group.attrs.get(TEACHER_ATTR)
-        return None if data is None else TeacherManifest.from_dict(data)
+        if data is None:
+            return None
+        # the shard table: each shard's own completion record, over the table a v1/v2 store kept in the manifest
+        recorded = {str(shard): stats for shard, stats in read_records(self.kv).items()}
+        return TeacherManifest.from_dict({**data, "shards": {**data.get("shards", {}), **recorded}})
 
     def _require_teacher(self) -> TeacherManifest:
         teacher = self.teacher_manifest()
@@ -328,14 +358,22 @@ class Store:
         return teacher
 
     def init_teacher(self, wanted: TeacherManifest) -> TeacherManifest:
-        """Create the teacher group, or check that the dump already there has the same settings."""
-        with self.manifest_lock():
+        """Create the teacher group, or check that the dump already there has the same settings. The group is
+        created once, exclusively: of many machines starting the same dump, one writes it and the others check it."""
+        group = {"zarr_format": 3, "node_type": "group", "attributes": {TEACHER_ATTR: wanted.to_dict()}}
+        if self.kv.set_if_absent("teacher/zarr.json", json.dumps(group).encode()):
+            ensure_group(self.kv)
+            return wanted
+        existing = self.teacher_manifest()
+        if existing is None:  # the group without a dump (a release's destination): never overwrite its members
+            with self.manifest_lock():
+                if self.teacher_manifest() is None:
+                    self.root.require_group("teacher").attrs[TEACHER_ATTR] = wanted.to_dict()
+                    return wanted
             existing = self.teacher_manifest()
-            if existing is None:  # never overwrite the group: its shards may hold chunks worth keeping
-                self.root.require_group("teacher").attrs[TEACHER_ATTR] = wanted.to_dict()
-                return wanted
-            check_same_teacher(self.url, existing, wanted)
-            return existing
+        check_same_teacher(self.url, existing, wanted)
+        ensure_group(self.kv)
+        return existing
 
     def _update_teacher_manifest(self, change) -> TeacherManifest:
         """Read-modify-write of the teacher manifest under its lock; ``change`` maps the dict to the new one."""
@@ -345,14 +383,15 @@ class Store:
             group.attrs[TEACHER_ATTR] = manifest.to_dict()
             return manifest
 
-    def record_teacher_shard(self, shard: int, stats: dict) -> TeacherManifest:
-        """Mark a shard complete in the teacher manifest with its statistics (no longer released, if it was)."""
-
-        def change(data: dict) -> dict:
-            released = {k: v for k, v in data.get("released", {}).items() if k != str(shard)}
-            return {**data, "shards": {**data.get("shards", {}), str(shard): stats}, "released": released}
-
-        return self._update_teacher_manifest(change)
+    def record_teacher_shard(self, shard: int, stats: dict) -> bool:
+        """Record a shard complete with its statistics, in its own write-once record (no longer released, if it
+        was); False when it was recorded already (by another process, or before a release), which is kept."""
+        created = write_record(self.kv, shard_name(shard), stats)
+        if str(shard) in (self._require_teacher().released or {}):  # dumped again after a release: rare, one writer
+            self._update_teacher_manifest(
+                lambda data: {**data, "released": {k: v for k, v in data.get("released", {}).items() if k != str(shard)}}
+            )
+        return created
 
     def teacher_shard(self, shard: int, teacher: TeacherManifest | None = None, create: bool = False) -> TeacherShard:
         """A teacher shard's arrays; ``create`` makes the missing ones (lock holder only)."""
@@ -496,8 +535,9 @@ class Store:
         """Held for a read-modify-write of the teacher manifest: a short section, so waiters wait instead of failing."""
         return self.lock("teacher-manifest", f"the teacher manifest of {self.url}", wait=MANIFEST_LOCK_WAIT_S)
 
-    def shard_lock(self, shard: int) -> StoreLock:
-        return self.lock(f"teacher-{shard_name(shard)}", f"teacher shard {shard} of {self.url}")
+    def shard_lock(self, shard: int, lease: float = LEASE_S) -> ShardClaim:
+        """The claim on a teacher shard (one writer at a time, on any number of machines); see ``claims.py``."""
+        return ShardClaim(self.kv, f"teacher-{shard_name(shard)}", f"teacher shard {shard} of {self.url}", lease)
 
     def token_bytes(self, shard: int | None = None) -> int:
         """Stored bytes of one tokens shard, or of all of them."""
@@ -566,12 +606,12 @@ def check_not_foreign(url: str) -> None:
         raise DaramError(f"{url} exists and is not a daram store; refusing to write over it")
 
 
-def _group_exists(url: str) -> bool:
+def _group_exists(url: str, options: Mapping[str, Any] | None = None) -> bool:
     if is_local(url):
         return Path(url.removeprefix("file://"), "zarr.json").is_file()
     check_filesystem(url)
     try:
-        zarr.open_group(url, mode="r", use_consolidated=False)
+        _open_group(url, options, mode="r")
         return True
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -104,3 +105,27 @@ def test_forward_flops_count_two_per_weight_of_a_real_gpt2():
     attention = 2 * 3 * 128 * 64
     assert forward_flops_per_token(3, 64, 1000, 128) == pytest.approx(2 * (blocks + head) + attention, rel=0.01)
     assert PEAK_FLOPS["P100"] < PEAK_FLOPS["T4"] < PEAK_FLOPS["A100"] < PEAK_FLOPS["H100"]
+
+
+def test_machines_divide_the_dump_wall_hours_and_say_the_sessions_each(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes("가나다라마바사아자차\n".encode() * 20_000)
+    args = ["plan", "--store", str(tmp_path / "none.zarr"), "--set", f'prepare.sources=[{{path="{corpus}"}}]',
+            "--set", "prepare.num_shards=8", "--set", "train.shards=0-6", "--set", "train.heldout_shard=7",
+            "--no-measure", "--time-limit", "1s", "--json"]
+    one = json.loads(CliRunner().invoke(app, args).stdout)
+    three = json.loads(CliRunner().invoke(app, [*args, "--machines", "3"]).stdout)
+    assert one["machines"] == 1 and one["dump_wall_hours"] == one["dump_gpu_hours"]
+    assert three["machines"] == 3 and set(three["dump_wall_hours"]) == set(PEAK_FLOPS)
+    for gpu, hours in three["dump_gpu_hours"].items():
+        assert three["dump_wall_hours"][gpu] == pytest.approx(hours / 3, rel=1e-3)
+        assert three["dump_sessions_per_machine"][gpu] == math.ceil(three["dump_wall_hours"][gpu] * 3600 / 1)
+    assert three["train_gpu_hours"] == one["train_gpu_hours"]  # one machine trains: not divided
+    # more machines than shards: the shards are the unit of work
+    many = json.loads(CliRunner().invoke(app, [*args, "--machines", "20"]).stdout)
+    assert many["dump_wall_hours"]["T4"] == pytest.approx(one["dump_gpu_hours"]["T4"] / 8, rel=1e-3)
+    assert any("only 8 shards to share" in note for note in many["notes"])
+    table = CliRunner().invoke(app, [*args[:-1], "--machines", "3"]).stdout
+    assert "3 machines dump (teacher-dump --all on each), one trains (run --follow):" in table
+    refused = CliRunner().invoke(app, [*args, "--machines", "0"])
+    assert refused.exit_code == 2 and "--machines 0" in refused.output

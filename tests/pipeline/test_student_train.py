@@ -436,7 +436,7 @@ def test_time_limit_pauses_and_resume_needs_only_out_and_refuses_a_contradicting
                   "--n-embd", "32", "--n-head", "2", "--n-layer", "2", "--batch-size", "4", "--lr", "0.003",
                   "--epochs", "4", "--max-steps", "40", "--time-limit", "1s",
                   "--set", "train.grad_accum=1", "--set", "train.log_every=1", "--set", "train.eval_rows=4")
-    assert paused.exit_code == 0, paused.output
+    assert paused.exit_code == 75, paused.output
     line = next(line for line in paused.output.splitlines() if line.startswith("paused at step"))
     step = int(line.split()[3])
     assert 0 < step < 40 and line == (f"paused at step {step} of 40 (time limit 1s); continue with: "
@@ -452,7 +452,7 @@ def test_time_limit_pauses_and_resume_needs_only_out_and_refuses_a_contradicting
     # The store may have moved between sessions (another mount): its fingerprint is what must match.
     moved = _copy_store(kd_store, tmp_path)
     again = _cli("--resume", "--out", str(out), "--store", str(moved), "--time-limit", "1s")
-    assert again.exit_code == 0, again.output
+    assert again.exit_code == 75, again.output
     # Everything else (the store, shards, shape, schedule) comes from the checkpoint.
     resumed = _cli("--resume", "--out", str(out))
     assert resumed.exit_code == 0, resumed.output
@@ -472,7 +472,7 @@ def test_time_limit_pauses_and_resume_needs_only_out_and_refuses_a_contradicting
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_pauses_cleanly_after_the_step(kd_store, tmp_path, signum):
-    """A real process gets a real signal mid-run: it finishes the step, checkpoints, says how to go on, exits 0."""
+    """A real process gets a real signal mid-run: it finishes the step, checkpoints, says how to go on, exits 75."""
     out = tmp_path / "student"
     command = [sys.executable, "-m", "daram", "student-train", "--store", str(kd_store), "--out", str(out),
                "--shards", "0-1", "--heldout-shard", "2", "--n-embd", "32", "--n-head", "2", "--n-layer", "2",
@@ -486,7 +486,7 @@ def test_a_signal_pauses_cleanly_after_the_step(kd_store, tmp_path, signum):
         time.sleep(0.2)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr[-2000:]
+    assert process.returncode == 75, stderr[-2000:]
     line = next(line for line in stderr.splitlines() if line.startswith("paused at step"))
     step = int(line.split()[3])
     assert f"({signal.Signals(signum).name}); continue with: daram student-train --resume --out {out}" in line

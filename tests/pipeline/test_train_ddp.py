@@ -122,3 +122,43 @@ def _two_ranks_in_one_process(store_path: Path, steps: int, grad_accum: int, bat
         optimizer.zero_grad()
         scheduler.step()
     return norms, model.state_dict()
+
+
+@pytest.mark.slow
+def test_a_run_checkpointed_on_two_ranks_resumes_on_one_with_the_same_global_batch(tmp_path, tokenizer_dir,
+                                                                                     corpus_lines, tiny_teacher_dir):
+    """Elastic resume: 2 ranks x grad_accum 2 to a checkpoint, then 1 rank x grad_accum 4 to the end, equals one rank
+    throughout. Same micro-batches in the same order and the same schedule; only float sums are grouped otherwise
+    (DDP's all-reduce of two ranks' gradients against one process accumulating four), which moves float32 weights by
+    rounding, ~1e-7 per step: the weights agree to 1e-4, as the DDP run above agrees with its one-process model."""
+    from safetensors.torch import load_file
+
+    store = prepare_store(tmp_path, tokenizer_dir, corpus_lines[:656], seq_len=64, num_shards=3, rows_per_chunk=16)
+    write_teacher_dump(store, tiny_teacher_dir, width=16)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["student-train", "--store", str(store), "--shards", "0-1", "--heldout-shard", "2", "--n-embd", "32",
+              "--n-head", "2", "--n-layer", "2", "--batch-size", "2", "--max-steps", "4", "--device", "cpu",
+              "--set", "train.log_every=1", "--set", "train.eval_rows=8", "--set", "train.checkpoint_every=2"]
+    one, elastic = tmp_path / "one", tmp_path / "elastic"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "daram"]
+    for command in ([sys.executable, "-m", "daram", *common, "--out", str(one), "--set", "train.grad_accum=4"],
+                    [*torchrun, *common, "--out", str(elastic), "--set", "train.grad_accum=2"]):
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    # the two-rank run, taken back to its checkpoint of step 2, goes on on one rank
+    import shutil
+
+    shutil.rmtree(elastic / "checkpoints" / "step-00000004")
+    (elastic / "model.safetensors").unlink()
+    resumed = subprocess.run([sys.executable, "-m", "daram", "student-train", "--resume", "--out", str(elastic)],
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "--resume on 1 rank(s): train.grad_accum 2 -> 4, the same 8 rows per step" in resumed.stderr
+    ours = [r for r in read_metrics(elastic) if r.get("split") != "heldout"]
+    theirs = [r for r in read_metrics(one) if r.get("split") != "heldout"]
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs] == [1, 2, 3, 4]
+    assert [r["lr"] for r in ours] == [r["lr"] for r in theirs]  # one schedule
+    assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in theirs], rel=1e-5)
+    trained, reference = load_file(elastic / "model.safetensors"), load_file(one / "model.safetensors")
+    for name, value in reference.items():
+        torch.testing.assert_close(trained[name], value, rtol=0, atol=1e-4, msg=name)

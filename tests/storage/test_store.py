@@ -195,12 +195,13 @@ def test_stale_lock_of_another_host_is_taken_over_only_after_heartbeat_timeout(u
     store = make_store(url)
     lock = store.shard_lock(0)
     record = {"host": "other-node", "pid": 1, "started": 0, "heartbeat": 0, "command": "daram teacher-dump"}
-    assert store.kv.set_if_absent(lock.key, lock._encode(record))
-    with store.shard_lock(0) as taken:  # heartbeat from 1970: stale
-        assert taken.record["pid"] == os.getpid()
+    assert store.kv.set_if_absent(lock.key(0), lock._encode(record))
+    with store.shard_lock(0) as taken:  # heartbeat from 1970: stale, taken over by the next generation
+        assert taken.record["pid"] == os.getpid() and taken.generation == 1
+        assert sorted(taken.generations()) == [1]  # the stale claim is gone
     import time
 
-    store.kv.set(lock.key, lock._encode({**record, "heartbeat": time.time()}))
+    store.kv.set(lock.key(0), lock._encode({**record, "heartbeat": time.time()}))
     with pytest.raises(LockHeld, match="other-node"):
         store.shard_lock(0).acquire()
 
@@ -215,11 +216,11 @@ def test_a_lock_of_a_dead_process_on_this_host_is_taken_over_naming_it(url, caps
     store = make_store(url)
     lock = store.shard_lock(0)
     record = {"host": socket.gethostname(), "pid": dead.pid, "started": 0, "heartbeat": time.time(), "command": "daram x"}
-    assert store.kv.set_if_absent(lock.key, lock._encode(record))
+    assert store.kv.set_if_absent(lock.key(0), lock._encode(record))
     with store.shard_lock(0) as taken:
         assert taken.record["pid"] == os.getpid()
-    assert (f"teacher shard 0 of {store.url}: the lock's holder, pid {dead.pid} on {socket.gethostname()} is gone; "
-            "taking the lock over") in capsys.readouterr().err
+    assert (f"teacher shard 0 of {store.url}: the claim's holder, pid {dead.pid} on {socket.gethostname()} is gone; "
+            "taking the claim over") in capsys.readouterr().err
 
 
 def _delete_chunk(url: str, array_path: str, key: str) -> None:
@@ -350,5 +351,5 @@ def test_a_lock_that_cannot_be_written_is_one_error(url, monkeypatch):
         raise PermissionError(13, "Read-only file system")
 
     monkeypatch.setattr(store.kv, "set_if_absent", refuse)
-    with pytest.raises(DaramError, match=r"teacher shard 0 .*: cannot write the lock locks/teacher-shard-00000/zarr.json \(Read-only"):
+    with pytest.raises(DaramError, match=r"teacher shard 0 .*: cannot write the claim locks/teacher-shard-00000.g000000/zarr.json \(Read-only"):
         store.shard_lock(0).acquire()

@@ -96,9 +96,12 @@ def load_checkpoint(path: Path, dist: Distributed) -> tuple[dict, dict]:
     """(rank 0's state, this rank's RNG state) of the checkpoint at ``path``; a bad one is a DaramError."""
     try:
         state = torch.load(path / "state.pt", map_location=dist.device, weights_only=True)
-        rng = torch.load(path / f"rng-rank{dist.rank}.pt", weights_only=True)
+        # a rank the checkpointed run did not have (resumed on more ranks) takes rank 0's streams: they feed
+        # only dropout, so such a run continues exactly only without dropout (the default)
+        mine = path / f"rng-rank{dist.rank}.pt"
+        rng = torch.load(mine if mine.is_file() else path / "rng-rank0.pt", weights_only=True)
     except FileNotFoundError as exc:
-        raise DaramError(f"--resume: {path} lacks {Path(exc.filename).name} (a run with another world size?)") from None
+        raise DaramError(f"--resume: {path} lacks {Path(exc.filename).name} (an interrupted copy?)") from None
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [""])[0]  # torch's unpickling errors run to a page
         raise DaramError(f"--resume: cannot read {path}: {type(exc).__name__}: {first_line}") from None
