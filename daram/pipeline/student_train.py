@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from daram.config import Config, TrainConfig
+from daram.config import Config, StudentConfig, TrainConfig
 from daram.errors import DaramError
 from daram.pipeline.batches import BatchPlan, Prefetcher, check_teacher_shards, check_token_shards, iter_batches
 from daram.pipeline.heldout import heldout_metrics
@@ -236,7 +236,7 @@ def _setup(cfg: Config, dist: Distributed, state: dict | None, rng: dict | None,
         metrics=MetricsLog(out, dist.main), pause=pause or Pause(parse_duration(cfg.run.time_limit)), checked_shards=checked,
     )
     if state is not None:
-        check_signature(json.loads(state["signature"]), signature)
+        check_signature(_from_before_new_settings(json.loads(state["signature"]), signature), signature)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -336,6 +336,16 @@ def _store_tokenizer(store: Store):
     tokenizer = load_tokenizer(info.name_or_path)
     check_store_tokenizer(tokenizer, f"tokenizer path {info.name_or_path!r}, changed since `prepare`,", store)
     return tokenizer
+
+
+def _from_before_new_settings(saved: dict, current: dict) -> dict:
+    """A checkpoint written before a setting existed ran as that setting's default does (e.g. student.arch gpt2):
+    its missing key counts as the default, so the run resumes unless the setting now differs (refused, named)."""
+    defaults = json.loads(json.dumps({
+        **{f"train.{k}": v for k, v in dataclasses.asdict(TrainConfig()).items()},
+        **{f"student.{k}": v for k, v in dataclasses.asdict(StudentConfig()).items()},
+    }))
+    return {**{k: defaults[k] for k in current if k not in saved and k in defaults}, **saved}
 
 
 def _signature(cfg: Config, dist: Distributed, store: Store, teacher, online_teacher) -> dict:

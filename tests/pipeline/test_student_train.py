@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -175,6 +176,26 @@ def test_resume_refuses_other_settings_and_a_new_run_refuses_a_used_out(short_ru
         run_student_train(changed, resume=True)
     with pytest.raises(DaramError, match="already holds a run; pass --resume"):
         run_student_train(cfg)
+
+
+def test_a_checkpoint_from_before_the_student_settings_resumes_at_their_defaults(short_run, tmp_path):
+    # Catches every run checkpointed by an older daram refused on --resume: its signature has no student.arch,
+    # student.n_kv_head, ... (settings added later), which the check read as "changed".
+    cfg, _, _ = short_run
+    out = tmp_path / "student"
+    shutil.copytree(Path(cfg.train.out), out)
+    shutil.rmtree(out / "checkpoints" / "step-00000006")
+    (out / "model.safetensors").unlink()
+    path = out / "checkpoints" / "step-00000003" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    new_keys = ("student.arch", "student.n_kv_head", "student.intermediate_size", "student.tie_embeddings")
+    state["signature"] = json.dumps({k: v for k, v in json.loads(state["signature"]).items() if k not in new_keys})
+    torch.save(state, path)
+    untied = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out=str(out)),
+                                 student=dataclasses.replace(cfg.student, tie_embeddings=False))
+    with pytest.raises(DaramError, match="student.tie_embeddings was True in the checkpointed run and is False now"):
+        run_student_train(untied, resume=True)
+    assert run_student_train(dataclasses.replace(untied, student=cfg.student), resume=True)["steps"] == 6
 
 
 def test_resume_without_a_checkpoint_is_an_error(kd_store, tmp_path):
