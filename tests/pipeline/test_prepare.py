@@ -253,46 +253,48 @@ def test_sigkilled_prepare_resumes_to_the_same_bytes(tmp_path, tokenizer_dir, co
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_sigterm_stops_prepare_with_one_line_and_keeps_its_work_to_resume(tmp_path, tokenizer_dir, corpus_lines):
-    # Preemption sends SIGTERM: before, prepare died with exit 143 and not a word, so the user could not
-    # know that the same command resumes.
+def _prepare_past_two_blocks(tmp_path, tokenizer_dir, corpus_lines):
+    """A prepare running in a subprocess, past its second tokenized block: (process, its command, its store)."""
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(corpus_lines[:1500]) + "\n")
     store = tmp_path / "s.zarr"
-    process = subprocess.Popen(_prepare_command(tmp_path, tokenizer_dir, corpus, store), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    command = _prepare_command(tmp_path, tokenizer_dir, corpus, store)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     while _journal(store).get("blocks", 0) < 2:
         assert process.poll() is None, process.stderr.read()
         time.sleep(0.01)
+    return process, command, store
+
+
+def _assert_kept_and_resumed(command, store) -> None:
+    """The stopped prepare kept its blocks (and wrote no store); the same command resumes from them."""
+    assert _journal(store).get("blocks", 0) >= 2 and not store.exists()
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0 and "resuming the interrupted prepare" in rerun.stderr, rerun.stderr
+
+
+def test_sigterm_stops_prepare_with_one_line_and_keeps_its_work_to_resume(tmp_path, tokenizer_dir, corpus_lines):
+    # Preemption sends SIGTERM: before, prepare died with exit 143 and not a word, so the user could not
+    # know that the same command resumes.
+    process, command, store = _prepare_past_two_blocks(tmp_path, tokenizer_dir, corpus_lines)
     process.send_signal(signal.SIGTERM)
     stderr = process.communicate(timeout=120)[1]
     assert process.returncode == 75, stderr  # paused: the same command resumes
     assert stderr.splitlines()[-1] == ("interrupted: the work directory beside the store is kept; "
                                        "run the same command again to resume from it")
-    assert _journal(store).get("blocks", 0) >= 2 and not store.exists()
-    rerun = subprocess.run(_prepare_command(tmp_path, tokenizer_dir, corpus, store), capture_output=True, text=True)
-    assert rerun.returncode == 0 and "resuming the interrupted prepare" in rerun.stderr, rerun.stderr
+    _assert_kept_and_resumed(command, store)
 
 
 def test_a_worker_ended_by_sigterm_stops_prepare_in_one_line_and_keeps_its_work(tmp_path, tokenizer_dir, corpus_lines):
     # Catches a worker that ignores SIGTERM (it inherited the main process's handler and hung), and the work
     # directory deleted by the very error that says "rerun the same command to resume".
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("\n".join(corpus_lines[:1500]) + "\n")
-    store = tmp_path / "s.zarr"
-    process = subprocess.Popen(_prepare_command(tmp_path, tokenizer_dir, corpus, store), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    while _journal(store).get("blocks", 0) < 2:
-        assert process.poll() is None, process.stderr.read()
-        time.sleep(0.01)
+    process, command, store = _prepare_past_two_blocks(tmp_path, tokenizer_dir, corpus_lines)
     workers = descendants(process.pid)
     os.kill(workers[0], signal.SIGTERM)
     stderr = process.communicate(timeout=120)[1]
     assert process.returncode == 2, stderr
     assert stderr.splitlines()[-1].startswith("error: a prepare worker process died"), stderr
-    assert _journal(store).get("blocks", 0) >= 2 and not store.exists()
-    rerun = subprocess.run(_prepare_command(tmp_path, tokenizer_dir, corpus, store), capture_output=True, text=True)
-    assert rerun.returncode == 0 and "resuming the interrupted prepare" in rerun.stderr, rerun.stderr
+    _assert_kept_and_resumed(command, store)
 
 
 def _random_moment(store, chance: random.Random, blocks: int, shards: int):
