@@ -22,7 +22,8 @@ app = typer.Typer(
     help=(
         "Offline-logit knowledge distillation for Korean GPT models.\n\n"
         "Phase one runs the teacher alone and stores its tempered next-token distributions in a Zarr store "
-        "(teacher-dump); phase two trains a small GPT-2 student from that store (student-train). "
+        "(teacher-dump); phase two trains a small student (GPT-2 by default; llama, qwen2: student.arch) "
+        "from that store (student-train), or your own trainer reads it (daram.data). "
         "Settings come from ./daram.toml (write one with `daram init`), --config FILE, "
         "--set section.key=value, and the flags of each command, in rising precedence."
     ),
