@@ -103,6 +103,10 @@ FORMATS = {
     "draws-8 T=1": Format("draws", 1.0, 8),
     "draws-16 T=1": Format("draws", 1.0, 16),
     "draws-16 T=1 alpha_ce=0.5": Format("draws", 1.0, 16, alpha_ce=0.5),
+    "draws-12 T=1 alpha_ce=0.5": Format("draws", 1.0, 12, alpha_ce=0.5),
+    "draws-8 T=1 alpha_ce=0.5": Format("draws", 1.0, 8, alpha_ce=0.5),
+    "draws-6 T=1 alpha_ce=0.5": Format("draws", 1.0, 6, alpha_ce=0.5),
+    "draws-4 T=1 alpha_ce=0.5": Format("draws", 1.0, 4, alpha_ce=0.5),
     "draws-16 T=1 alpha_ce=1": Format("draws", 1.0, 16, alpha_ce=1.0),
 }
 BASELINES = ("CE-only", "online T=2", "online T=1")
