@@ -16,7 +16,8 @@ from daram.data import StoreBatches
 from daram.errors import DaramError
 from daram.storage import Store
 
-KINDS = {"topk": ["--top-k", "8"], "sampled": ["--draws", "12", "--seed", "3"], "draws": ["--draws", "12", "--seed", "3"]}
+KINDS = {"topk": ["--top-k", "8"], "sampled": ["--draws", "12", "--seed", "3"], "draws": ["--draws", "12", "--seed", "3"],
+         "draw_ranks": ["--draws", "12", "--seed", "3"]}
 
 
 def dumped_store(tmp: Path, tokenizer_dir: Path, lines: list[str], teacher: Path, kind: str, temperature: float = 2.0) -> Path:

@@ -17,7 +17,7 @@ from daram.config import Config
 DOCS = sorted((REPO / "docs").glob("*.md"))
 README = REPO / "README.md"
 # Every kind of teacher dump, the default among them (whatever config.py makes it).
-KINDS = sorted({"topk", "sampled", "draws", Config().teacher.kind})
+KINDS = sorted({"topk", "sampled", "draws", "draw_ranks", Config().teacher.kind})
 
 
 def code_blocks(path: Path, language: str) -> list[str]:

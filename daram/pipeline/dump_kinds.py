@@ -69,3 +69,5 @@ def _draws(z: Tensor, scratch: Tensor, uniforms: Tensor | None, width: int):
 register(DumpKind("topk", _topk, (torch.float16,), lambda ids, values, dump, tail: TopkTarget(ids, values, tail)))
 register(DumpKind("sampled", _sampled, (torch.uint8,), lambda ids, values, dump, tail: SampledTarget(ids, values, dump.draws)))
 register(DumpKind("draws", _draws, (), lambda ids, values, dump, tail: SparseTarget(ids, values)))
+# the same draws; storage re-labels them (``DrawRanksFormat.encode``) and decodes them back to ids
+register(DumpKind("draw_ranks", _draws, (), lambda ids, values, dump, tail: SparseTarget(ids, values)))

@@ -235,7 +235,7 @@ def _measure_sample(cfg: Config, store: Store) -> tuple[float, str]:
             uniforms = chunk_uniforms(settings.seed, shard, chunk, tokens.size, settings.draws) if fmt.drawn else None
             results.append(runner.run_chunk(tokens, uniforms).arrays)
     arrays = tuple(np.concatenate(column) for column in zip(*results))
-    stored = measure_teacher_bytes(fmt, arrays, manifest.rows_per_chunk)
+    stored = measure_teacher_bytes(fmt, arrays, manifest.rows_per_chunk, store.read_tokens(shard), manifest.tokenizer.vocab_size)
     return stored / arrays[0][..., 0].size, f"measured: {len(arrays[0])} rows of shard {shard} dumped into memory"
 
 

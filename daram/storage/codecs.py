@@ -27,9 +27,15 @@ def id_compressors(clevel: int = 9) -> tuple:
     return (BloscCodec(cname="zstd", clevel=clevel, shuffle="noshuffle"), Crc32cCodec())
 
 
+def step_compressors() -> tuple:
+    """For differences of sorted ids: byte-shuffling gathers their high bytes, mostly zero, for zstd-9 (the
+    cheapest codec for them on both shared teachers; docs/benchmarks.md, "Draws where they matter")."""
+    return (BloscCodec(cname="zstd", clevel=9, shuffle="shuffle"), Crc32cCodec())
+
+
 def codecs_for(spec: ArraySpec) -> tuple:
     """The codecs of a teacher array, by what it holds."""
-    return id_compressors() if spec.codec == "ids" else compressors()
+    return {"ids": id_compressors, "steps": step_compressors}.get(spec.codec, compressors)()
 
 
 def flag_codecs() -> tuple:

@@ -30,7 +30,9 @@ class ArraySpec:
     name: str
     dtype: str  # a numpy dtype name, or TOKEN_DTYPE
     per_id: bool = True  # shape (rows, seq_len, width); False: one value per position, (rows, seq_len)
-    codec: str = "values"  # "values": bit-shuffled zstd (floats, counts); "ids": zstd that finds repeated ids
+    # "values": bit-shuffled zstd (floats, counts); "ids": zstd that finds repeated ids; "steps": byte-shuffled
+    # zstd, for small differences of sorted ids (their high bytes are mostly zero)
+    codec: str = "values"
 
     def numpy_dtype(self, token_dtype: str) -> str:
         return token_dtype if self.dtype == TOKEN_DTYPE else self.dtype
@@ -65,6 +67,17 @@ class TeacherFormat:
     drawn: bool  # ids drawn from a seeded stream of uniforms: the manifest records draws and seed
     bytes_per_slot: float  # plan's estimate of stored bytes per slot of the width (docs/benchmarks.md)
     bytes_note: str  # where that estimate comes from
+    # one (vocab_size,) array per shard that the kind decodes with, built from the shard's tokens when the
+    # shard is created (:meth:`build_tables`); a reader gets them after the arrays, from ``TeacherShard.read_rows``
+    tables: tuple[ArraySpec, ...] = ()
+
+    def build_tables(self, tokens: np.ndarray, vocab_size: int) -> tuple[np.ndarray, ...]:
+        """The shard's tables (``tables``' order) from its token rows: none for most kinds."""
+        return ()
+
+    def encode(self, arrays: tuple[np.ndarray, ...], tables: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """The dump kernel's arrays -> the arrays as stored (the same for most kinds)."""
+        return arrays
 
     def width(self, settings: DumpSettings, vocab_size: int, where: str) -> int:
         """The last axis of the arrays for these settings; a setting this kind cannot honour is refused."""
@@ -77,6 +90,9 @@ class TeacherFormat:
     def describe(self, dump: Dump) -> str:
         """One phrase for ``daram inspect``: "top-64", "draws (format v2), 16 sorted draws, seed 0"."""
         raise NotImplementedError
+
+    # The readers below take ``arrays``: the stored arrays of some rows, in ``arrays``' order, then the shard's
+    # ``tables`` (``TeacherShard.read_rows``).
 
     def decode(self, arrays: tuple[np.ndarray, ...], dump: Dump) -> tuple[np.ndarray, np.ndarray]:
         """Stored arrays -> ``Store.read_teacher``'s (ids, values): the two arrays as stored by default."""
@@ -255,6 +271,53 @@ class DrawsFormat(DrawnFormat):
         return problems
 
 
+class DrawRanksFormat(DrawsFormat):
+    """The draws of ``draws``, each id re-labelled by its rank in the shard's token counts (most frequent
+    first), sorted, and stored as differences: the first rank, then each rank minus the one before.
+
+    Lossless: the same draws, hence the same unbiased estimate, as ``draws``. Frequent ids get small ranks
+    and a sorted position's ranks small steps, whose high bytes byte-shuffled zstd packs to nothing
+    (docs/benchmarks.md, "Draws where they matter"). The permutation, ``rank_ids`` (rank -> id), is one
+    table per shard: deterministic from the shard's own tokens, so a resumed or parallel dump builds the same.
+    A reader undoes it with numpy: ``ids = rank_ids[np.cumsum(steps, axis=-1)]``.
+    """
+
+    def describe(self, dump):
+        return (f"draw ranks (draws re-labelled by token frequency, delta-coded), {dump.draws} sorted "
+                f"draw{'s' if dump.draws != 1 else ''}, seed {dump.seed}")
+
+    def build_tables(self, tokens, vocab_size):
+        counts = np.bincount(tokens.ravel(), minlength=vocab_size)[:vocab_size]
+        return (np.argsort(-counts, kind="stable").astype(tokens.dtype),)  # ties keep id order
+
+    def encode(self, arrays, tables):
+        (draw_ids,), (rank_ids,) = arrays, tables
+        rank_of = np.empty(len(rank_ids), dtype=draw_ids.dtype)
+        rank_of[rank_ids] = np.arange(len(rank_ids), dtype=draw_ids.dtype)
+        ranks = np.sort(rank_of[draw_ids], axis=-1)
+        steps = ranks.copy()
+        steps[..., 1:] = np.diff(ranks, axis=-1)
+        return (steps,)
+
+    def draw_ids(self, arrays) -> np.ndarray:
+        """The stored draws as ids (int64), ``(..., draws)``, sorted by rank: repeats stay adjacent."""
+        steps, rank_ids = arrays
+        return rank_ids.astype(np.int64)[np.cumsum(steps, axis=-1, dtype=np.int64)]
+
+    def decode(self, arrays, dump):
+        return decode_draws(self.draw_ids(arrays))
+
+    def probabilities(self, arrays, dump):
+        return decode_draws(self.draw_ids(arrays))
+
+    def check_block(self, arrays, dump):
+        steps, rank_ids = arrays
+        if len(rank_ids) != dump.vocab_size or not (np.bincount(rank_ids, minlength=dump.vocab_size) == 1).all():
+            return [f"rank_ids is not a permutation of the {dump.vocab_size:,} ids"]
+        top = int(np.cumsum(steps, axis=-1, dtype=np.int64).max(initial=0))
+        return [f"rank {top} >= vocab {dump.vocab_size}"] if top >= dump.vocab_size else []
+
+
 TEACHER_FORMATS: dict[str, TeacherFormat] = {}
 
 
@@ -278,6 +341,12 @@ register(SampledFormat(
 register(DrawsFormat(
     "draws", (ArraySpec("draw_ids", TOKEN_DTYPE, codec="ids"),), ("draws", "seed"), True,
     7.38 / 8, "B per draw of a peaked teacher (docs/benchmarks.md; a flat one takes up to 1.8x)",
+))
+
+
+register(DrawRanksFormat(
+    "draw_ranks", (ArraySpec("draw_rank_steps", TOKEN_DTYPE, codec="steps"),), ("draws", "seed"), True,
+    7.38 / 8, "B per draw (docs/benchmarks.md)", tables=(ArraySpec("rank_ids", TOKEN_DTYPE, codec="ids"),),
 ))
 
 

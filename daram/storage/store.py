@@ -583,11 +583,15 @@ def check_same_teacher(url: str, existing: TeacherManifest, wanted: TeacherManif
         )
 
 
-def measure_teacher_bytes(fmt: TeacherFormat, arrays: tuple[np.ndarray, ...], rows_per_chunk: int) -> int:
-    """Bytes that teacher arrays of these rows (in ``fmt``'s order) take stored as a teacher shard is (same chunks
-    and codecs), counted in memory: ``daram plan`` measures the teacher's format on a sample without writing a store."""
+def measure_teacher_bytes(fmt: TeacherFormat, arrays: tuple[np.ndarray, ...], rows_per_chunk: int, tokens: np.ndarray,
+                          vocab_size: int) -> int:
+    """Bytes that teacher arrays of these rows (the dump kernel's, for these token rows) take stored as a teacher
+    shard is (same encoding, chunks and codecs), counted in memory: ``daram plan`` measures the teacher's format
+    on a sample without writing a store. A kind's per-shard tables (``rank_ids``: 2 B per vocabulary id) are
+    left out: a shard's, not a token's."""
     memory = zarr.storage.MemoryStore()
-    for spec, data in zip(fmt.arrays, arrays):
+    stored = fmt.encode(arrays, fmt.build_tables(tokens, vocab_size))
+    for spec, data in zip(fmt.arrays, stored):
         array = zarr.create_array(
             memory, name=spec.name, shape=data.shape, chunks=(rows_per_chunk, *data.shape[1:]), dtype=data.dtype,
             compressors=codecs_for(spec), fill_value=0,

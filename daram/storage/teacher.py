@@ -63,6 +63,7 @@ class ShardStore(Protocol):
     manifest: StoreManifest
 
     def shard_rows(self, shard: int) -> int: ...
+    def read_tokens(self, shard: int, start: int = 0, stop: int | None = None) -> np.ndarray: ...
     def chunk_key(self, array: zarr.Array, chunk: int) -> str: ...
     def missing_chunks(self, array: zarr.Array, start: int = 0, stop: int | None = None) -> list[int]: ...
     def require_chunks(self, array: zarr.Array, shard: int, start: int, stop: int | None, repair: str) -> None: ...
@@ -77,6 +78,7 @@ class TeacherShard:
         self.group, self.arrays, self.done = group, arrays, done
         self.format: TeacherFormat = teacher.format
         self.path = f"teacher/{group.basename}"
+        self.tables = tuple(self._read_table(spec) for spec in self.format.tables)
 
     # --- opening / creating (called by Store.teacher_shard) -----------------------------------------
 
@@ -103,11 +105,34 @@ class TeacherShard:
         shard_.check_layout()
         return shard_
 
+    def _read_table(self, spec: ArraySpec) -> np.ndarray:
+        repair = f"run `daram teacher-dump --shard {self.shard}` to dump the shard again"
+        try:
+            table = self.group[spec.name]
+        except KeyError:
+            raise DaramError(f"{self.store.url}: {self.path}/{spec.name} is missing (store damaged?); {repair}") from None
+        self.store.require_chunks(table, self.shard, 0, None, repair=repair)
+        expected = ((self.teacher.vocab_size,), np.dtype(spec.numpy_dtype(self.store.manifest.token_dtype)))
+        if (table.shape, table.dtype) != expected:
+            raise DaramError(f"{self.store.url}: {self.path}/{spec.name} is {table.shape} {table.dtype}, expected "
+                             f"{expected[0]} {expected[1]} (store damaged?); {repair}")
+        return table[:]
+
     @classmethod
     def create(cls, store: ShardStore, shard: int, teacher: TeacherManifest, group: zarr.Group) -> "TeacherShard":
-        """Create the arrays the group lacks (all of them for a new shard); existing ones are kept."""
+        """Create the arrays the group lacks (all of them for a new shard); existing ones are kept. The kind's
+        tables are built from the shard's tokens and (re)written when absent: the same tokens give the same."""
         rows, seq_len, step = store.shard_rows(shard), store.manifest.seq_len, store.manifest.rows_per_chunk
         existing = {name for name, _ in group.members()}
+        if teacher.format.tables:
+            tables = teacher.format.build_tables(store.read_tokens(shard), teacher.vocab_size)
+            for spec, data in zip(teacher.format.tables, tables):
+                table = group[spec.name] if spec.name in existing else group.create_array(
+                    spec.name, shape=data.shape, chunks=data.shape, dtype=data.dtype, compressors=codecs_for(spec),
+                    fill_value=0, config=WRITE_EVERY_CHUNK,
+                )
+                if spec.name not in existing or store.missing_chunks(table):
+                    table[:] = data
         for spec in teacher.format.arrays:
             if spec.name not in existing:
                 shape = _shape(spec, rows, seq_len, teacher.width)
@@ -182,6 +207,7 @@ class TeacherShard:
         """Write one chunk's rows of every array (in the format's order), then flag it done.
 
         The statistics go first and the flag last, so a flagged chunk always has both."""
+        arrays = self.format.encode(tuple(arrays), self.tables)
         if len(arrays) != len(self.format.arrays):
             raise ValueError(f"{self.format.kind} has {len(self.format.arrays)} arrays, got {len(arrays)}")
         if stats is not None:
@@ -198,15 +224,15 @@ class TeacherShard:
 
     # --- reading ---------------------------------------------------------------------------------------
 
-    def read_rows(self, start: int = 0, stop: int | None = None, names: Sequence[str] | None = None) -> tuple[np.ndarray, ...]:
-        """Rows [start, stop) of every array in the format's order (or of ``names``); an absent chunk is refused."""
-        names = [spec.name for spec in self.format.arrays] if names is None else names
-        for name in names:
+    def read_rows(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, ...]:
+        """Rows [start, stop) of every array in the format's order, then the shard's tables: what the format's
+        readers (``decode``, ``probabilities``, ``check_block``) take. An absent chunk is refused."""
+        for name in self.arrays:
             self.store.require_chunks(
                 self.arrays[name], self.shard, start, stop,
                 repair=f"run `daram teacher-dump --shard {self.shard}` to dump it again",
             )
-        return tuple(self.arrays[name][start:stop] for name in names)
+        return tuple(self.arrays[name][start:stop] for name in self.arrays) + self.tables
 
 
 

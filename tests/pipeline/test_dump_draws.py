@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from daram.cli import app
 from daram.config import load_config
+from daram.errors import DaramError
 from daram.pipeline.inspect import run_inspect, run_verify
 from daram.storage import Store, TeacherManifest
 from daram.storage.draws import decode_draws
@@ -104,3 +105,52 @@ def test_student_train_reads_draws_as_probabilities(drawn, tmp_path, tiny_teache
     # decoded probabilities t sum to 1 (a decode that lost or doubled counts would leave this band).
     log_v = np.log(Store.open(str(drawn)).manifest.tokenizer.vocab_size)
     assert summary["steps"] >= 1 and log_v - np.log(DRAWS) - 0.3 < summary["last"]["kd"] < log_v + 0.3, summary["last"]
+
+
+@pytest.fixture(scope="module")
+def ranked(tmp_path_factory, tokenizer_dir, corpus_lines, tiny_teacher_dir) -> Path:
+    path = small_store(tmp_path_factory.mktemp("draw-ranks"), tokenizer_dir, corpus_lines)
+    args = [a if a != "sampled" else "draw_ranks" for a in sampled_args(path, tiny_teacher_dir, "--shard", "0")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_draw_ranks_store_the_draws_of_a_draws_dump_of_the_same_seed(ranked, drawn, capsys):
+    """Lossless re-labelling: the same probabilities at every (position, id), a frequency table of the shard's
+    own tokens, a byte-shuffled codec, a clean verify, and fewer bytes than the draws as ids."""
+    store, plain = Store.open(str(ranked)), Store.open(str(drawn))
+    ids, p = store.read_teacher_probs(0)
+    want_ids, want_p = plain.read_teacher_probs(0)
+    for pos in np.ndindex(ids.shape[:-1]):
+        assert dict(zip(ids[pos][p[pos] > 0].tolist(), p[pos][p[pos] > 0].tolist())) == dict(
+            zip(want_ids[pos][want_p[pos] > 0].tolist(), want_p[pos][want_p[pos] > 0].tolist())), pos
+    raw = zarr.open_group(str(ranked), mode="r", use_consolidated=False)["teacher/shard-00000"]
+    assert sorted(raw.array_keys()) == ["chunks_done", "draw_rank_steps", "rank_ids"]
+    counts = np.bincount(store.read_tokens(0).ravel(), minlength=store.manifest.tokenizer.vocab_size)
+    assert (np.diff(counts[raw["rank_ids"][:]]) <= 0).all()  # most frequent first
+    meta = json.loads((ranked / "teacher" / "shard-00000" / "draw_rank_steps" / "zarr.json").read_text())
+    assert meta["codecs"][1]["configuration"]["shuffle"] == "shuffle"
+    assert store.teacher_shard(0).format.statistics is not None
+    assert store.teacher_manifest().shards["0"]["unique_ids_mean"] == plain.teacher_manifest().shards["0"]["unique_ids_mean"]
+    cfg = load_config(overrides={"store.path": str(ranked)})
+    run_inspect(cfg, sample=False)
+    assert f"draw ranks (draws re-labelled by token frequency, delta-coded), {DRAWS} sorted draws" in capsys.readouterr().out
+    run_verify(cfg)
+    out = capsys.readouterr().out
+    assert "BAD" not in out and "teacher: 1 complete, 0 incomplete, 1 not dumped, 0 released" in out
+    assert store.teacher_bytes(0) < plain.teacher_bytes(0)
+
+
+def test_a_missing_rank_table_is_refused_by_readers_and_rebuilt_by_the_dump(ranked, tmp_path, tiny_teacher_dir):
+    import shutil
+
+    copy = tmp_path / "damaged.zarr"
+    shutil.copytree(ranked, copy)
+    shutil.rmtree(copy / "teacher" / "shard-00000" / "rank_ids")
+    with pytest.raises(DaramError, match=r"teacher/shard-00000/rank_ids is missing .*teacher-dump --shard 0"):
+        Store.open(str(copy)).read_teacher_probs(0)
+    assert Store.open(str(copy)).shard_state(0).state == "incomplete"
+    result = CliRunner().invoke(app, [a if a != "sampled" else "draw_ranks" for a in sampled_args(copy, tiny_teacher_dir, "--shard", "0")])
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(Store.open(str(copy)).read_teacher_probs(0)[1], Store.open(str(ranked)).read_teacher_probs(0)[1])

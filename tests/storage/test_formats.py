@@ -13,7 +13,7 @@ from daram.storage import TEACHER_FORMATS, choose_kind, kinds_reading, teacher_f
 def test_each_kind_specific_setting_names_the_kinds_that_read_it():
     assert kinds_reading("top_k") == ["topk"]
     assert kinds_reading("sample_width") == ["sampled"]
-    assert sorted(kinds_reading("draws")) == ["draws", "sampled"]
+    assert sorted(kinds_reading("draws")) == ["draw_ranks", "draws", "sampled"]
     assert kinds_reading("temperature") == []  # every kind reads it: it never picks one
 
 
@@ -49,7 +49,7 @@ def test_settings_of_two_kinds_without_a_kind_are_refused_naming_both():
 
 
 def test_an_unknown_kind_fails_in_one_place_with_one_line():
-    with pytest.raises(DaramError, match=r"^unknown teacher kind 'top-k'; this daram knows topk, sampled, draws$"):
+    with pytest.raises(DaramError, match=r"^unknown teacher kind 'top-k'; this daram knows topk, sampled, draws, draw_ranks$"):
         choose_kind("top-k", True, [])
     with pytest.raises(DaramError, match="unknown teacher kind"):
         teacher_format("logits")
@@ -87,3 +87,37 @@ def test_every_kind_decodes_to_probabilities_that_its_statistics_count():
 def test_every_kind_describes_itself_and_estimates_its_bytes():
     for fmt in TEACHER_FORMATS.values():
         assert fmt.describe(_Dump) and fmt.bytes_per_slot > 0 and fmt.bytes_note
+
+
+def test_draw_ranks_store_the_same_draws_as_frequency_ranks_in_steps():
+    """Lossless: decoding the stored steps gives back each position's multiset of draws, whatever the ids; the
+    frequent ids get small ranks, so a sure position stores steps of 0."""
+    fmt = teacher_format("draw_ranks")
+    tokens = np.array([[7, 7, 7, 3, 3, 9]], dtype=np.uint16)
+    (rank_ids,) = fmt.build_tables(tokens, 12)
+    assert rank_ids.tolist()[:3] == [7, 3, 9] and sorted(rank_ids.tolist()) == list(range(12))  # ties: id order
+    draws = np.sort(np.random.default_rng(0).integers(0, 12, (5, 3, 6)), axis=-1).astype(np.uint16)
+    draws[0, 0] = 7
+    (steps,) = fmt.encode((draws,), (rank_ids,))
+    assert steps.dtype == np.uint16 and steps[0, 0].tolist() == [0] * 6  # id 7 is rank 0: all steps 0
+    ids, p = fmt.probabilities((steps, rank_ids), _Dump)
+    want_ids, want_p = teacher_format("draws").probabilities((draws,), _Dump)
+    for got, want in [(ids, want_ids), (p, want_p)]:
+        assert got.shape == want.shape
+    mass = lambda i, q: {(pos, int(t)): float(x) for pos in np.ndindex(i.shape[:-1]) for t, x in zip(i[pos], q[pos]) if x > 0}
+    assert mass(ids, p) == mass(want_ids, want_p)
+    assert fmt.check_block((steps, rank_ids), _Dump12) == []
+
+
+class _Dump12:
+    kind, width, draws, seed, vocab_size = "draw_ranks", 6, 6, 0, 12
+
+
+def test_draw_ranks_block_checks_name_a_broken_permutation_and_a_rank_past_the_vocabulary():
+    fmt = teacher_format("draw_ranks")
+    rank_ids = np.arange(12, dtype=np.uint16)
+    steps = np.array([[[1, 0, 2, 0, 0, 4]]], dtype=np.uint16)
+    assert fmt.check_block((steps, rank_ids), _Dump12) == []
+    assert fmt.check_block((steps, np.where(rank_ids == 5, 4, rank_ids).astype(np.uint16)), _Dump12) == [
+        "rank_ids is not a permutation of the 12 ids"]
+    assert fmt.check_block((np.array([[[1, 0, 2, 0, 0, 9]]], dtype=np.uint16), rank_ids), _Dump12) == ["rank 12 >= vocab 12"]
