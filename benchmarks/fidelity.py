@@ -8,11 +8,13 @@ same initial weights and the same learning-rate schedule):
   (alpha_kd 1, alpha_ce 0.1; ``online T=2`` is the seed's own setting);
 - ``online default``: the fair ceiling of a stored format, online full-logit KD with the default dump's own
   objective (config.py's ``teacher.temperature`` and ``train.alpha_ce``, alpha_kd 1);
-- stored formats (alpha_kd 1, alpha_ce 0.1), each produced from the same teacher logits by the
-  functions the dump and the store use (``daram.pipeline.dump_kernels`` to draw or select,
-  ``daram.storage.draws`` to encode and decode), so a format is judged exactly as it would be
-  stored, without writing a dump per format: v1's ``top-64`` and ``sampled-50`` at T = 2, and
-  v2's ``draws`` (``D`` sorted draws per position, stored and trained at T = 1).
+- stored formats, each produced from the same teacher logits by the dump's own kernel for its kind
+  (``daram/pipeline/dump_kinds.py``) and encoded and decoded by the kind's storage half
+  (``daram/storage/formats.py``, tables included), so a format is judged exactly as it would be stored,
+  without writing a dump per format: v1's ``top-64`` and ``sampled-50`` at T = 2, v2's ``draws`` (``D``
+  sorted draws per position, stored and trained at T = 1; alpha_ce 0.1, or the default's 0.5 where the
+  name says so) and ``draw_ranks`` (the same draws as frequency ranks in steps: the same students as
+  ``draws`` of the same ``D``, fewer bytes).
 
 Teachers: ``../shared/data/teachers/ko-small`` (flat, about 7 nats at T = 1) and ``ko-small-sharp``
 (the same ranking, about 2.8 nats). The store is a real ``prepare`` of the lines of
@@ -22,9 +24,9 @@ alpha_ce was chosen on its first 32 rows, so a report of the default uses rows a
 CE against the real next token, and the exact KL(teacher at T = 1 || student at T = 1) over the full
 vocabulary.
 
-Bytes per token: each format's arrays for the first ``--bytes-rows`` rows of shard 0, written with
-the store's codecs for that kind (v1: Blosc zstd-5 bit-shuffle; draws: zstd-9 unshuffled; crc32c) in
-chunks of 64 rows, plus the token shards' own bytes per token. Unique ids: distinct ids per position with a nonzero probability.
+Bytes per token: each format's arrays for the first ``--bytes-rows`` rows of shard 0, encoded and
+compressed as a dump of shard 0 stores them (``daram.storage.measure_teacher_bytes``: the kind's codecs,
+chunks of 64 rows), plus the token shards' own bytes per token. Unique ids: distinct ids per position with a nonzero probability.
 
     nice -n 10 .venv/bin/python benchmarks/fidelity.py --teacher ko-small --json /tmp/fid-flat.json
     nice -n 10 .venv/bin/python benchmarks/fidelity.py --teacher ko-small-sharp --json /tmp/fid-sharp.json
@@ -51,50 +53,49 @@ BYTES_CHUNK_ROWS = 64
 
 @dataclass(frozen=True)
 class Format:
-    """A stored format: what the dump keeps per position, at which T it is stored and trained."""
+    """A stored format: a kind of ``daram/storage/formats.py``, its width, the T it is stored and trained at.
+    Every step goes through the kind's own objects, so the benchmark never branches on a kind's name."""
 
-    kind: str  # topk | sampled | draws
+    kind: str
     temperature: float
-    width: int = 0  # topk: k; sampled and draws: draws per position
+    width: int = 0  # topk: k; the drawn kinds: draws per position
     alpha_ce: float = 0.1  # the weight of the CE on the real next token beside alpha_kd = 1
 
-    def encode(self, logits, scratch, generator):
-        """The arrays the store would hold for these positions: logits ``(n, V)`` -> {name: numpy}."""
+    def dump(self, vocab_size: int):
+        """The manifest a dump of this format would record (what the kind's decoding and target read)."""
+        from daram.storage import TeacherManifest, teacher_format
+
+        draws = self.width if teacher_format(self.kind).drawn else 0
+        return TeacherManifest("benchmark", "-", "float32", self.temperature, self.kind, self.width, vocab_size, "-",
+                               BYTES_CHUNK_ROWS, draws=draws)
+
+    def kernel_arrays(self, logits, generator) -> tuple:
+        """What the dump's kernel for the kind (``daram/pipeline/dump_kinds.py``) gives for these positions
+        (logits ``(n, V)``), in its stored dtypes, before the kind's encoding."""
         import torch
 
-        from daram.pipeline.dump_kernels import draws_slice, sample_slice, topk_slice
+        from daram.pipeline.dump_kinds import dump_kind
+        from daram.storage import teacher_format
 
+        kind = dump_kind(self.kind)
         z = torch.div(logits, self.temperature)
-        if self.kind == "topk":
-            ids, logp, _ = topk_slice(z, scratch, self.width)
-            return {"topk_ids": ids.numpy().astype("uint16"), "topk_logprobs": logp.numpy().astype("float16")}
-        uniforms = torch.rand(z.shape[0], self.width, generator=generator)
-        if self.kind == "sampled":
-            ids, counts, _ = sample_slice(z, scratch, uniforms, self.width)
-            return {"sample_ids": ids.numpy().astype("uint16"), "sample_counts": counts.numpy().astype("uint8")}
-        draws, _ = draws_slice(z, scratch, uniforms)
-        return {"draw_ids": draws.numpy().astype("uint16")}
+        uniforms = torch.rand(z.shape[0], self.width, generator=generator) if teacher_format(self.kind).drawn else None
+        (ids, *values), _ = kind.kernel(z, torch.empty_like(z), uniforms, self.width)
+        return (ids.numpy().astype("uint16"), *(v.to(d).numpy() for v, d in zip(values, kind.value_dtypes)))
 
-    def decode(self, arrays):
-        """(ids int64, values float32) as the training loss reads them."""
-        import numpy as np
+    def stored_and_back(self, arrays, tables, dump):
+        """The kernel's arrays encoded as the store holds them, then decoded as training reads them:
+        (ids int64, values float32)."""
+        from daram.storage import teacher_format
 
-        from daram.storage.draws import decode_draws
+        fmt = teacher_format(self.kind)
+        ids, values = fmt.decode(fmt.encode(arrays, tables) + tuple(tables), dump)
+        return ids.astype("int64"), values.astype("float32")
 
-        if self.kind == "topk":
-            return arrays["topk_ids"].astype(np.int64), arrays["topk_logprobs"].astype(np.float32)
-        if self.kind == "sampled":
-            return arrays["sample_ids"].astype(np.int64), arrays["sample_counts"].astype(np.float32)
-        return decode_draws(arrays["draw_ids"])
+    def target(self, ids, values, dump):
+        from daram.pipeline.dump_kinds import dump_kind
 
-    def target(self, ids, values):
-        from daram.pipeline.losses import SampledTarget, SparseTarget, TopkTarget
-
-        if self.kind == "topk":
-            return TopkTarget(ids, values, "bucket")
-        if self.kind == "sampled":
-            return SampledTarget(ids, values, self.width)
-        return SparseTarget(ids, values)
+        return dump_kind(self.kind).target(ids, values, dump, "bucket")
 
 
 FORMATS = {
@@ -107,6 +108,8 @@ FORMATS = {
     "draws-8 T=1 alpha_ce=0.5": Format("draws", 1.0, 8, alpha_ce=0.5),
     "draws-6 T=1 alpha_ce=0.5": Format("draws", 1.0, 6, alpha_ce=0.5),
     "draws-4 T=1 alpha_ce=0.5": Format("draws", 1.0, 4, alpha_ce=0.5),
+    # the same draws as ``draws``, stored as steps of frequency ranks: a student trains on the same estimate
+    **{f"draw_ranks-{d} T=1 alpha_ce=0.5": Format("draw_ranks", 1.0, d, alpha_ce=0.5) for d in (16, 12, 8, 6, 4)},
     "draws-16 T=1 alpha_ce=1": Format("draws", 1.0, 16, alpha_ce=1.0),
 }
 BASELINES = ("CE-only", "online T=2", "online T=1")
@@ -142,36 +145,34 @@ def prepare_store(work: Path, seq_len: int):
 
 
 def format_bytes(store, teacher, fmt: Format, rows: int, seed: int) -> tuple[float, float]:
-    """(bytes per token of the format's arrays with the store's codecs, mean distinct ids per position)."""
+    """(bytes per token of the format's arrays as a dump of shard 0 stores them, mean distinct ids per position):
+    the kind's encoding, the store's chunks and codecs (``measure_teacher_bytes``, what ``daram plan`` measures
+    with). A dump builds a kind's tables (draw ranks: the token frequencies) from its shard's tokens; a
+    shard of the reference job holds about 22M tokens, so the tables here come from every token of this
+    small store (about 0.26M), the nearest it has to a real shard."""
     import numpy as np
     import torch
-    import zarr
 
     from daram.pipeline.losses import final_hidden, head_weight
-    from daram.storage import codecs_for, teacher_format
+    from daram.storage import measure_teacher_bytes, teacher_format
 
-    tokens = torch.from_numpy(store.read_tokens(0, 0, rows).astype(np.int64))
-    memory = zarr.storage.MemoryStore()
-    group = zarr.open_group(memory, mode="w", zarr_format=3)
+    vocab = store.manifest.tokenizer.vocab_size
+    kind, dump, shard_tokens = teacher_format(fmt.kind), fmt.dump(vocab), store.read_tokens(0)
+    every_token = np.concatenate([store.read_tokens(s).ravel() for s in range(store.manifest.num_shards)])
+    tables = kind.build_tables(every_token, vocab)
     generator = torch.Generator().manual_seed(seed)
-    unique, positions = 0.0, 0
+    columns, unique, positions = [], 0.0, 0
     for lo in range(0, rows, BYTES_CHUNK_ROWS):
-        block = tokens[lo : lo + BYTES_CHUNK_ROWS]
+        block = torch.from_numpy(shard_tokens[lo : min(lo + BYTES_CHUNK_ROWS, rows)].astype(np.int64))
         with torch.no_grad():
-            logits = (final_hidden(teacher, block) @ head_weight(teacher).T).flatten(0, 1)
-        arrays = fmt.encode(logits, torch.empty_like(logits), generator)
-        _, values = fmt.decode(arrays)
-        unique += float((values != 0).sum()) if fmt.kind != "topk" else values.size
-        positions += values.shape[0]
-        for name, value in arrays.items():
-            value = value.reshape(block.shape + value.shape[1:])
-            if name not in group:
-                group.create_array(name, shape=(rows,) + value.shape[1:], chunks=(BYTES_CHUNK_ROWS,) + value.shape[1:],
-                                   dtype=value.dtype, compressors=codecs_for(teacher_format(fmt.kind).array_specs()[name]),
-                                   fill_value=0)
-            group[name][lo : lo + len(block)] = value
-    stored = sum(len(v.to_bytes()) for k, v in memory._store_dict.items() if not k.endswith("zarr.json"))
-    return stored / (rows * tokens.shape[1]), unique / positions
+            arrays = fmt.kernel_arrays((final_hidden(teacher, block) @ head_weight(teacher).T).flatten(0, 1), generator)
+        probs = kind.probabilities(kind.encode(arrays, tables) + tables, dump)[1]
+        unique += float((probs != 0).sum())
+        positions += probs.shape[0]
+        columns.append([a.reshape(tuple(block.shape) + a.shape[1:]) for a in arrays])
+    arrays = tuple(np.concatenate(column) for column in zip(*columns))
+    stored = measure_teacher_bytes(kind, arrays, BYTES_CHUNK_ROWS, every_token, vocab)
+    return stored / arrays[0][..., 0].size, unique / positions
 
 
 def run_seed(store, teacher, seed: int, args) -> dict:
@@ -184,6 +185,7 @@ def run_seed(store, teacher, seed: int, args) -> dict:
     )
     from daram.pipeline.models import gpt2
     from daram.pipeline.schedule import lr_factor
+    from daram.storage import teacher_format
 
     online = {"online T=2": (2.0, 0.1), "online T=1": (1.0, 0.1), SAME_OBJECTIVE: default_objective()}
     runs = {name: run for name, run in {"CE-only": None, **online, **FORMATS}.items() if name in args.runs}
@@ -194,6 +196,10 @@ def run_seed(store, teacher, seed: int, args) -> dict:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
         students[name] = (model, optimizer, Workspace())
     rows = np.concatenate([store.read_tokens(s) for s in range(HELDOUT)]).astype(np.int64)
+    # the stored kinds' tables (lossless: they change bytes, never a student) and manifests
+    vocab = store.manifest.tokenizer.vocab_size
+    tables = {run.kind: teacher_format(run.kind).build_tables(rows, vocab) for run in runs.values() if isinstance(run, Format)}
+    dumps = {name: run.dump(vocab) for name, run in runs.items() if isinstance(run, Format)}
     order = np.random.default_rng(seed).integers(0, len(rows), (args.steps, args.batch_size))
     generator = torch.Generator().manual_seed(10_000 + seed)
     weight = head_weight(teacher)
@@ -205,7 +211,6 @@ def run_seed(store, teacher, seed: int, args) -> dict:
         with torch.no_grad():
             logits = final_hidden(teacher, tokens) @ weight.T  # (B, L, V) float32
         flat = logits.flatten(0, 1)
-        scratch = torch.empty_like(flat)
         for name, run in runs.items():
             model, optimizer, workspace = students[name]
             t0 = time.process_time()
@@ -216,9 +221,9 @@ def run_seed(store, teacher, seed: int, args) -> dict:
             elif isinstance(run, tuple):  # online: (T, alpha_ce)
                 objective = DistillObjective(labels, DenseTarget(lambda a, b: logits[:, a:b], run[0]), run[0], 1.0, run[1])
             else:
-                ids, values = run.decode(run.encode(flat, scratch, generator))
+                ids, values = run.stored_and_back(run.kernel_arrays(flat, generator), tables[run.kind], dumps[name])
                 shape = tokens.shape + ids.shape[1:]
-                target = run.target(torch.from_numpy(ids).view(shape), torch.from_numpy(values).view(shape))
+                target = run.target(torch.from_numpy(ids).view(shape), torch.from_numpy(values).view(shape), dumps[name])
                 objective = DistillObjective(labels, target, run.temperature, 1.0, run.alpha_ce)
             loss, _, _ = sliced_distill_loss(final_hidden(model, tokens), head_weight(model), objective, tokens.shape[1],
                                              workspace=workspace)

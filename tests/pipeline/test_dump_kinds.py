@@ -94,3 +94,30 @@ def test_the_torch_half_casts_values_to_the_dtypes_the_storage_half_stores():
     for kind, entry in dump_kinds.DUMP_KINDS.items():
         stored = [np.dtype(spec.dtype) for spec in teacher_format(kind).arrays[1:]]
         assert [np.dtype(str(d).removeprefix("torch.")) for d in entry.value_dtypes] == stored, kind
+
+
+@pytest.mark.parametrize("kind", [k for k, f in TEACHER_FORMATS.items() if f.drawn])
+def test_every_drawn_kind_stores_an_unbiased_estimate_of_the_tempered_teacher(kind):
+    """The dump's kernel, the kind's storage encoding (draw ranks: a frequency table of skewed tokens) and its
+    decoding, over 3,000 independent positions of one teacher distribution: every id's mean probability is
+    within 5 standard errors of softmax(z / T); one position alone is far from it (the test can fail)."""
+    from daram.storage.manifest import TeacherManifest
+
+    vocab, draws, trials, temperature = 40, 6, 3000, 1.0
+    fmt, torch_half = teacher_format(kind), dump_kinds.dump_kind(kind)
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(vocab, generator=g) * 2.0).expand(trials, vocab).contiguous()
+    uniforms = torch.rand(trials, draws, generator=g)
+    arrays, _ = torch_half.kernel(z.clone() / temperature, torch.empty_like(z), uniforms, draws)
+    stored = (arrays[0].numpy().astype(np.uint16), *(a.to(d).numpy() for a, d in zip(arrays[1:], torch_half.value_dtypes)))
+    tokens = np.random.default_rng(1).zipf(1.5, 5000).clip(max=vocab - 1).astype(np.uint16)
+    tables = fmt.build_tables(tokens, vocab)
+    dump = TeacherManifest("t", "-", "float32", temperature, kind, draws, vocab, "fp", 64, draws=draws)
+    ids, probs = fmt.probabilities(fmt.encode(stored, tables) + tables, dump)
+    dense = np.zeros((trials, vocab))
+    np.add.at(dense, (np.arange(trials)[:, None].repeat(draws, 1), ids), probs)
+    p = torch.softmax(z[0].double() / temperature, -1).numpy()
+    stderr = dense.std(0) / np.sqrt(trials) + 1e-12
+    assert np.allclose(dense.sum(1), 1.0, atol=1e-6)
+    assert (np.abs(dense.mean(0) - p) <= 5 * stderr).all(), np.abs(dense.mean(0) - p) / stderr
+    assert np.abs(dense[0] - p).max() > 10 * stderr.max()
