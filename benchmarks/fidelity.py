@@ -13,8 +13,8 @@ same initial weights and the same learning-rate schedule):
   (``daram/storage/formats.py``, tables included), so a format is judged exactly as it would be stored,
   without writing a dump per format: v1's ``top-64`` and ``sampled-50`` at T = 2, v2's ``draws`` (``D``
   sorted draws per position, stored and trained at T = 1; alpha_ce 0.1, or the default's 0.5 where the
-  name says so) and ``draw_ranks`` (the same draws as frequency ranks in steps: the same students as
-  ``draws`` of the same ``D``, fewer bytes).
+  name says so) and ``draw_ranks`` (``D`` systematic draws, one uniform per position and the draws evenly
+  spaced along the CDF, stored as frequency ranks in steps).
 
 Teachers: ``../shared/data/teachers/ko-small`` (flat, about 7 nats at T = 1) and ``ko-small-sharp``
 (the same ranking, about 2.8 nats). The store is a real ``prepare`` of the lines of
@@ -108,8 +108,8 @@ FORMATS = {
     "draws-8 T=1 alpha_ce=0.5": Format("draws", 1.0, 8, alpha_ce=0.5),
     "draws-6 T=1 alpha_ce=0.5": Format("draws", 1.0, 6, alpha_ce=0.5),
     "draws-4 T=1 alpha_ce=0.5": Format("draws", 1.0, 4, alpha_ce=0.5),
-    # the same draws as ``draws``, stored as steps of frequency ranks: a student trains on the same estimate
-    **{f"draw_ranks-{d} T=1 alpha_ce=0.5": Format("draw_ranks", 1.0, d, alpha_ce=0.5) for d in (16, 12, 8, 6, 4)},
+    # systematic draws (the kind's own kernel), stored as steps of frequency ranks
+    **{f"draw_ranks-{d} systematic T=1 alpha_ce=0.5": Format("draw_ranks", 1.0, d, alpha_ce=0.5) for d in (16, 12, 8, 6, 4)},
     "draws-16 T=1 alpha_ce=1": Format("draws", 1.0, 16, alpha_ce=1.0),
 }
 BASELINES = ("CE-only", "online T=2", "online T=1")
@@ -347,6 +347,9 @@ def main() -> None:
                         "arm and every format)")
     args = parser.parse_args()
     args.runs = args.runs.split(",")
+    unknown = [name for name in args.runs if name not in {*BASELINES, SAME_OBJECTIVE, *FORMATS}]
+    if unknown and not args.report:
+        parser.error(f"unknown run {unknown[0]!r}; the runs are: {', '.join([*BASELINES, SAME_OBJECTIVE, *FORMATS])}")
     if args.report:
         report(args.report)
         return

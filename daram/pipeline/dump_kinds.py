@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from daram.errors import DaramError
-from daram.pipeline.dump_kernels import draws_slice, sample_slice, topk_slice
+from daram.pipeline.dump_kernels import draws_slice, sample_slice, systematic, topk_slice
 from daram.pipeline.losses import SampledTarget, SparseTarget, Target, TopkTarget
 from daram.storage import TeacherManifest, teacher_format
 
@@ -69,5 +69,10 @@ def _draws(z: Tensor, scratch: Tensor, uniforms: Tensor | None, width: int):
 register(DumpKind("topk", _topk, (torch.float16,), lambda ids, values, dump, tail: TopkTarget(ids, values, tail)))
 register(DumpKind("sampled", _sampled, (torch.uint8,), lambda ids, values, dump, tail: SampledTarget(ids, values, dump.draws)))
 register(DumpKind("draws", _draws, (), lambda ids, values, dump, tail: SparseTarget(ids, values)))
-# the same draws; storage re-labels them (``DrawRanksFormat.encode``) and decodes them back to ids
-register(DumpKind("draw_ranks", _draws, (), lambda ids, values, dump, tail: SparseTarget(ids, values)))
+def _systematic_draws(z: Tensor, scratch: Tensor, uniforms: Tensor | None, width: int):
+    drawn, entropy = draws_slice(z, scratch, systematic(uniforms))
+    return (drawn,), entropy
+
+
+# draws placed systematically; storage re-labels them (``DrawRanksFormat.encode``) and decodes them back to ids
+register(DumpKind("draw_ranks", _systematic_draws, (), lambda ids, values, dump, tail: SparseTarget(ids, values)))

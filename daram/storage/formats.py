@@ -272,10 +272,13 @@ class DrawsFormat(DrawnFormat):
 
 
 class DrawRanksFormat(DrawsFormat):
-    """The draws of ``draws``, each id re-labelled by its rank in the shard's token counts (most frequent
-    first), sorted, and stored as differences: the first rank, then each rank minus the one before.
+    """``draws`` ids per position drawn systematically (one uniform per position, the draws evenly spaced along the
+    teacher's CDF: ``daram.pipeline.dump_kernels.systematic``), each id re-labelled by its rank in the shard's
+    token counts (most frequent first), sorted, and stored as differences: the first rank, then each rank
+    minus the one before.
 
-    Lossless: the same draws, hence the same unbiased estimate, as ``draws``. Frequent ids get small ranks
+    The labels are lossless: decoded, the draws give ``count / draws`` per id as a draws dump does, an unbiased
+    estimate (systematic draws: each id's count is ``draws * p`` rounded down or up). Frequent ids get small ranks
     and a sorted position's ranks small steps, whose high bytes byte-shuffled zstd packs to nothing
     (docs/benchmarks.md, "Draws where they matter"). The permutation, ``rank_ids`` (rank -> id), is one
     table per shard: deterministic from the shard's own tokens, so a resumed or parallel dump builds the same.
@@ -283,7 +286,7 @@ class DrawRanksFormat(DrawsFormat):
     """
 
     def describe(self, dump):
-        return (f"draw ranks (draws re-labelled by token frequency, delta-coded), {dump.draws} sorted "
+        return (f"draw ranks (systematic draws re-labelled by token frequency, delta-coded), {dump.draws} sorted "
                 f"draw{'s' if dump.draws != 1 else ''}, seed {dump.seed}")
 
     def build_tables(self, tokens, vocab_size):

@@ -78,3 +78,22 @@ def test_topk_slice_with_a_single_slice_row(k):
     expected = torch.log_softmax(z, -1).topk(k).indices
     ids, logprobs, _ = topk_slice(z, torch.empty(1, 999), k)
     assert ids.shape == (1, k) and torch.equal(ids, expected)
+
+
+def test_systematic_draws_give_each_id_its_expected_count_rounded_down_or_up():
+    """Evenly spaced points: an id of probability p gets floor(D p) or ceil(D p) of D draws, at every position
+    (independent draws would stray far from D p; the spread of the counts is the estimate's variance)."""
+    from daram.pipeline.dump_kernels import draws_slice, systematic
+
+    rows, vocab, draws = 500, 30, 6
+    z = zipf_logits(rows, vocab, seed=3)
+    uniforms = torch.rand(rows, draws, generator=torch.Generator().manual_seed(2))
+    points = systematic(uniforms)
+    assert ((points[:, 1:] - points[:, :-1] - 1 / draws).abs() < 1e-6).all() and (points < 1).all() and (points >= 0).all()
+    drawn, _ = draws_slice(z.clone(), torch.empty(rows, vocab), points)
+    counts = torch.zeros(rows, vocab).scatter_add_(1, drawn, torch.ones(rows, draws))
+    expected = torch.softmax(z.double(), -1) * draws
+    assert ((counts - expected).abs() < 1 + 1e-4).all()
+    independent, _ = draws_slice(z.clone(), torch.empty(rows, vocab), uniforms)
+    loose = torch.zeros(rows, vocab).scatter_add_(1, independent, torch.ones(rows, draws))
+    assert ((loose - expected).abs() >= 1 + 1e-4).any()  # what the check above would catch
