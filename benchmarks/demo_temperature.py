@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from daram.pipeline.demo import cpu_threads, demo_config, run_demo, torch_threads
+from daram.pipeline.job.demo import cpu_threads, demo_config, run_demo, torch_threads
 
 
 def main() -> None:
@@ -35,9 +35,9 @@ def main() -> None:
     root = Path(args.workdir)
     students = {"CE-only": root / "student-ce", "KD, T = 1": root / "student-kd"}
 
-    from daram.pipeline.prepare import run_prepare
-    from daram.pipeline.student_train import run_student_train
-    from daram.pipeline.teacher_dump import run_teacher_dump
+    from daram.pipeline.prepare.prepare import run_prepare
+    from daram.pipeline.train.student_train import run_student_train
+    from daram.pipeline.dump.teacher_dump import run_teacher_dump
     from daram.storage import Store
 
     with torch_threads(cpu_threads(args.threads)):

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from daram.pipeline.pause import Pause
-from daram.pipeline.dump_runner import TeacherRunner
-from daram.pipeline.teacher_dump import dump_shard
+from daram.pipeline.dump.runner import TeacherRunner
+from daram.pipeline.dump.teacher_dump import dump_shard
 from dump_overhead import build_store, random_teacher, teacher_manifest
 from harness import add_timing_arguments, compare
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from daram.config import load_config
-from daram.pipeline.prepare import run_prepare
+from daram.pipeline.prepare.prepare import run_prepare
 from daram.pipeline.pause import Pause
-from daram.pipeline.dump_runner import TeacherRunner
-from daram.pipeline.teacher_dump import dump_shard
+from daram.pipeline.dump.runner import TeacherRunner
+from daram.pipeline.dump.teacher_dump import dump_shard
 from daram.storage import Store, TeacherManifest, teacher_format
 from harness import SHARED, add_timing_arguments, compare
 

@@ -19,8 +19,8 @@ import torch
 from transformers import AutoTokenizer
 
 from daram.config import load_config
-from daram.pipeline.downstream import TASKS, load_split, subsample
-from daram.pipeline.finetune import TaskData, finetune_task
+from daram.pipeline.eval.downstream import TASKS, load_split, subsample
+from daram.pipeline.eval.finetune import TaskData, finetune_task
 from daram.pipeline.hf import resolve_device
 from daram.pipeline.models import gpt2
 from harness import SHARED, add_timing_arguments, compare

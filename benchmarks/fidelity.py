@@ -128,7 +128,7 @@ def default_objective() -> tuple[float, float]:
 def prepare_store(work: Path, seq_len: int):
     """The real `prepare` over the sentences the teachers never saw (8 shards, rows of seq_len)."""
     from daram.config import load_config
-    from daram.pipeline.prepare import run_prepare
+    from daram.pipeline.prepare.prepare import run_prepare
     from daram.storage import Store
 
     path = work / f"store-L{seq_len}.zarr"

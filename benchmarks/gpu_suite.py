@@ -6,7 +6,7 @@ random tokens: `TeacherRunner` and `dump_shard` (the dump of kind draws, the def
 student-train's `setup` and `fit` (a step of the sliced KD loss on those draws, and the same step CE-only). In
 order of what `daram plan` needs most, it measures:
 
-- the peak: the card's dense float16 / bfloat16 tensor peak from the datasheet table (daram/pipeline/measured.py),
+- the peak: the card's dense float16 / bfloat16 tensor peak from the datasheet table (daram/pipeline/job/measured.py),
   or a large matmul's FLOP/s for a card the table does not hold (and on CPU, float32);
 - the dump (float16, the default on CUDA): tokens/s and MFU of `dump_shard` over one-chunk shards, against a bare
   forward (`model(ids).logits`) on the same rows and batch (benchmarks/harness.py: a warm-up call each, then rounds
@@ -53,17 +53,17 @@ import torch
 from daram.config import load_config
 from daram.errors import DaramError
 from daram.pipeline.dump_kernels import draws_slice
-from daram.pipeline.dump_runner import TeacherRunner, resolve_dtype
-from daram.pipeline.dump_uniforms import chunk_uniforms
+from daram.pipeline.dump.runner import TeacherRunner, resolve_dtype
+from daram.pipeline.dump.uniforms import chunk_uniforms
 from daram.pipeline.hf import load_tokenizer, tokenizer_info
-from daram.pipeline.measured import SUITE, SUITE_VERSION, datasheet_peak
+from daram.pipeline.job.measured import SUITE, SUITE_VERSION, datasheet_peak
 from daram.pipeline.models import gpt2
 from daram.pipeline.pause import Pause
-from daram.pipeline.plan import REFERENCE_SHAPE, forward_flops_per_token
-from daram.pipeline.student_train import fit, setup
-from daram.pipeline.training.distributed import stop_distributed
-from daram.pipeline.teacher_dump import dump_shard
-from daram.pipeline.training.model import precision_for
+from daram.pipeline.job.plan import REFERENCE_SHAPE, forward_flops_per_token
+from daram.pipeline.train.student_train import fit, setup
+from daram.pipeline.train.distributed import stop_distributed
+from daram.pipeline.dump.teacher_dump import dump_shard
+from daram.pipeline.train.model import precision_for
 from daram.storage import Store, StoreManifest, TeacherManifest, fingerprint_rows, token_dtype_for, tokens_fingerprint
 from harness import compare, load_average
 
@@ -222,7 +222,7 @@ def peaks(device: torch.device, shapes: Shapes) -> dict:
     if found is not None:
         key, peak = found
         figures = {"float16": peak.float16, **({"bfloat16": peak.bfloat16} if peak.bfloat16 else {})}
-        return {**figures, "source": f"datasheet: {key} (daram/pipeline/measured.py)"}
+        return {**figures, "source": f"datasheet: {key} (daram/pipeline/job/measured.py)"}
     figures = {"float16": matmul_flops(device, torch.float16, shapes.matmul)}
     if torch.cuda.is_bf16_supported(including_emulation=False):
         figures["bfloat16"] = matmul_flops(device, torch.bfloat16, shapes.matmul)

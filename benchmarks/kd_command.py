@@ -34,8 +34,8 @@ from harness import SHARED, compare
 
 def build_store(work: Path, seq_len: int, rows: int, dump: dict) -> Path:
     from daram.config import load_config
-    from daram.pipeline.prepare import run_prepare
-    from daram.pipeline.teacher_dump import run_teacher_dump
+    from daram.pipeline.prepare.prepare import run_prepare
+    from daram.pipeline.dump.teacher_dump import run_teacher_dump
 
     lines = (SHARED / "korean_corpus" / "sentences.txt").read_text(encoding="utf-8").splitlines()
     corpus = work / "corpus.txt"
@@ -61,7 +61,7 @@ def parts(store: Path, args) -> None:
     from daram.pipeline.batches import BatchPlan, iter_batches
     from daram.pipeline.losses import DistillObjective, Workspace, final_hidden, head_weight, next_token_labels, sliced_distill_loss
     from daram.pipeline.models import gpt2
-    from daram.pipeline.training.targets import StoredTargets
+    from daram.pipeline.train.targets import StoredTargets
     from daram.storage import Store
 
     torch.set_num_threads(1)

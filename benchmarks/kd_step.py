@@ -31,8 +31,8 @@ def build_store(work: Path, seq_len: int, rows: int, top_k: int) -> Path:
 
     from daram.config import load_config
     from daram.pipeline.models import gpt2
-    from daram.pipeline.prepare import run_prepare
-    from daram.pipeline.teacher_dump import run_teacher_dump
+    from daram.pipeline.prepare.prepare import run_prepare
+    from daram.pipeline.dump.teacher_dump import run_teacher_dump
 
     tokenizer_dir = SHARED / "tokenizers" / "kogpt2-base-v2"
     lines = (SHARED / "korean_corpus" / "sentences.txt").read_text(encoding="utf-8").splitlines()
@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from daram.config import load_config
-    from daram.pipeline.student_train import run_student_train
+    from daram.pipeline.train.student_train import run_student_train
 
     with tempfile.TemporaryDirectory(prefix="kd_step-") as tmp:
         work = Path(tmp)

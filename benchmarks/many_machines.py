@@ -193,7 +193,7 @@ def fresh(url: str) -> None:
 def requests_per_shard(work: Path, url: str, counter: RequestCounter, shards: int) -> None:
     """Requests and bytes of each shard's dump, in this process (the store layer counts its bytes)."""
     from daram.config import load_config
-    from daram.pipeline.teacher_dump import run_teacher_dump
+    from daram.pipeline.dump.teacher_dump import run_teacher_dump
     from daram.storage import Store
     from daram.storage import store as store_module
 

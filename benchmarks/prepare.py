@@ -37,8 +37,8 @@ def _one(args: argparse.Namespace) -> None:
     """A single measurement, in this (fresh) process; prints one JSON line."""
     mb = Path(args.corpus).stat().st_size / 1e6  # not read here unless needed: it would count in the peak RSS
     if args.one == "kiwi":
-        from daram.pipeline.encode import BlockEncoder, EncodeSpec
-        from daram.pipeline.prepare import _blocks
+        from daram.pipeline.prepare.encode import BlockEncoder, EncodeSpec
+        from daram.pipeline.prepare.prepare import _blocks
         from tokenizers import Tokenizer
 
         spec = EncodeSpec(Tokenizer.from_file(str(Path(args.tokenizer, "tokenizer.json"))).to_str(), 1, "<u2", "kiwi")
@@ -66,7 +66,7 @@ def _one(args: argparse.Namespace) -> None:
     else:
         from daram.config import load_config
         from daram.pipeline.hf import load_tokenizer
-        from daram.pipeline.prepare import run_prepare
+        from daram.pipeline.prepare.prepare import run_prepare
 
         load_tokenizer(args.tokenizer)  # imports transformers: not prepare's work on a real corpus
         with tempfile.TemporaryDirectory(dir=Path(args.corpus).parent) as tmp:
@@ -133,7 +133,7 @@ def main() -> None:
     if args.one:
         return _one(args)
 
-    from daram.pipeline.encode import cpu_count
+    from daram.pipeline.prepare.encode import cpu_count
 
     args.tokenizer = args.tokenizer or str(Path(args.data, "tokenizers", "kogpt2-base-v2"))
     lines = Path(args.data, "korean_corpus", "sentences.txt").read_text(encoding="utf-8").splitlines()

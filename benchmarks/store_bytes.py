@@ -31,8 +31,8 @@ import torch
 
 from daram.pipeline.hf import load_tokenizer
 from daram.pipeline.pause import Pause
-from daram.pipeline.dump_runner import TeacherRunner
-from daram.pipeline.teacher_dump import dump_shard
+from daram.pipeline.dump.runner import TeacherRunner
+from daram.pipeline.dump.teacher_dump import dump_shard
 from daram.storage import Store
 from dump_overhead import SHARED, build_store, random_teacher, teacher_manifest
 

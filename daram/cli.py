@@ -191,7 +191,7 @@ def prepare(
     elif format_ or unit:
         raise DaramError("--format and --unit describe --source files; set them per source in daram.toml otherwise")
     cfg = _config(config, set_, overrides)
-    from daram.pipeline.prepare import run_prepare
+    from daram.pipeline.prepare.prepare import run_prepare
 
     run_prepare(cfg, overwrite=overwrite)
 
@@ -240,7 +240,7 @@ def teacher_dump(
       daram teacher-dump --config daram.toml --shard "$SLURM_ARRAY_TASK_ID"
     """
     cfg = _config(config, set_, flag_settings(teacher_dump, locals()))
-    from daram.pipeline.teacher_dump import run_teacher_dump
+    from daram.pipeline.dump.teacher_dump import run_teacher_dump
 
     outcome = run_teacher_dump(cfg, shard=shard, shards=shards, all_shards=all_, worker=worker)
     _exit_paused(bool(outcome.paused))
@@ -274,7 +274,7 @@ def plan(
     shards that fits --disk-budget, GPU-hours of the dump and of training on P100 / T4 / A100 / H100 (FLOPs
     per token at an assumed MFU, or the one --measured FILE holds), and the sessions of --time-limit they fill."""
     cfg = _config(config, set_, flag_settings(plan, locals()))
-    from daram.pipeline.plan import run_plan
+    from daram.pipeline.job.plan import run_plan
 
     run_plan(cfg, as_json=as_json, measure=measure, measured=measured, machines=machines)
 
@@ -297,7 +297,7 @@ def release(
     their statistics and reports them released; `teacher-dump` dumps a released shard again, and
     `release --restore` brings moved ones back."""
     cfg = _config(config, set_, flag_settings(release, locals()))
-    from daram.pipeline.release import run_release
+    from daram.pipeline.job.release import run_release
 
     run_release(cfg, shards, to=to, restore=restore, source=from_)
 
@@ -398,7 +398,7 @@ def eval(  # noqa: A001 - the command's name
             if not sep:
                 raise DaramError(f"--lr expects task=rate, e.g. boolq=5e-6; got {item!r}")
         cfg = cfg.replace("eval", learning_rates=rates)
-    from daram.pipeline.evaluate import run_eval
+    from daram.pipeline.eval.evaluate import run_eval
 
     run_eval(cfg)
 
@@ -471,7 +471,7 @@ def student_train(
     """
     cfg = _config(config, set_, flag_settings(student_train, locals()))
     if follow:
-        from daram.pipeline.follow import follow_command
+        from daram.pipeline.job.follow import follow_command
 
         if cfg.train.online_teacher:
             raise DaramError("--follow trains from the stored dump; an online teacher (train.online_teacher) needs none")
@@ -480,7 +480,7 @@ def student_train(
         return
     if disk_budget is not None:
         raise DaramError("--disk-budget bounds the local shard cache of --follow; student-train reads the store in place")
-    from daram.pipeline.student_train import run_student_train
+    from daram.pipeline.train.student_train import run_student_train
 
     _exit_paused(run_student_train(cfg, resume=resume, given=set(cfg.given))["paused"])
 
@@ -535,11 +535,11 @@ def run(
         flags["teacher.device"] = device  # --device is the teacher's too
     cfg = _config(config, set_, flags)
     if follow:
-        from daram.pipeline.follow import follow_command
+        from daram.pipeline.job.follow import follow_command
 
         _exit_paused(follow_command(cfg, resume=None, continue_with="run the same command again to continue")["paused"])
         return
-    from daram.pipeline.run import run_job
+    from daram.pipeline.job.run import run_job
 
     _exit_paused(run_job(cfg)["paused"])
 
@@ -577,7 +577,7 @@ def demo(
     Needs no network and no files: the package generates its own Korean corpus. --corpus FILE
     --tokenizer DIR run it on real text instead.
     """
-    from daram.pipeline.demo import demo_config, run_demo
+    from daram.pipeline.job.demo import demo_config, run_demo
 
     cfg = demo_config(config, set_ or (), quick, flag_settings(demo, locals()))
     run_demo(cfg)
@@ -587,7 +587,7 @@ def main() -> None:
     try:
         app(prog_name="daram")
     except SystemExit as done:
-        distributed = sys.modules.get("daram.pipeline.training.distributed")
+        distributed = sys.modules.get("daram.pipeline.train.distributed")
         if distributed is not None and distributed.GROUP_STARTED:  # a torchrun rank: see exit_rank
             code = done.code
             distributed.exit_rank(code if isinstance(code, int) else (0 if code is None else 1))

@@ -61,7 +61,7 @@ def corpus_lines() -> list[str]:
     Tokenized by ``tokenizer_dir``, 0.7 of these sentences make as many rows as one real sentence with KoGPT2:
     the tests take 421, 656, ... where they took 600, 900, ... real ones, so their stores keep their shapes.
     """
-    from daram.pipeline.demo_corpus import demo_sentences
+    from daram.pipeline.job.demo_corpus import demo_sentences
 
     return demo_sentences(4000, seed=0)
 
@@ -72,7 +72,7 @@ def tokenizer_dir(tmp_path_factory, corpus_lines: list[str]) -> Path:
 
     About 10 tokens a sentence, like KoGPT2's 7 on real text, at a 25th of KoGPT2's logits per position.
     """
-    from daram.pipeline.demo import train_tokenizer
+    from daram.pipeline.job.demo import train_tokenizer
 
     tmp = tmp_path_factory.mktemp("tokenizer")
     corpus = tmp / "corpus.txt"
@@ -136,7 +136,7 @@ def prepare_store(tmp: Path, tokenizer_dir: Path, lines: list[str], seq_len: int
                   rows_per_chunk: int = 16, name: str = "store.zarr") -> Path:
     """Run the real `prepare` on ``lines`` (one unit per line) and return the store's path."""
     from daram.config import load_config
-    from daram.pipeline.prepare import run_prepare
+    from daram.pipeline.prepare.prepare import run_prepare
 
     corpus = tmp / f"{name}.txt"
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")

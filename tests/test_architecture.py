@@ -66,6 +66,36 @@ def test_imports_follow_the_layers(path):
     assert not wrong, f"{name} imports {wrong}; docs/architecture.md says which way imports run"
 
 
+# The pipeline's folders: one per phase (its recipe and its parts), and the job that runs the phases. What sits
+# directly in daram/pipeline/ is shared by several phases.
+PHASES = ("prepare", "dump", "train", "eval")
+FOLDERS = (*PHASES, "job")
+
+
+def pipeline_folder(name: str) -> str | None:
+    """The folder of daram/pipeline/ that module ``name`` sits in, or None for a shared part (or outside the pipeline)."""
+    parts = name.split(".")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["daram", "pipeline"] and parts[2] in FOLDERS else None
+
+
+PIPELINE_MODULES = [p for p in MODULES if module_name(p).startswith("daram.pipeline.")]
+
+
+@pytest.mark.parametrize("path", PIPELINE_MODULES, ids=[module_name(p) for p in PIPELINE_MODULES])
+def test_phases_import_only_themselves_and_shared_parts(path):
+    """A shared part imports no phase and not the job; a phase imports itself and the shared parts, never another
+    phase or the job; the job may import every phase. So a phase can be read, tested and changed on its own."""
+    name = module_name(path)
+    own = pipeline_folder(name)
+    if own == "job":
+        return
+    found = {m for m in daram_imports(path) if allowed(m, ("daram.pipeline",))}
+    wrong = sorted(m for m in found if (folder := pipeline_folder(m)) is not None and folder != own)
+    where = f"the {own} phase" if own else "a shared part of the pipeline"
+    assert not wrong, (f"{name} ({where}) imports {wrong}; a phase imports only itself and the shared parts in "
+                       "daram/pipeline/ (docs/architecture.md): move what both need up to daram/pipeline/")
+
+
 def test_storage_never_imports_torch():
     for path in (PACKAGE / "storage").rglob("*.py"):
         heavy = {m for m in imports(path) if m.split(".")[0] in ("torch", "transformers")}
@@ -157,7 +187,7 @@ def test_no_import_cycle():
 
 
 def test_no_import_up_a_layer():
-    """A package's modules may use what sits beside the package (``training/`` uses ``losses.py``), but what they
+    """A package's modules may use what sits beside the package (``train/`` uses ``losses.py``), but what they
     use must not itself reach back into the package: that would put it above and below the package at once."""
     graph = import_graph()
     packages = {m.rsplit(".", 1)[0] for m in graph if m.count(".") > 1} - {"daram"}

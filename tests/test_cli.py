@@ -137,7 +137,7 @@ def test_an_interrupted_student_train_says_how_to_resume(monkeypatch, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("daram.pipeline.student_train.run_student_train", interrupted)
+    monkeypatch.setattr("daram.pipeline.train.student_train.run_student_train", interrupted)
     result = runner.invoke(app, ["student-train", "--store", str(tmp_path / "s.zarr")])
     assert result.exit_code == 75  # paused: its checkpoints are kept
     assert result.output.strip().splitlines()[-1] == "interrupted: rerun with --resume to continue from the last checkpoint"
@@ -188,7 +188,7 @@ def test_exit_status_tells_finished_from_paused_refused_and_failed(monkeypatch, 
     from daram.errors import DaramError
 
     outcomes = iter([{"paused": False}, {"paused": True}])
-    monkeypatch.setattr("daram.pipeline.run.run_job", lambda cfg: next(outcomes))
+    monkeypatch.setattr("daram.pipeline.job.run.run_job", lambda cfg: next(outcomes))
     args = ["run", "--store", str(tmp_path / "s.zarr")]
     assert runner.invoke(app, args).exit_code == 0
     assert runner.invoke(app, args).exit_code == EXIT_PAUSED == 75
@@ -196,13 +196,13 @@ def test_exit_status_tells_finished_from_paused_refused_and_failed(monkeypatch, 
     def refused(cfg):
         raise DaramError("nothing to do")
 
-    monkeypatch.setattr("daram.pipeline.run.run_job", refused)
+    monkeypatch.setattr("daram.pipeline.job.run.run_job", refused)
     assert runner.invoke(app, args).exit_code == 2
 
     def crashed(cfg):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("daram.pipeline.run.run_job", crashed)
+    monkeypatch.setattr("daram.pipeline.job.run.run_job", crashed)
     assert runner.invoke(app, args).exit_code == 1
     # the statuses are documented from the same constants
     page = (Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
@@ -213,6 +213,6 @@ def test_an_interrupted_plan_keeps_nothing_and_exits_130(monkeypatch, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("daram.pipeline.plan.run_plan", interrupted)
+    monkeypatch.setattr("daram.pipeline.job.plan.run_plan", interrupted)
     result = runner.invoke(app, ["plan", "--store", str(tmp_path / "s.zarr")])
     assert result.exit_code == 130 and result.output.strip() == "interrupted"

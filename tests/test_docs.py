@@ -77,7 +77,7 @@ def test_command_lines_in_the_docs_name_real_commands_and_options():
 def dumped_stores(tmp_path_factory, tokenizer_dir, corpus_lines, tiny_teacher_dir) -> dict[str, Path]:
     """Real stores of 4 shards (session-tokenizer tokens), one per kind of dump by the tiny teacher (top-8, 20 draws)."""
     from daram.config import load_config
-    from daram.pipeline.teacher_dump import run_teacher_dump
+    from daram.pipeline.dump.teacher_dump import run_teacher_dump
 
     prepared = prepare_store(tmp_path_factory.mktemp("docs-prepared"), tokenizer_dir, corpus_lines[:208],
                              seq_len=32, num_shards=4, rows_per_chunk=16)

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from daram.config import load_config
 from daram.pipeline.models import gpt2
-from daram.pipeline.student_train import read_metrics, run_student_train
+from daram.pipeline.train.student_train import read_metrics, run_student_train
 
 
 def load_example(name: str):

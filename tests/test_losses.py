@@ -13,8 +13,8 @@ from daram.errors import DaramError
 from daram.losses import kd_loss, kd_loss_terms
 from daram.pipeline.batches import iter_batches
 from daram.pipeline.losses import DistillObjective, next_token_labels
-from daram.pipeline.student_train import setup
-from daram.pipeline.training.distributed import stop_distributed
+from daram.pipeline.train.student_train import setup
+from daram.pipeline.train.distributed import stop_distributed
 
 
 @pytest.fixture(scope="module", params=list(KINDS))

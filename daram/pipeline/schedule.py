@@ -1,6 +1,6 @@
 """The learning-rate schedule every daram model trains with: warm-up, then cosine or linear decay to a floor.
 
-Shared by the students' optimizer (``training/optim.py``) and the small teachers of ``models.py``, which
+Shared by the students' optimizer (``train/optim.py``) and the small teachers of ``models.py``, which
 sit on either side of the training package: here, neither imports the other.
 """
 

@@ -18,9 +18,9 @@ from daram.config import StudentConfig, load_config
 from daram.errors import DaramError
 from daram.pipeline.architectures import check_plain_head, default_intermediate_size, new_student, student_shape
 from daram.pipeline.losses import DistillObjective, SparseTarget, final_hidden, head_weight, next_token_labels, sliced_distill_loss
-from daram.pipeline.student_train import run_student_train
+from daram.pipeline.train.student_train import run_student_train
 
-from .training.test_export import LOAD_IN_OTHER_VERSION, transformers4_python  # noqa: F401 (a fixture)
+from .train.test_export import LOAD_IN_OTHER_VERSION, transformers4_python  # noqa: F401 (a fixture)
 
 ARCHS = ["gpt2", "llama", "qwen2"]
 

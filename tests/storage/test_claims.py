@@ -111,7 +111,7 @@ def test_a_damaged_claim_is_no_claim(store):
 
 def test_a_lease_must_be_a_duration(tmp_path):
     from daram.config import load_config
-    from daram.pipeline.teacher_dump import setup_dump
+    from daram.pipeline.dump.teacher_dump import setup_dump
 
     cfg = load_config(overrides={"store.path": str(tmp_path / "none.zarr"), "teacher.lease": "0s"})
     with pytest.raises(DaramError, match="teacher.lease must be > 0, got '0s'"):

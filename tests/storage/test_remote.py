@@ -128,8 +128,8 @@ def test_racing_exclusive_creates_on_s3_let_exactly_one_through(s3_url, tmp_path
 def test_a_store_on_s3_prepares_dumps_verifies_inspects_and_releases_like_a_local_one(s3_url, tmp_path, tokenizer_dir, corpus_lines,
                                                                        tiny_teacher_dir, capsys):
     from daram.pipeline.inspect import run_verify
-    from daram.pipeline.prepare import run_prepare
-    from daram.pipeline.teacher_dump import run_teacher_dump
+    from daram.pipeline.prepare.prepare import run_prepare
+    from daram.pipeline.dump.teacher_dump import run_teacher_dump
 
     local = prepare_store(tmp_path, tokenizer_dir, corpus_lines[:140], seq_len=32, num_shards=2, rows_per_chunk=8)
     corpus = tmp_path / "store.zarr.txt"
@@ -146,7 +146,7 @@ def test_a_store_on_s3_prepares_dumps_verifies_inspects_and_releases_like_a_loca
     assert Store.open(s3_url).kv.list_dir("locks") == ["zarr.json"]  # every claim given back
     # inspect, release (moved to another bucket prefix) and restore work there too
     from daram.pipeline.inspect import run_inspect
-    from daram.pipeline.release import run_release
+    from daram.pipeline.job.release import run_release
 
     run_inspect(load_config(overrides={"store.path": s3_url}), sample=False)
     assert "teacher      2 complete, 0 incomplete, 0 not dumped, 0 released" in capsys.readouterr().out
@@ -160,8 +160,8 @@ def test_a_store_on_s3_prepares_dumps_verifies_inspects_and_releases_like_a_loca
 
 def test_every_kth_request_failing_loses_nothing_and_records_nothing_falsely(s3_url, tmp_path, tokenizer_dir,
                                                                            corpus_lines, tiny_teacher_dir, monkeypatch):
-    from daram.pipeline.prepare import run_prepare
-    from daram.pipeline.teacher_dump import run_teacher_dump
+    from daram.pipeline.prepare.prepare import run_prepare
+    from daram.pipeline.dump.teacher_dump import run_teacher_dump
     from daram.storage import remote
 
     local = prepare_store(tmp_path, tokenizer_dir, corpus_lines[:140], seq_len=32, num_shards=2, rows_per_chunk=8)
@@ -244,7 +244,7 @@ def test_a_backend_without_atomic_create_serves_one_writer_and_refuses_a_second(
 
 def test_an_interrupted_prepare_on_s3_resumes_keeping_the_shards_it_wrote(s3_url, tmp_path, tokenizer_dir,
                                                                          corpus_lines, monkeypatch, capsys):
-    from daram.pipeline.prepare import run_prepare
+    from daram.pipeline.prepare.prepare import run_prepare
 
     local = prepare_store(tmp_path, tokenizer_dir, corpus_lines[:140], seq_len=32, num_shards=2, rows_per_chunk=8)
     cfg = load_config(overrides={**cfg_overrides(tokenizer_dir, tmp_path / "store.zarr.txt"), "store.path": s3_url})
