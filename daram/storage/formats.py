@@ -366,6 +366,11 @@ def kinds_reading(setting: str) -> list[str]:
     return [f.kind for f in TEACHER_FORMATS.values() if setting in f.reads]
 
 
+def _listed(kinds: list[str]) -> str:
+    """"topk", "sampled and draws", "sampled, draws and draw_ranks"."""
+    return " and ".join(kinds) if len(kinds) < 3 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
+
+
 def choose_kind(kind: str, kind_given: bool, given: Iterable[str]) -> tuple[str, str]:
     """(the kind a dump uses, why when it is not ``kind`` as given): a setting that only some kinds read picks
     the kind when ``teacher.kind`` was not given, and contradicts it when it was. ``given``: the teacher settings
@@ -376,7 +381,7 @@ def choose_kind(kind: str, kind_given: bool, given: Iterable[str]) -> tuple[str,
         for key in specific:
             if kind not in kinds_reading(key):
                 raise DaramError(
-                    f"teacher.{key} is read only by {' and '.join(kinds_reading(key))} dumps, but teacher.kind is "
+                    f"teacher.{key} is read only by {_listed(kinds_reading(key))} dumps, but teacher.kind is "
                     f"{kind!r}: remove teacher.{key}, or set teacher.kind to a kind that reads it"
                 )
         return kind, ""
@@ -387,8 +392,8 @@ def choose_kind(kind: str, kind_given: bool, given: Iterable[str]) -> tuple[str,
             others = [k for k in specific if set(kinds_reading(k)).isdisjoint(kinds_reading(key))]
             other = (others or specific)[0]
             raise DaramError(
-                f"teacher.{other} ({' and '.join(kinds_reading(other))} dumps) and teacher.{key} "
-                f"({' and '.join(kinds_reading(key))} dumps) belong to different kinds: set teacher.kind and keep "
+                f"teacher.{other} ({_listed(kinds_reading(other))} dumps) and teacher.{key} "
+                f"({_listed(kinds_reading(key))} dumps) belong to different kinds: set teacher.kind and keep "
                 "only the settings it reads"
             )
         candidates = narrowed

@@ -628,9 +628,9 @@ def test_draws_without_a_kind_dumps_draws(store_path, tiny_teacher_dir):
 
 @pytest.mark.parametrize("flags, message", [
     (["--kind", "draws", "--top-k", "32"], "error: teacher.top_k is read only by topk dumps, but teacher.kind is 'draws'"),
-    (["--kind", "topk", "--draws", "8"], "error: teacher.draws is read only by sampled and draws dumps, but teacher.kind is 'topk'"),
+    (["--kind", "topk", "--draws", "8"], "error: teacher.draws is read only by sampled, draws and draw_ranks dumps, but teacher.kind is 'topk'"),
     (["--kind", "draws", "--sample-width", "4"], "error: teacher.sample_width is read only by sampled dumps, but teacher.kind is 'draws'"),
-    (["--top-k", "8", "--draws", "8"], "error: teacher.draws (sampled and draws dumps) and teacher.top_k (topk dumps) belong"),
+    (["--top-k", "8", "--draws", "8"], "error: teacher.draws (sampled, draws and draw_ranks dumps) and teacher.top_k (topk dumps) belong"),
     (["--top-k", "60000"], "error: teacher.top_k=60000 exceeds the vocabulary of"),
 ])
 def test_a_kind_setting_that_would_do_nothing_is_refused_in_one_line(store_path, tiny_teacher_dir, flags, message):
