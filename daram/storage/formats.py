@@ -332,7 +332,8 @@ def register(fmt: TeacherFormat) -> TeacherFormat:
 
 # docs/benchmarks.md (benchmarks/store_bytes.py, trained teacher at T = 2): top-64 took 170.3 B/token (2.66 per id);
 # sampled 50 draws, S = 50, 89.7 (1.79 per slot). Format v2, draws at T = 1: 7.38 B/token for 8 draws of
-# ko-small-sharp (2.8 nats), 13.34 for ko-small (7 nats).
+# ko-small-sharp (2.8 nats), 13.34 for ko-small (7 nats). Draw ranks at T = 1 (benchmarks/fidelity.py --bytes-only,
+# 128-token rows): 5.14 B/token for 6 draws of ko-small-sharp.
 register(TopkFormat(
     "topk", (ArraySpec("topk_ids", TOKEN_DTYPE), ArraySpec("topk_logprobs", "float16")), ("top_k",), False,
     170.3 / 64, "B per top-k id (docs/benchmarks.md)",
@@ -349,7 +350,8 @@ register(DrawsFormat(
 
 register(DrawRanksFormat(
     "draw_ranks", (ArraySpec("draw_rank_steps", TOKEN_DTYPE, codec="steps"),), ("draws", "seed"), True,
-    7.38 / 8, "B per draw (docs/benchmarks.md)", tables=(ArraySpec("rank_ids", TOKEN_DTYPE, codec="ids"),),
+    5.14 / 6, "B per draw of a peaked teacher at 6 draws (docs/benchmarks.md; a flat one takes up to 1.8x)",
+    tables=(ArraySpec("rank_ids", TOKEN_DTYPE, codec="ids"),),
 ))
 
 

@@ -619,11 +619,11 @@ def test_top_k_without_a_kind_dumps_topk_and_says_so_first(store_path, tiny_teac
     assert (teacher.kind, teacher.width) == ("topk", 8)
 
 
-def test_draws_without_a_kind_dumps_draws(store_path, tiny_teacher_dir):
+def test_draws_without_a_kind_keeps_the_default_kind_which_reads_them(store_path, tiny_teacher_dir):
     result = _dump_without_kind(store_path, tiny_teacher_dir, "--draws", "4")
     assert result.exit_code == 0, result.output
     teacher = Store.open(str(store_path)).teacher_manifest()
-    assert (teacher.kind, teacher.draws) == ("draws", 4)
+    assert (teacher.kind, teacher.draws) == ("draw_ranks", 4) and not result.output.startswith("teacher-dump: teacher.kind")
 
 
 @pytest.mark.parametrize("flags, message", [

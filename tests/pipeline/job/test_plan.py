@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from conftest import prepare_store
 from daram.cli import app
+from daram.config import Config
 from daram.pipeline.job.plan import CORPUS_BYTES_PER_TOKEN, PEAK_FLOPS, _hours, forward_flops_per_token, window_size
-from daram.storage import Store, shard_name
+from daram.storage import Store, shard_name, teacher_format
 
 TEACHER_FLAGS = ["--set", "teacher.kind=sampled", "--set", "teacher.draws=16", "--set", "teacher.device=cpu",
                  "--set", "teacher.batch_size=4", "--set", "train.heldout_shard=3", "--set", "train.shards=0-2"]
@@ -73,7 +74,10 @@ def test_plan_without_a_store_estimates_from_the_corpus_bytes(tmp_path):
     ])
     assert result.exit_code == 0, result.output
     assert f"{int(corpus.stat().st_size / CORPUS_BYTES_PER_TOKEN) // 128 * 128:,} in 8 shards" in result.stdout
-    assert "estimate: 0.92 B per draw of a peaked teacher" in result.stdout  # the default: draws (format v2)
+    default = Config().teacher  # the default kind's measured figure per draw, times its draws
+    fmt = teacher_format(default.kind)
+    assert f"{default.draws * fmt.bytes_per_slot:.1f} B/token" in result.stdout
+    assert f"estimate: {fmt.bytes_per_slot:.2f} {fmt.bytes_note}" in result.stdout
     assert "MFU assumed, not measured" in result.stdout
     # a small job's GPU time in seconds or minutes, for people: it printed 2.17e-05 (hours)
     duration = r"(< 1 s|[\d.,]+ (s|min|h))"
