@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO, prepare_store
 from daram import docgen
 from daram.config import Config
+from daram.storage import teacher_format
 
 DOCS = sorted((REPO / "docs").glob("*.md"))
 README = REPO / "README.md"
@@ -135,7 +136,7 @@ def test_readme_states_the_default_teacher_format():
     section = README.read_text(encoding="utf-8").split("## Which teacher format is the default")[1]
     first_paragraph = section.split("\n\n")[1]
     assert f'kind = "{teacher.kind}"' in first_paragraph
-    if teacher.kind in ("sampled", "draws"):
+    if teacher_format(teacher.kind).drawn:
         assert f"{teacher.draws} draws" in first_paragraph and f"T = {teacher.temperature:g}" in first_paragraph
 
 
