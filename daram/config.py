@@ -193,7 +193,7 @@ class TeacherConfig:
         "What is stored per position (without it, a setting only one kind reads picks that kind: --top-k 32 "
         "dumps topk). draw_ranks: `draws` ids drawn systematically from softmax(logits/T) (one uniform per position, "
         "the draws evenly spaced along the CDF), stored as steps of their ranks in the shard's token counts; an "
-        "unbiased estimate of the teacher in 6.5-10.6 B/token with the tokens at 6 draws (a peaked and a flat small "
+        "unbiased estimate of the teacher in 6.7-10.6 B/token with the tokens at 6 draws (a peaked and a flat small "
         "teacher). draws (format v2): independent draws stored as sorted ids. sampled: draws kept as unique ids + "
         "counts (v1). topk: the `top_k` most probable ids with full-vocabulary log-probs, so the tail mass is exact "
         "(see train.tail). docs/benchmarks.md compares their fidelity and bytes per token.",
