@@ -20,13 +20,16 @@ from daram.storage.draws import decode_draws
 from .test_dump_sampled import DRAWS, SEED, sampled, sampled_args, small_store  # noqa: F401 (fixture)
 
 
-@pytest.fixture(scope="module")
-def drawn(tmp_path_factory, tokenizer_dir, corpus_lines, tiny_teacher_dir) -> Path:
-    path = small_store(tmp_path_factory.mktemp("draws"), tokenizer_dir, corpus_lines)
-    args = [a if a != "sampled" else "draws" for a in sampled_args(path, tiny_teacher_dir, "--shard", "0")]
-    result = CliRunner().invoke(app, args)
+def dump_shard_0(path: Path, teacher: Path, kind: str) -> Path:
+    """``teacher-dump --shard 0`` of the small store, as the sampled tests dump but of ``kind``."""
+    result = CliRunner().invoke(app, [a if a != "sampled" else kind for a in sampled_args(path, teacher, "--shard", "0")])
     assert result.exit_code == 0, result.output
     return path
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory, tokenizer_dir, corpus_lines, tiny_teacher_dir) -> Path:
+    return dump_shard_0(small_store(tmp_path_factory.mktemp("draws"), tokenizer_dir, corpus_lines), tiny_teacher_dir, "draws")
 
 
 def test_layout_and_manifest(drawn):
@@ -109,11 +112,8 @@ def test_student_train_reads_draws_as_probabilities(drawn, tmp_path, tiny_teache
 
 @pytest.fixture(scope="module")
 def ranked(tmp_path_factory, tokenizer_dir, corpus_lines, tiny_teacher_dir) -> Path:
-    path = small_store(tmp_path_factory.mktemp("draw-ranks"), tokenizer_dir, corpus_lines)
-    args = [a if a != "sampled" else "draw_ranks" for a in sampled_args(path, tiny_teacher_dir, "--shard", "0")]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    return path
+    return dump_shard_0(small_store(tmp_path_factory.mktemp("draw-ranks"), tokenizer_dir, corpus_lines), tiny_teacher_dir,
+                        "draw_ranks")
 
 
 def test_draw_ranks_store_systematic_draws_of_the_teacher_as_frequency_ranks(ranked, drawn, tiny_teacher_dir, capsys):
@@ -162,6 +162,5 @@ def test_a_missing_rank_table_is_refused_by_readers_and_rebuilt_by_the_dump(rank
     with pytest.raises(DaramError, match=r"teacher/shard-00000/rank_ids is missing .*teacher-dump --shard 0"):
         Store.open(str(copy)).read_teacher_probs(0)
     assert Store.open(str(copy)).shard_state(0).state == "incomplete"
-    result = CliRunner().invoke(app, [a if a != "sampled" else "draw_ranks" for a in sampled_args(copy, tiny_teacher_dir, "--shard", "0")])
-    assert result.exit_code == 0, result.output
+    dump_shard_0(copy, tiny_teacher_dir, "draw_ranks")
     assert np.array_equal(Store.open(str(copy)).read_teacher_probs(0)[1], Store.open(str(ranked)).read_teacher_probs(0)[1])
