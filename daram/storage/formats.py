@@ -30,8 +30,8 @@ class ArraySpec:
     name: str
     dtype: str  # a numpy dtype name, or TOKEN_DTYPE
     per_id: bool = True  # shape (rows, seq_len, width); False: one value per position, (rows, seq_len)
-    # "values": bit-shuffled zstd (floats, counts); "ids": zstd that finds repeated ids; "steps": byte-shuffled
-    # zstd, for small differences of sorted ids (their high bytes are mostly zero)
+    # "values": bit-shuffled zstd (floats, counts); "ids": zstd that finds repeated ids; "shuffled_ids": byte-shuffled
+    # zstd, for ids whose high bytes repeat (differences of sorted ids, a permutation ordered by frequency)
     codec: str = "values"
 
     def numpy_dtype(self, token_dtype: str) -> str:
@@ -349,9 +349,9 @@ register(DrawsFormat(
 
 
 register(DrawRanksFormat(
-    "draw_ranks", (ArraySpec("draw_rank_steps", TOKEN_DTYPE, codec="steps"),), ("draws", "seed"), True,
+    "draw_ranks", (ArraySpec("draw_rank_steps", TOKEN_DTYPE, codec="shuffled_ids"),), ("draws", "seed"), True,
     5.14 / 6, "B per draw of a peaked teacher at 6 draws (docs/benchmarks.md; a flat one takes up to 1.8x)",
-    tables=(ArraySpec("rank_ids", TOKEN_DTYPE, codec="ids"),),
+    tables=(ArraySpec("rank_ids", TOKEN_DTYPE, codec="shuffled_ids"),),
 ))
 
 
