@@ -66,13 +66,13 @@ def _draws(z: Tensor, scratch: Tensor, uniforms: Tensor | None, width: int):
     return (drawn,), entropy
 
 
-register(DumpKind("topk", _topk, (torch.float16,), lambda ids, values, dump, tail: TopkTarget(ids, values, tail)))
-register(DumpKind("sampled", _sampled, (torch.uint8,), lambda ids, values, dump, tail: SampledTarget(ids, values, dump.draws)))
-register(DumpKind("draws", _draws, (), lambda ids, values, dump, tail: SparseTarget(ids, values)))
 def _systematic_draws(z: Tensor, scratch: Tensor, uniforms: Tensor | None, width: int):
     drawn, entropy = draws_slice(z, scratch, systematic(uniforms))
     return (drawn,), entropy
 
 
+register(DumpKind("topk", _topk, (torch.float16,), lambda ids, values, dump, tail: TopkTarget(ids, values, tail)))
+register(DumpKind("sampled", _sampled, (torch.uint8,), lambda ids, values, dump, tail: SampledTarget(ids, values, dump.draws)))
+register(DumpKind("draws", _draws, (), lambda ids, values, dump, tail: SparseTarget(ids, values)))
 # draws placed systematically; storage re-labels them (``DrawRanksFormat.encode``) and decodes them back to ids
 register(DumpKind("draw_ranks", _systematic_draws, (), lambda ids, values, dump, tail: SparseTarget(ids, values)))

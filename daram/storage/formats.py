@@ -258,11 +258,15 @@ class DrawsFormat(DrawnFormat):
     def describe(self, dump):
         return f"draws (format v2), {dump.draws} sorted draw{'s' if dump.draws != 1 else ''}, seed {dump.seed}"
 
+    def draw_ids(self, arrays) -> np.ndarray:
+        """The stored draws as ids, ``(..., draws)``, repeats adjacent: what ``decode_draws`` reads."""
+        return arrays[0]
+
     def decode(self, arrays, dump):
-        return decode_draws(arrays[0])
+        return decode_draws(self.draw_ids(arrays))
 
     def probabilities(self, arrays, dump):
-        return decode_draws(arrays[0])
+        return decode_draws(self.draw_ids(arrays))
 
     def check_block(self, arrays, dump):
         problems = super().check_block(arrays, dump)
@@ -307,12 +311,6 @@ class DrawRanksFormat(DrawsFormat):
         steps, rank_ids = arrays
         return rank_ids.astype(np.int64)[np.cumsum(steps, axis=-1, dtype=np.int64)]
 
-    def decode(self, arrays, dump):
-        return decode_draws(self.draw_ids(arrays))
-
-    def probabilities(self, arrays, dump):
-        return decode_draws(self.draw_ids(arrays))
-
     def check_block(self, arrays, dump):
         steps, rank_ids = arrays
         if len(rank_ids) != dump.vocab_size or not (np.bincount(rank_ids, minlength=dump.vocab_size) == 1).all():
@@ -346,8 +344,6 @@ register(DrawsFormat(
     "draws", (ArraySpec("draw_ids", TOKEN_DTYPE, codec="ids"),), ("draws", "seed"), True,
     7.38 / 8, "B per draw of a peaked teacher (docs/benchmarks.md; a flat one takes up to 1.8x)",
 ))
-
-
 register(DrawRanksFormat(
     "draw_ranks", (ArraySpec("draw_rank_steps", TOKEN_DTYPE, codec="shuffled_ids"),), ("draws", "seed"), True,
     5.14 / 6, "B per draw of a peaked teacher at 6 draws (docs/benchmarks.md; a flat one takes up to 1.8x)",

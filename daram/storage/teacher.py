@@ -124,14 +124,15 @@ class TeacherShard:
         tables are built from the shard's tokens and (re)written when absent: the same tokens give the same."""
         rows, seq_len, step = store.shard_rows(shard), store.manifest.seq_len, store.manifest.rows_per_chunk
         existing = {name for name, _ in group.members()}
-        if teacher.format.tables:
+        absent = [spec.name not in existing or bool(store.missing_chunks(group[spec.name])) for spec in teacher.format.tables]
+        if any(absent):  # a resumed shard keeps its tables: the tokens are read only to build a missing one
             tables = teacher.format.build_tables(store.read_tokens(shard), teacher.vocab_size)
-            for spec, data in zip(teacher.format.tables, tables):
-                table = group[spec.name] if spec.name in existing else group.create_array(
-                    spec.name, shape=data.shape, chunks=data.shape, dtype=data.dtype, compressors=codecs_for(spec),
-                    fill_value=0, config=WRITE_EVERY_CHUNK,
-                )
-                if spec.name not in existing or store.missing_chunks(table):
+            for spec, data, missing in zip(teacher.format.tables, tables, absent):
+                if missing:
+                    table = group[spec.name] if spec.name in existing else group.create_array(
+                        spec.name, shape=data.shape, chunks=data.shape, dtype=data.dtype, compressors=codecs_for(spec),
+                        fill_value=0, config=WRITE_EVERY_CHUNK,
+                    )
                     table[:] = data
         for spec in teacher.format.arrays:
             if spec.name not in existing:
